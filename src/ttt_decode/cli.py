@@ -1,0 +1,74 @@
+"""`ttt-decode <command>`: the command-line entry point.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`;
+this file only wires them together and turns user errors into one-line messages (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ttt_decode.errors import UserError
+
+# command -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    "generate": ("ttt_decode.decode.cli_generate", "generate tokens from a random prompt and print tokens/s"),
+}
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str = "ttt-tiny") -> None:
+    """Flags shared by every command that builds a model."""
+    p.add_argument("--model-name", "--model_name", dest="model_name", default=default_model,
+                   help="config name (ttt-1b, ttt-tiny, mamba-1.4b, state-spaces/mamba-1.4b, ...) "
+                        f"or a checkpoint directory (default: {default_model})")
+    p.add_argument("--inner_net", "--inner-net", dest="inner_net", default=None,
+                   help="TTT inner loop: mlp_1_dual, mlp_2_dual, mlp_1_dual_triton, mlp_2_dual_triton, "
+                        "mlp_1_primal, mlp_2_primal (+ _triton); default mlp_2_dual (M2)")
+    p.add_argument("--dtype", default="float16", help="weight dtype: float16, bfloat16, float32, float64 "
+                   "(default float16)")
+    p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
+                   help="recurrent-state dtype (default: the weight dtype for TTT, float32 for Mamba)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights and prompts (default 0)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, no usage dump: the fix is in the message or in --help.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ttt-decode", description="Decode-throughput toolkit for TTT-Linear, TTT-MLP and Mamba.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return importlib.import_module(args._module).main(args) or 0
+    except UserError as e:
+        print(f"ttt-decode {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The decode engine: a static inference state and a one-token step run as one CUDA-graph replay.
+
+`DecodeSession(model, batch, ...)` allocates everything once for (model, batch, state dtype):
+the model's inference state, a static input-id buffer, and a token log. One decode step is
+
+    logits = model.step(ids, state); next = sample(logits); tokens[:, t] = next; ids <- next
+
+captured once in a CUDA graph (on CUDA, unless cuda_graph=False) and replayed for every token: the
+TTT mini-batch position lives in a device tensor that the step advances, so a single graph serves
+every position. With compile=True the step goes through torch.compile first (Triton kernels are
+torch custom ops, so it compiles as one graph) and the compiled step is what gets captured.
+Compilation, autotuning and capture all happen in the constructor; `cold_start_s` says how long.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ttt_decode.decode.sampling import Sampling, sample
+from ttt_decode.errors import UserError
+
+WARMUP_STEPS = 2
+
+
+class DecodeSession:
+    def __init__(self, model, batch: int, *, state_dtype: torch.dtype | None = None, cuda_graph: bool | None = None,
+                 compile: bool = False, sampling: Sampling = Sampling(), max_steps: int = 4096):
+        if not isinstance(batch, int) or batch < 1:
+            raise UserError(f"batch must be a positive integer, got {batch!r}")
+        if max_steps < 1:
+            raise UserError(f"max_steps must be >= 1, got {max_steps}")
+        device = model.device
+        if cuda_graph is None:
+            cuda_graph = device.type == "cuda"
+        if cuda_graph and device.type != "cuda":
+            raise UserError("CUDA graphs need a CUDA device; pass --no_cg (cuda_graph=False) to run on CPU")
+        self.model, self.batch, self.sampling = model, batch, sampling
+        self.cuda_graph, self.compiled, self.max_steps = cuda_graph, compile, max_steps
+        self.state = model.allocate_state(batch, state_dtype)
+        self.ids = torch.zeros(batch, dtype=torch.int64, device=device)  # [B] input of the next step
+        self.tokens = torch.zeros(batch, max_steps, dtype=torch.int64, device=device)  # [B, T] step outputs
+        self.step_idx = torch.zeros(1, dtype=torch.int64, device=device)
+        self._step_fn = torch.compile(model.step, fullgraph=True, dynamic=False) if compile else model.step
+        self.graph = None
+        self.graph_replays = 0
+        t0 = time.perf_counter()
+        if compile and not cuda_graph:
+            self._warm_up()
+        if cuda_graph:
+            self._capture()
+        self.cold_start_s = time.perf_counter() - t0
+
+    def _body(self):
+        logits = self._step_fn(self.ids, self.state)
+        nxt = sample(logits, self.model.vocab_size, self.sampling)
+        self.tokens.index_copy_(1, self.step_idx, nxt.unsqueeze(1))
+        self.step_idx.copy_((self.step_idx + 1) % self.max_steps)
+        self.ids.copy_(nxt)
+        return logits
+
+    def _warm_up(self):
+        # Runs the step (compiles, autotunes) on the real state, which is then reset.
+        for _ in range(WARMUP_STEPS):
+            self._body()
+        self.reset()
+
+    def _capture(self):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_STEPS):
+                self._body()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._logits = self._body()
+        self.reset()
+        torch.cuda.synchronize()
+
+    def reset(self) -> None:
+        """Back to an empty context, in place (the graph stays valid)."""
+        self.model.reset_state(self.state)
+        self.ids.zero_()
+        self.step_idx.zero_()
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, N] -> logits [B, N, V]; the token sampled from the last logits becomes `ids`."""
+        logits = self.model.prefill(input_ids, self.state)
+        self.ids.copy_(sample(logits[:, -1], self.model.vocab_size, self.sampling))
+        return logits
+
+    def step(self, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One token: feeds input_ids [B] (or the last sampled token) -> logits [B, V].
+
+        With a CUDA graph the returned tensor is a static buffer overwritten by the next step: clone it
+        to keep it.
+        """
+        if input_ids is not None:
+            self.ids.copy_(input_ids)
+        if self.graph is None:
+            return self._body()
+        self.graph.replay()
+        self.graph_replays += 1
+        return self._logits
+
+
+def generate(model, input_ids: torch.Tensor, genlen: int, *, sampling: Sampling = Sampling(),
+             cuda_graph: bool | None = None, compile: bool = False, state_dtype=None, session=None):
+    """Generate genlen new tokens after the prompt input_ids [B, P] -> dict with tokens [B, genlen] and times.
+
+    The first new token comes from the prefill logits, the others from genlen - 1 decode steps.
+    """
+    if genlen < 1:
+        raise UserError(f"genlen must be >= 1, got {genlen}")
+    session = session or DecodeSession(model, input_ids.shape[0], state_dtype=state_dtype, cuda_graph=cuda_graph,
+                                       compile=compile, sampling=sampling, max_steps=max(genlen, 1))
+    sync = torch.cuda.synchronize if input_ids.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    session.prefill(input_ids)
+    first = session.ids.clone()
+    sync()
+    t1 = time.perf_counter()
+    for _ in range(genlen - 1):
+        session.step()
+    sync()
+    t2 = time.perf_counter()
+    tokens = torch.cat([first.unsqueeze(1), session.tokens[:, : genlen - 1]], dim=1)
+    return {"tokens": tokens, "prefill_s": t1 - t0, "decode_s": t2 - t1, "cold_start_s": session.cold_start_s,
+            "decode_steps": genlen - 1}
+
+
+@torch.no_grad()
+def teacher_force(model, input_ids: torch.Tensor, n_prompt: int, cuda_graph: bool = False, compile: bool = False,
+                  state_dtype=None) -> torch.Tensor:
+    """Prefill input_ids[:, :n_prompt], then feed the remaining tokens one decode step at a time.
+
+    Returns logits [B, N, V] (the real decode path; CUDA graphs when asked).
+    """
+    N = input_ids.shape[1]
+    if not 1 <= n_prompt <= N:
+        raise UserError(f"n_prompt must be in [1, {N}], got {n_prompt}")
+    session = DecodeSession(model, input_ids.shape[0], state_dtype=state_dtype, cuda_graph=cuda_graph,
+                            compile=compile, max_steps=max(N - n_prompt, 1))
+    out = [session.prefill(input_ids[:, :n_prompt])]
+    for t in range(n_prompt, N):
+        out.append(session.step(input_ids[:, t]).clone().unsqueeze(1))
+    return torch.cat(out, dim=1)

@@ -1,0 +1,25 @@
+"""User-facing errors: one line that names the problem and the fix.
+
+Everything a user can get wrong (a model name, a batch size, a dtype, a shape a kernel cannot take,
+a missing optional package) raises `UserError` at the boundary; the CLI prints its message alone,
+without a traceback.
+"""
+
+
+class UserError(ValueError):
+    """Bad input from the user; the message is a single line that says how to fix it."""
+
+
+class MissingPackageError(UserError):
+    """An optional package is needed for the requested feature."""
+
+    def __init__(self, package: str, feature: str, install: str | None = None):
+        hint = install or f"pip install {package}"
+        super().__init__(f"{feature} needs the optional package '{package}', which is not installed: {hint}")
+        self.package = package
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise UserError(message) unless condition holds."""
+    if not condition:
+        raise UserError(message)

@@ -1,0 +1,68 @@
+"""Model construction: `build(name, inner_net=..., dtype=..., device=...)` for every model family.
+
+    model = build("ttt-1b", inner_net="mlp_2_dual", dtype=torch.float16, device="cuda")
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ttt_decode.configs import MambaConfig, TTTConfig, get_config
+from ttt_decode.errors import UserError
+from ttt_decode.models.common import DecodeLM
+
+DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+          "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+
+
+def parse_dtype(name) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; choose one of float16, bfloat16, float32, float64")
+    return DTYPES[name]
+
+
+def resolve_device(device) -> torch.device:
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def build(name_or_config, inner_net: str | None = None, dtype="float16", device=None, seed: int | None = 0) -> DecodeLM:
+    """A model with random weights (seeded) from a config name, alias or config object."""
+    cfg = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    dtype, device = parse_dtype(dtype), resolve_device(device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if isinstance(cfg, TTTConfig):
+        from ttt_decode.models.ttt import TTTLM
+
+        default = "mlp_1_dual" if cfg.ttt_layer_type == "linear" else "mlp_2_dual"
+        return TTTLM(cfg, inner_net or default, dtype=dtype, device=device).eval()
+    if isinstance(cfg, MambaConfig):
+        if inner_net is not None:
+            raise UserError(f"--inner_net applies to TTT models only, not to {cfg.name!r}; drop it")
+        from ttt_decode.models.mamba import MambaLM
+
+        return MambaLM(cfg, dtype=dtype, device=device).eval()
+    raise UserError(f"cannot build a model from {name_or_config!r}")
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Perturb every parameter (biases and norm weights too) so tests never see structural zeros/ones."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        p.add_((scale * noise).to(device=p.device, dtype=p.dtype))
+    return model
+
+
+def load_model(spec: str, inner_net: str | None = None, dtype="float16", device=None, seed: int | None = 0) -> DecodeLM:
+    """The one entry point that turns a --model-name into a model: a config name or hub alias (random
+    weights, seeded)."""
+    return build(spec, inner_net=inner_net, dtype=dtype, device=device, seed=seed)

@@ -1,0 +1,132 @@
+"""Building blocks shared by the model families, and the contract every model follows.
+
+Every model (TTT, Mamba, ...) is a `DecodeLM`:
+  logits = model(input_ids)                      # [B, N, V] full-sequence forward, no state kept
+  state = model.allocate_state(batch, state_dtype)  # static inference state, allocated once
+  model.reset_state(state)                       # back to the start, in place (no allocation)
+  logits = model.prefill(input_ids, state)       # [B, N, V]; advances state by N tokens
+  logits = model.step(input_ids, state)          # [B] -> [B, V]; one token, graph-capturable
+Logits are float32 (float64 for a float64 model) over the padded vocabulary; `vocab_size` says how
+many columns are real tokens. The residual stream is kept in float32 (float64 for float64 weights).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def residual_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 (float64 for float64 input), output in the weight's dtype."""
+
+    def __init__(self, dim: int, eps: float, dtype=None, device=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(residual_dtype(x.dtype))
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(self.weight.dtype)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
+
+    def __init__(self, dim: int, hidden: int, dtype=None, device=None):
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False, dtype=dtype, device=device)
+        self.down = nn.Linear(hidden, dim, bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution (width W) with a rolling state of the last W inputs per channel.
+
+    weight [D, W] (tap W-1 multiplies the newest input), bias [D]. conv_state [B, D, W].
+    """
+
+    def __init__(self, dim: int, width: int, bias: bool = True, dtype=None, device=None):
+        super().__init__()
+        self.width = width
+        self.weight = nn.Parameter(torch.empty(dim, width, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(dim, dtype=dtype, device=device)) if bias else None
+        nn.init.uniform_(self.weight, -width ** -0.5, width ** -0.5)
+
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, D] -> [B, N, D]. With conv_state: continue from it and leave the last W inputs in it."""
+        xt = x.transpose(1, 2)  # [B, D, N]
+        if conv_state is None:
+            full = F.pad(xt, (self.width - 1, 0))
+        else:
+            full = torch.cat([conv_state[..., 1:].to(xt.dtype), xt], dim=-1)
+        y = F.conv1d(full, self.weight.unsqueeze(1), self.bias, groups=self.weight.shape[0])
+        if conv_state is not None:
+            tail = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)[..., -self.width:]
+            conv_state.copy_(tail)
+        return y.transpose(1, 2)
+
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor) -> torch.Tensor:
+        """x [B, D] -> [B, D]; shifts x into conv_state [B, D, W] in place."""
+        conv_state.copy_(torch.cat([conv_state[..., 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
+        acc = residual_dtype(x.dtype)
+        y = (conv_state.to(acc) * self.weight.to(acc)).sum(-1)
+        if self.bias is not None:
+            y = y + self.bias.to(acc)
+        return y.to(x.dtype)
+
+
+class DecodeLM(nn.Module):
+    """Base of every model: embedding, final norm and tied LM head, plus the decode contract."""
+
+    config = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + tied head: h [..., D] (residual dtype) -> logits [..., V_padded] in residual dtype."""
+        weight = self.head_weight if self.head_weight is not None else self.embed.weight
+        return F.linear(self.norm_f(h), weight).to(residual_dtype(self.dtype))
+
+    @property
+    def head_weight(self):
+        return getattr(self, "lm_head_weight", None)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        state = self.allocate_state(input_ids.shape[0])
+        return self.prefill(input_ids, state)
+
+    def allocate_state(self, batch: int, state_dtype: torch.dtype | None = None):
+        raise NotImplementedError
+
+    def reset_state(self, state) -> None:
+        raise NotImplementedError
+
+    def prefill(self, input_ids: torch.Tensor, state) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, input_ids: torch.Tensor, state) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_bytes_per_seq(self, state_dtype: torch.dtype | None = None) -> int:
+        """Bytes of recurrent state (incl. caches and conv states) one sequence needs."""
+        raise NotImplementedError

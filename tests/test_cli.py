@@ -1,0 +1,42 @@
+"""The command line: the README demo runs, bad input gives one line and exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ttt_decode.cli import main
+
+
+def test_generate_demo_runs(capsys):
+    assert main(["generate", "--model-name", "ttt-tiny", "--batch", "4", "--promptlen", "16", "--genlen", "32",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "generated ids" in out
+
+
+def test_generate_m1_sampling(capsys):
+    assert main(["generate", "--inner_net", "mlp_1_dual", "--device", "cpu", "--genlen", "5", "--temperature", "0.8",
+                 "--top_k", "10", "--dtype", "float32"]) == 0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["generate", "--model-name", "nope", "--device", "cpu"], "unknown model"),
+    (["generate", "--inner_net", "mlp_9", "--device", "cpu"], "unknown inner net"),
+    (["generate", "--dtype", "fp7", "--device", "cpu"], "unknown dtype"),
+    (["generate", "--state-dtype", "int8", "--device", "cpu"], "unknown dtype"),
+    (["generate", "--temperature", "-1", "--device", "cpu"], "temperature"),
+])
+def test_bad_input_one_line(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--promptlen", "--genlen"])
+def test_nonpositive_sizes_rejected(flag):
+    r = subprocess.run([sys.executable, "-m", "ttt_decode.cli", "generate", flag, "0", "--device", "cpu"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "must be >= 1" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
