@@ -20,6 +20,7 @@ import torch
 
 from ttt_decode.decode.sampling import Sampling, sample
 from ttt_decode.errors import UserError
+from ttt_decode.models.common import stage
 
 WARMUP_STEPS = 2
 
@@ -54,10 +55,11 @@ class DecodeSession:
 
     def _body(self):
         logits = self._step_fn(self.ids, self.state)
-        nxt = sample(logits, self.model.vocab_size, self.sampling)
-        self.tokens.index_copy_(1, self.step_idx, nxt.unsqueeze(1))
-        self.step_idx.copy_((self.step_idx + 1) % self.max_steps)
-        self.ids.copy_(nxt)
+        with stage("sampling"):
+            nxt = sample(logits, self.model.vocab_size, self.sampling)
+            self.tokens.index_copy_(1, self.step_idx, nxt.unsqueeze(1))
+            self.step_idx.copy_((self.step_idx + 1) % self.max_steps)
+            self.ids.copy_(nxt)
         return logits
 
     def _warm_up(self):

@@ -62,7 +62,29 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> tor
     return model
 
 
+def from_pretrained(path, inner_net: str | None = None, dtype="float16", device=None) -> DecodeLM:
+    """A model from a local checkpoint directory (config.json decides the kind); see models/checkpoint.py."""
+    from ttt_decode.models.checkpoint import from_pretrained as _from_pretrained
+
+    return _from_pretrained(path, inner_net=inner_net, dtype=dtype, device=device)
+
+
+# Model-name prefixes that select an outside implementation (models/baselines.py).
+BASELINE_PREFIXES = ("hf", "mamba-ssm")
+
+
 def load_model(spec: str, inner_net: str | None = None, dtype="float16", device=None, seed: int | None = 0) -> DecodeLM:
-    """The one entry point that turns a --model-name into a model: a config name or hub alias (random
-    weights, seeded)."""
+    """The one entry point that turns a --model-name into a model:
+    - a checkpoint directory (published Hugging Face layout) -> from_pretrained,
+    - 'hf:<name>' / 'mamba-ssm:<name>' -> an outside implementation (models/baselines.py),
+    - a config name or hub alias -> random weights (seeded)."""
+    import os
+
+    if os.path.isdir(spec):
+        return from_pretrained(spec, inner_net=inner_net, dtype=dtype, device=device)
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in BASELINE_PREFIXES:
+        from ttt_decode.models.baselines import load_baseline
+
+        return load_baseline(prefix, rest, inner_net=inner_net, dtype=dtype, device=device, seed=seed)
     return build(spec, inner_net=inner_net, dtype=dtype, device=device, seed=seed)

@@ -12,9 +12,56 @@ many columns are real tokens. The residual stream is kept in float32 (float64 fo
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+_PROFILING = False
+_NULL = contextlib.nullcontext()
+
+
+class _Stage:
+    """A named range in torch.profiler traces (and NVTX for nsys on CUDA)."""
+
+    __slots__ = ("name", "_rf", "_nvtx")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self._rf = torch.profiler.record_function(self.name)
+        self._rf.__enter__()
+        self._nvtx = torch.cuda.is_available()
+        if self._nvtx:
+            torch.cuda.nvtx.range_push(self.name)
+
+    def __exit__(self, *exc):
+        if self._nvtx:
+            torch.cuda.nvtx.range_pop()
+        self._rf.__exit__(*exc)
+
+
+def stage(name: str):
+    """Mark a part of the decode step ('ttt.inner_loop', 'mlp', ...) for profiler traces.
+
+    A shared no-op unless profiling is switched on with `set_profiling(True)`, so the normal step
+    pays nothing and torch.compile sees no ranges.
+    """
+    return _Stage(name) if _PROFILING else _NULL
+
+
+def set_profiling(enabled: bool) -> None:
+    global _PROFILING
+    _PROFILING = bool(enabled)
+
+
+# Stage names used by the models, in step order (the profiler's breakdown uses this order).
+STAGES = ("embed", "pre_conv", "ttt.proj", "ttt.conv_qk", "ttt.rotary_eta", "ttt.inner_loop", "ttt.gate_norm",
+          "ttt.o_proj", "mamba.in_proj", "mamba.conv", "mamba.x_proj_dt", "mamba.ssm_step", "mamba.out_proj",
+          "mlp", "lm_head", "sampling")
 
 
 def residual_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -130,3 +177,13 @@ class DecodeLM(nn.Module):
     def state_bytes_per_seq(self, state_dtype: torch.dtype | None = None) -> int:
         """Bytes of recurrent state (incl. caches and conv states) one sequence needs."""
         raise NotImplementedError
+
+    def decode_cost(self, batch: int, state_dtype: torch.dtype | None = None) -> dict:
+        """Compulsory traffic and work of one decode step for the whole batch, from the config:
+        {"weight_bytes", "state_bytes", "bytes", "flops"}: weights read once, recurrent state (and
+        caches) read/written as the step must, and the FLOPs of every matmul and the inner loop."""
+        raise NotImplementedError
+
+    def weight_bytes(self) -> int:
+        """Bytes of parameters one decode step reads (every weight once; the tied embedding once, as LM head)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())

@@ -26,9 +26,9 @@ from torch import nn
 
 from ttt_decode.configs import TTTConfig, parse_inner_net
 from ttt_decode.errors import UserError
-from ttt_decode.models.common import CausalConv1d, DecodeLM, RMSNorm, SwiGLU, residual_dtype
+from ttt_decode.models.common import CausalConv1d, DecodeLM, RMSNorm, SwiGLU, residual_dtype, stage
 from ttt_decode.ops import ttt_linear, ttt_mlp
-from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState, gelu_tanh, token_coeffs
+from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState, gelu_tanh, inner_step_cost, token_coeffs
 
 INIT_STD = 0.02
 
@@ -129,10 +129,12 @@ class TTTLayer(nn.Module):
 
     def _finish(self, z, p, x_dtype):
         """Inner-loop output z [B, N, D] -> o_proj(gelu(g) * LayerNorm(z))."""
-        y = self.post_norm(z.to(x_dtype))
-        if self.config.use_gate:
-            y = gelu_tanh(p["g"]) * y
-        return self.o_proj(y)
+        with stage("ttt.gate_norm"):
+            y = self.post_norm(z.to(x_dtype))
+            if self.config.use_gate:
+                y = gelu_tanh(p["g"]) * y
+        with stage("ttt.o_proj"):
+            return self.o_proj(y)
 
     def prefill(self, x, ls: TTTLayerState, cos, sin):
         """x [B, N, D] normed input; cos, sin [N, f/2]. Returns [B, N, D]; advances ls (pos restored)."""
@@ -150,18 +152,23 @@ class TTTLayer(nn.Module):
 
     def step(self, x, ls: TTTLayerState, cos, sin):
         """x [B, D] normed input; cos, sin [1, f/2] at the current position. Returns [B, D]."""
-        p = {n: t.squeeze(1) for n, t in self._project(x.unsqueeze(1)).items()}
-        if self.config.share_qk:
-            q, k = self.conv_q.step(p["q"], ls.conv_q), self.conv_k.step(p["q"], ls.conv_k)
-        else:
-            q, k = p["q"], p["k"]
-        H, f = self.config.num_heads, self.config.head_dim
-        q = apply_rotary(q.view(-1, H, 1, f), cos, sin).squeeze(2)  # [B, H, f]
-        k = apply_rotary(k.view(-1, H, 1, f), cos, sin).squeeze(2)
-        v = p["v"].view(-1, H, f)
-        c = token_coeffs(self.learnable_token_idx)
-        z = self.op.decode_step(q, k, v, self._eta(p["lr"]), c, self.ttt_norm_weight, self.ttt_norm_bias,
-                                ls.ttt, ls.cache, impl=self.impl, advance=False)  # [B, H, f]
+        with stage("ttt.proj"):
+            p = {n: t.squeeze(1) for n, t in self._project(x.unsqueeze(1)).items()}
+        with stage("ttt.conv_qk"):
+            if self.config.share_qk:
+                q, k = self.conv_q.step(p["q"], ls.conv_q), self.conv_k.step(p["q"], ls.conv_k)
+            else:
+                q, k = p["q"], p["k"]
+        with stage("ttt.rotary_eta"):
+            H, f = self.config.num_heads, self.config.head_dim
+            q = apply_rotary(q.view(-1, H, 1, f), cos, sin).squeeze(2)  # [B, H, f]
+            k = apply_rotary(k.view(-1, H, 1, f), cos, sin).squeeze(2)
+            v = p["v"].view(-1, H, f)
+            eta = self._eta(p["lr"])  # [B, H]
+            c = token_coeffs(self.learnable_token_idx)  # [b]
+        with stage("ttt.inner_loop"):
+            z = self.op.decode_step(q, k, v, eta, c, self.ttt_norm_weight, self.ttt_norm_bias,
+                                    ls.ttt, ls.cache, impl=self.impl, advance=False)  # [B, H, f]
         return self._finish(z.flatten(1), p, x.dtype)
 
 
@@ -187,9 +194,11 @@ class TTTBlock(nn.Module):
 
     def step(self, h, ls, cos, sin):
         if self.pre_conv:
-            h = h + self.conv.step(self.conv_norm(h), ls.conv_pre).to(h.dtype)
+            with stage("pre_conv"):
+                h = h + self.conv.step(self.conv_norm(h), ls.conv_pre).to(h.dtype)
         h = h + self.ttt.step(self.seq_norm(h), ls, cos, sin).to(h.dtype)
-        return h + self.mlp(self.ffn_norm(h)).to(h.dtype)
+        with stage("mlp"):
+            return h + self.mlp(self.ffn_norm(h)).to(h.dtype)
 
 
 class TTTLM(DecodeLM):
@@ -258,6 +267,22 @@ class TTTLM(DecodeLM):
         conv = n_conv * c.hidden_size * c.conv_kernel * torch.empty((), dtype=self.dtype).element_size()
         return c.num_layers * ((weights + cache) * item + conv)
 
+    def decode_cost(self, batch: int, state_dtype: torch.dtype | None = None) -> dict:
+        c = self.config
+        s_item = torch.empty((), dtype=state_dtype or self.dtype).element_size()
+        w_item = torch.empty((), dtype=self.dtype).element_size()
+        inner = inner_step_cost(self.kind == "mlp", self.form, c.num_heads, c.head_dim, c.mini_batch_size,
+                                s_item, w_item)
+        # Each causal conv reads and writes its [D, W] window.
+        conv = (int(c.pre_conv) + 2 * int(c.share_qk)) * c.hidden_size * c.conv_kernel * 2 * w_item
+        state_bytes = batch * c.num_layers * (inner["bytes"] + conv)
+        weight_bytes = self.weight_bytes()
+        matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        matmul_params += c.padded_vocab_size * c.hidden_size  # LM head
+        flops = batch * (2 * matmul_params + c.num_layers * inner["flops"])
+        return {"weight_bytes": weight_bytes, "state_bytes": state_bytes, "bytes": weight_bytes + state_bytes,
+                "flops": flops}
+
     # ---- forward passes ----
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
@@ -277,12 +302,14 @@ class TTTLM(DecodeLM):
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
         """input_ids [B] -> logits [B, V]; one token. No host sync: safe to capture in a CUDA graph."""
-        cos, sin = rotary_cos_sin(state.pos, self.config.head_dim, self.config.rope_theta)  # [1, f/2]
-        h = self.embed(input_ids).to(residual_dtype(self.dtype))
+        with stage("embed"):
+            cos, sin = rotary_cos_sin(state.pos, self.config.head_dim, self.config.rope_theta)  # [1, f/2]
+            h = self.embed(input_ids).to(residual_dtype(self.dtype))
         for block, ls in zip(self.layers, state.layers):
             h = block.step(h, ls, cos, sin)
         state.pos.copy_((state.pos + 1) % self.config.mini_batch_size)
-        return self.lm_head(h)
+        with stage("lm_head"):
+            return self.lm_head(h)
 
 
 def _check_ids(input_ids, ndim, batch):

@@ -239,3 +239,35 @@ def pick_step(module_name: str, impl: str, dual: bool):
     else:
         mod = importlib.import_module(f"{module_name}.{'triton_decode' if dual else 'triton_primal'}")
     return getattr(mod, "decode_step_dual" if dual else "decode_step_primal")
+
+
+def inner_step_cost(mlp: bool, form: str, heads: int, head_dim: int, mini_batch_size: int,
+                    state_itemsize: int, act_itemsize: int = 2) -> dict:
+    """Compulsory bytes and FLOPs of one inner-loop decode call, per sequence (all heads), averaged
+    over the positions of a mini-batch.
+
+    Dual: state read once, cache rows of earlier tokens read (mean (b-1)/2), this token's row
+    written, state written once per b tokens. Primal: W and W_grad read, W_grad written every
+    token, W written once per b tokens (3 + 1/b state transfers). Plus q, k, v, eta in, out out.
+    """
+    f, b = head_dim, mini_batch_size
+    F = 4 * f if mlp else f
+    state = f * F + F + ((F * f + f) if mlp else 0)  # elements per head
+    row = f + F + ((F + f) if mlp else 0)  # cache-row elements per head (dual)
+    if form == "dual":
+        state_moves = state * (1 + 1 / b) + row * ((b - 1) / 2 + 1)
+    elif form == "primal":
+        state_moves = state * (3 + 1 / b)
+    else:
+        raise UserError(f"unknown form {form!r}")
+    io = (4 * f) * act_itemsize + 4  # q, k, v in, out out (activation dtype), eta (fp32)
+    mean_rows = (b + 1) / 2
+    if mlp:
+        # grads: k W1, X2 W2, g2 W2^T; output: q W1, X2' W2; cache terms over the rows.
+        flops = 2 * f * F * 5 + 2 * mean_rows * (2 * (f + F) + 2 * (F + f))
+    else:
+        flops = 2 * f * F * 2 + 2 * mean_rows * (f + F) * 2
+    if form == "primal":
+        flops += 2 * f * F * (2 if mlp else 1) * 2  # rank-1 W_grad update and W - c W_grad
+    return {"bytes": int(heads * (state_moves * state_itemsize + io)), "flops": int(heads * flops),
+            "state_bytes": int(heads * state * state_itemsize)}
