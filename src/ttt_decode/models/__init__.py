@@ -42,13 +42,17 @@ def build(name_or_config, inner_net: str | None = None, dtype="float16", device=
         from ttt_decode.models.ttt import TTTLM
 
         default = "mlp_1_dual" if cfg.ttt_layer_type == "linear" else "mlp_2_dual"
-        return TTTLM(cfg, inner_net or default, dtype=dtype, device=device).eval()
+        model = TTTLM(cfg, inner_net or default, dtype=dtype, device=device).eval()
+        model.weights_source = f"random(seed={seed})"
+        return model
     if isinstance(cfg, MambaConfig):
         if inner_net is not None:
             raise UserError(f"--inner_net applies to TTT models only, not to {cfg.name!r}; drop it")
         from ttt_decode.models.mamba import MambaLM
 
-        return MambaLM(cfg, dtype=dtype, device=device).eval()
+        model = MambaLM(cfg, dtype=dtype, device=device).eval()
+        model.weights_source = f"random(seed={seed})"
+        return model
     raise UserError(f"cannot build a model from {name_or_config!r}")
 
 

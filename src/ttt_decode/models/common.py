@@ -136,6 +136,8 @@ class DecodeLM(nn.Module):
     """Base of every model: embedding, final norm and tied LM head, plus the decode contract."""
 
     config = None
+    # Where the weights came from: "random(seed=N)" or "checkpoint:<absolute path>"; goes into every record.
+    weights_source = "random"
 
     @property
     def dtype(self) -> torch.dtype:
