@@ -15,6 +15,7 @@ from ttt_decode.errors import UserError
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     "generate": ("ttt_decode.decode.cli_generate", "generate tokens from a random prompt and print tokens/s"),
+    "check": ("ttt_decode.decode.check", "equivalence checks: decode vs forward, graph vs eager, fidelity, ..."),
 }
 
 

@@ -33,27 +33,32 @@ def resolve_device(device) -> torch.device:
 
 
 def build(name_or_config, inner_net: str | None = None, dtype="float16", device=None, seed: int | None = 0) -> DecodeLM:
-    """A model with random weights (seeded) from a config name, alias or config object."""
+    """A model with random weights (seeded) from a config name, alias or config object.
+
+    Weights are drawn in float32 and then cast, so the same seed gives the same model in every dtype.
+    """
     cfg = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
     dtype, device = parse_dtype(dtype), resolve_device(device)
     if seed is not None:
         torch.manual_seed(seed)
+    # Draw in float32 whatever the dtype: same seed, same weights in every dtype.
+    init_dtype = torch.float32
     if isinstance(cfg, TTTConfig):
         from ttt_decode.models.ttt import TTTLM
 
         default = "mlp_1_dual" if cfg.ttt_layer_type == "linear" else "mlp_2_dual"
-        model = TTTLM(cfg, inner_net or default, dtype=dtype, device=device).eval()
-        model.weights_source = f"random(seed={seed})"
-        return model
-    if isinstance(cfg, MambaConfig):
+        model = TTTLM(cfg, inner_net or default, dtype=init_dtype, device=device)
+    elif isinstance(cfg, MambaConfig):
         if inner_net is not None:
             raise UserError(f"--inner_net applies to TTT models only, not to {cfg.name!r}; drop it")
         from ttt_decode.models.mamba import MambaLM
 
-        model = MambaLM(cfg, dtype=dtype, device=device).eval()
-        model.weights_source = f"random(seed={seed})"
-        return model
-    raise UserError(f"cannot build a model from {name_or_config!r}")
+        model = MambaLM(cfg, dtype=init_dtype, device=device)
+    else:
+        raise UserError(f"cannot build a model from {name_or_config!r}")
+    model = model.to(dtype).eval()
+    model.weights_source = f"random(seed={seed})"
+    return model
 
 
 @torch.no_grad()

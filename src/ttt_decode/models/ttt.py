@@ -28,7 +28,15 @@ from ttt_decode.configs import TTTConfig, parse_inner_net
 from ttt_decode.errors import UserError
 from ttt_decode.models.common import CausalConv1d, DecodeLM, RMSNorm, SwiGLU, residual_dtype, stage
 from ttt_decode.ops import ttt_linear, ttt_mlp
-from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState, gelu_tanh, inner_step_cost, token_coeffs
+from ttt_decode.ops.ttt_common import (
+    DualCache,
+    PrimalCache,
+    TTTState,
+    gelu_tanh,
+    inner_step_cost,
+    pick_step,
+    token_coeffs,
+)
 
 INIT_STD = 0.02
 
@@ -87,6 +95,8 @@ class TTTLayer(nn.Module):
         self.config = c
         self.mlp, self.form, self.impl = mlp, form, impl
         self.op = ttt_mlp if mlp else ttt_linear
+        # Resolved once here: the step traced by torch.compile must not import modules.
+        self.decode_step = pick_step(self.op.__name__, impl, form == "dual")
         D, H, f = c.hidden_size, c.num_heads, c.head_dim
         F_ = 4 * f if mlp else f
         kw = dict(dtype=dtype, device=device)
@@ -167,8 +177,8 @@ class TTTLayer(nn.Module):
             eta = self._eta(p["lr"])  # [B, H]
             c = token_coeffs(self.learnable_token_idx)  # [b]
         with stage("ttt.inner_loop"):
-            z = self.op.decode_step(q, k, v, eta, c, self.ttt_norm_weight, self.ttt_norm_bias,
-                                    ls.ttt, ls.cache, impl=self.impl, advance=False)  # [B, H, f]
+            z = self.decode_step(q, k, v, eta, c, self.ttt_norm_weight, self.ttt_norm_bias,
+                                 ls.ttt, ls.cache, advance=False)  # [B, H, f]
         return self._finish(z.flatten(1), p, x.dtype)
 
 
