@@ -16,6 +16,7 @@ from ttt_decode.errors import UserError
 COMMANDS = {
     "generate": ("ttt_decode.decode.cli_generate", "generate tokens from a random prompt and print tokens/s"),
     "check": ("ttt_decode.decode.check", "equivalence checks: decode vs forward, graph vs eager, fidelity, ..."),
+    "doctor": ("ttt_decode.doctor", "what is installed and usable here, one line each"),
 }
 
 
