@@ -108,6 +108,40 @@ class MambaConfig:
         return padded_vocab(self.vocab_size, self.pad_vocab_multiple)
 
 
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Llama-style Transformer: the baseline whose decode cost grows with context."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int = DEFAULT_VOCAB
+    pad_vocab_multiple: int = PAD_VOCAB_MULTIPLE
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # Default KV-cache capacity in tokens when the caller does not say (prompt + generation).
+    max_seq_len: int = 4096
+    tie_word_embeddings: bool = True
+    kind: str = field(default="transformer", init=False)
+
+    def __post_init__(self):
+        _check_positive(self, ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size",
+                               "pad_vocab_multiple", "max_seq_len"))
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise UserError(f"config {self.name!r}: hidden_size {self.hidden_size} must split into {self.num_heads} "
+                            "heads of even size")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return padded_vocab(self.vocab_size, self.pad_vocab_multiple)
+
+
 def _check_positive(cfg, names):
     for n in names:
         v = getattr(cfg, n)
@@ -138,7 +172,13 @@ _MAMBA = [
     MambaConfig("mamba-tiny", d_model=64, n_layer=2, vocab_size=500),
 ]
 
-CONFIGS: dict[str, TTTConfig | MambaConfig] = {c.name: c for c in _TTT + _MAMBA}
+_TRANSFORMER = [
+    TransformerConfig("llama-1.3b", hidden_size=2048, num_layers=24, num_heads=32, intermediate_size=5504),
+    TransformerConfig("llama-tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, vocab_size=500,
+                      max_seq_len=256),
+]
+
+CONFIGS: dict[str, TTTConfig | MambaConfig | TransformerConfig] = {c.name: c for c in _TTT + _MAMBA + _TRANSFORMER}
 
 # Hugging Face hub names accepted for the configs (no download: weights are random unless a local
 # checkpoint directory is given).

@@ -49,15 +49,21 @@ def tv_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 0.5 * (a.double().softmax(-1) - b.double().softmax(-1)).abs().sum(-1).mean(0)
 
 
+def reference_inner_net(inner_net: str | None) -> str | None:
+    """The PyTorch reference of an implementation: mlp_2_dual_triton -> mlp_2_dual, mamba_triton ->
+    mamba_ref, attn_triton -> attn_ref; a reference stays itself."""
+    if inner_net is None or not inner_net.endswith("_triton"):
+        return inner_net
+    base = inner_net[: -len("_triton")]
+    return base if base.startswith("mlp_") else f"{base}_ref"
+
+
 def reference_model(model, inner_net: str | None, dtype: torch.dtype):
     """The same weights in another dtype / inner-loop implementation."""
     from ttt_decode import models
 
     if inner_net is None:
-        inner = getattr(model, "inner_net", None)
-        if inner is not None and inner.endswith("_triton"):
-            inner = inner[: -len("_triton")]
-        inner_net = "mamba_ref" if inner is not None and inner.startswith("mamba") else inner
+        inner_net = reference_inner_net(getattr(model, "inner_net", None))
     ref = models.build(model.config, inner_net=inner_net, dtype=dtype, device=model.device)
     ref.load_state_dict(model.state_dict())
     ref.weights_source = model.weights_source

@@ -27,19 +27,30 @@ WARMUP_STEPS = 2
 
 class DecodeSession:
     def __init__(self, model, batch: int, *, state_dtype: torch.dtype | None = None, cuda_graph: bool | None = None,
-                 compile: bool = False, sampling: Sampling = Sampling(), max_steps: int = 4096):
+                 compile: bool = False, sampling: Sampling = Sampling(), max_steps: int = 4096,
+                 max_seq_len: int | None = None):
         if not isinstance(batch, int) or batch < 1:
             raise UserError(f"batch must be a positive integer, got {batch!r}")
         if max_steps < 1:
             raise UserError(f"max_steps must be >= 1, got {max_steps}")
         device = model.device
+        graphable = getattr(model, "supports_cuda_graph", True)
         if cuda_graph is None:
-            cuda_graph = device.type == "cuda"
+            cuda_graph = device.type == "cuda" and graphable
+        if cuda_graph and not graphable:
+            raise UserError(f"{type(model).__name__} ({getattr(model, 'inner_net', '-')}) cannot capture its step in "
+                            "a CUDA graph; pass --no_cg (cuda_graph=False)")
         if cuda_graph and device.type != "cuda":
             raise UserError("CUDA graphs need a CUDA device; pass --no_cg (cuda_graph=False) to run on CPU")
         self.model, self.batch, self.sampling = model, batch, sampling
         self.cuda_graph, self.compiled, self.max_steps = cuda_graph, compile, max_steps
-        self.state = model.allocate_state(batch, state_dtype)
+        # A KV-cache model needs its capacity (prompt + generated tokens); recurrent models do not.
+        self.uses_kv_cache = getattr(model, "uses_kv_cache", False)
+        if self.uses_kv_cache:
+            self.state = model.allocate_state(batch, state_dtype, max_seq_len=max_seq_len)
+        else:
+            self.state = model.allocate_state(batch, state_dtype)
+        self.tokens_in_state = 0  # host-side count, to refuse overflowing a KV cache without a device sync
         self.ids = torch.zeros(batch, dtype=torch.int64, device=device)  # [B] input of the next step
         self.tokens = torch.zeros(batch, max_steps, dtype=torch.int64, device=device)  # [B, T] step outputs
         self.step_idx = torch.zeros(1, dtype=torch.int64, device=device)
@@ -86,9 +97,17 @@ class DecodeSession:
         self.model.reset_state(self.state)
         self.ids.zero_()
         self.step_idx.zero_()
+        self.tokens_in_state = 0
+
+    def _account(self, n: int) -> None:
+        self.tokens_in_state += n
+        if self.uses_kv_cache and self.tokens_in_state > self.state.capacity:
+            raise UserError(f"{self.tokens_in_state} tokens exceed the KV cache capacity {self.state.capacity}; "
+                            "create the session with a larger max_seq_len")
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, N] -> logits [B, N, V]; the token sampled from the last logits becomes `ids`."""
+        self._account(input_ids.shape[1])
         logits = self.model.prefill(input_ids, self.state)
         self.ids.copy_(sample(logits[:, -1], self.model.vocab_size, self.sampling))
         return logits
@@ -99,6 +118,7 @@ class DecodeSession:
         With a CUDA graph the returned tensor is a static buffer overwritten by the next step: clone it
         to keep it.
         """
+        self._account(1)
         if input_ids is not None:
             self.ids.copy_(input_ids)
         if self.graph is None:
@@ -117,7 +137,8 @@ def generate(model, input_ids: torch.Tensor, genlen: int, *, sampling: Sampling 
     if genlen < 1:
         raise UserError(f"genlen must be >= 1, got {genlen}")
     session = session or DecodeSession(model, input_ids.shape[0], state_dtype=state_dtype, cuda_graph=cuda_graph,
-                                       compile=compile, sampling=sampling, max_steps=max(genlen, 1))
+                                       compile=compile, sampling=sampling, max_steps=max(genlen, 1),
+                                       max_seq_len=input_ids.shape[1] + genlen)
     sync = torch.cuda.synchronize if input_ids.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -145,7 +166,7 @@ def teacher_force(model, input_ids: torch.Tensor, n_prompt: int, cuda_graph: boo
     if not 1 <= n_prompt <= N:
         raise UserError(f"n_prompt must be in [1, {N}], got {n_prompt}")
     session = DecodeSession(model, input_ids.shape[0], state_dtype=state_dtype, cuda_graph=cuda_graph,
-                            compile=compile, max_steps=max(N - n_prompt, 1))
+                            compile=compile, max_steps=max(N - n_prompt, 1), max_seq_len=N)
     out = [session.prefill(input_ids[:, :n_prompt])]
     for t in range(n_prompt, N):
         out.append(session.step(input_ids[:, t]).clone().unsqueeze(1))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ttt_decode.configs import MambaConfig, TTTConfig, get_config
+from ttt_decode.configs import MambaConfig, TransformerConfig, TTTConfig, get_config
 from ttt_decode.errors import UserError
 from ttt_decode.models.common import DecodeLM
 
@@ -49,11 +49,14 @@ def build(name_or_config, inner_net: str | None = None, dtype="float16", device=
         default = "mlp_1_dual" if cfg.ttt_layer_type == "linear" else "mlp_2_dual"
         model = TTTLM(cfg, inner_net or default, dtype=init_dtype, device=device)
     elif isinstance(cfg, MambaConfig):
-        if inner_net is not None:
-            raise UserError(f"--inner_net applies to TTT models only, not to {cfg.name!r}; drop it")
-        from ttt_decode.models.mamba import MambaLM
+        from ttt_decode.models.mamba import MambaLM, check_inner_net, default_inner_net
 
-        model = MambaLM(cfg, dtype=init_dtype, device=device)
+        inner_net = check_inner_net(inner_net or default_inner_net(device))
+        model = MambaLM(cfg, dtype=init_dtype, device=device, inner_net=inner_net)
+    elif isinstance(cfg, TransformerConfig):
+        from ttt_decode.models.transformer import TransformerLM
+
+        model = TransformerLM(cfg, inner_net, dtype=init_dtype, device=device)
     else:
         raise UserError(f"cannot build a model from {name_or_config!r}")
     model = model.to(dtype).eval()

@@ -61,7 +61,7 @@ def set_profiling(enabled: bool) -> None:
 # Stage names used by the models, in step order (the profiler's breakdown uses this order).
 STAGES = ("embed", "pre_conv", "ttt.proj", "ttt.conv_qk", "ttt.rotary_eta", "ttt.inner_loop", "ttt.gate_norm",
           "ttt.o_proj", "mamba.in_proj", "mamba.conv", "mamba.x_proj_dt", "mamba.ssm_step", "mamba.out_proj",
-          "mlp", "lm_head", "sampling")
+          "attn.qkv", "attn.attention", "attn.o_proj", "mlp", "lm_head", "sampling")
 
 
 def residual_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -138,6 +138,11 @@ class DecodeLM(nn.Module):
     config = None
     # Where the weights came from: "random(seed=N)" or "checkpoint:<absolute path>"; goes into every record.
     weights_source = "random"
+    # False for a model whose step cannot be captured in a CUDA graph (an outside implementation such as
+    # transformers' Mamba): the engine then runs it eagerly and refuses cuda_graph=True.
+    supports_cuda_graph = True
+    # True for a model with a KV cache (Transformer): allocate_state then takes max_seq_len.
+    uses_kv_cache = False
 
     @property
     def dtype(self) -> torch.dtype:

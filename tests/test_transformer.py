@@ -1,0 +1,88 @@
+"""Transformer baseline: decode = forward, the decode-attention kernel = its reference, and the model
+equals transformers' LlamaForCausalLM with the same weights."""
+
+import pytest
+import torch
+
+from conftest import rel_err
+from ttt_decode.configs import get_config
+from ttt_decode.decode import teacher_force
+from ttt_decode.errors import UserError
+from ttt_decode.models import randomize_
+from ttt_decode.models.transformer import TransformerLM
+from ttt_decode.ops.attention import decode_attention
+
+
+def tiny(impl="attn_ref", dtype=torch.float64):
+    torch.manual_seed(0)
+    return randomize_(TransformerLM(get_config("llama-tiny"), impl, dtype=dtype, device="cpu").eval())
+
+
+@pytest.mark.parametrize("n_prompt", [1, 9, 30])
+def test_prefill_then_decode_equals_forward(n_prompt):
+    model = tiny()
+    ids = torch.randint(0, 500, (2, 31), generator=torch.Generator().manual_seed(1))
+    assert rel_err(teacher_force(model, ids, n_prompt), model(ids)) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [1, 63, 64, 150])
+def test_decode_attention_kernel_matches_reference(dtype, n):
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(shape, generator=g).to(dtype) for shape in ((2, 3, 16), (2, 3, 160, 16), (2, 3, 160, 16)))
+    n_valid = torch.tensor([n])
+    ref = decode_attention(q.double(), k.double(), v.double(), n_valid)
+    torch_err = rel_err(decode_attention(q, k, v, n_valid), ref)
+    out = decode_attention(q, k, v, n_valid, impl="triton")
+    assert out.dtype == dtype
+    assert rel_err(out, ref) <= max(2 * torch_err, 1e-6 if dtype == torch.float32 else 1e-3)
+
+
+def test_rows_past_the_position_are_not_read():
+    q, k, v = (torch.randn(s) for s in ((1, 2, 16), (1, 2, 64, 16), (1, 2, 64, 16)))
+    n = torch.tensor([10])
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 10:], v2[:, :, 10:] = float("nan"), float("nan")
+    assert torch.equal(decode_attention(q, k, v, n, impl="triton"), decode_attention(q, k2, v2, n, impl="triton"))
+
+
+def test_equals_transformers_llama():
+    transformers = pytest.importorskip("transformers")
+    model = tiny(dtype=torch.float32)
+    c = model.config
+    hf_cfg = transformers.LlamaConfig(vocab_size=c.padded_vocab_size, hidden_size=c.hidden_size,
+                                      intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
+                                      num_attention_heads=c.num_heads, num_key_value_heads=c.num_heads,
+                                      rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_seq_len,
+                                      tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
+    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
+    sd = model.state_dict()
+    D, I = c.hidden_size, c.intermediate_size
+    mapped = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm_f.weight"],
+              "lm_head.weight": sd["embed.weight"]}
+    for i in range(c.num_layers):
+        p, o = f"model.layers.{i}.", f"layers.{i}."
+        q, k, v = sd[o + "attn.qkv.weight"].split(D)
+        gate, up = sd[o + "mlp.gate_up.weight"].split(I)
+        mapped.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": sd[o + "attn.o_proj.weight"],
+                       p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                       p + "mlp.down_proj.weight": sd[o + "mlp.down.weight"],
+                       p + "input_layernorm.weight": sd[o + "attn_norm.weight"],
+                       p + "post_attention_layernorm.weight": sd[o + "mlp_norm.weight"]})
+    missing, unexpected = hf.load_state_dict(mapped, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing)
+    ids = torch.randint(0, 500, (2, 25), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = hf(ids).logits
+    assert rel_err(model(ids), ref) < 1e-4
+    assert rel_err(teacher_force(model, ids, 5), ref) < 1e-4
+
+
+def test_capacity_is_checked():
+    model = tiny()
+    state = model.allocate_state(1, max_seq_len=8)
+    with pytest.raises(UserError, match="capacity"):
+        model.prefill(torch.zeros(1, 9, dtype=torch.long), state)
+    with pytest.raises(UserError, match="attention implementation"):
+        TransformerLM(get_config("llama-tiny"), "attn_flash", device="cpu")
