@@ -23,15 +23,18 @@ COMMANDS = {
 def add_model_args(p: argparse.ArgumentParser, default_model: str = "ttt-tiny") -> None:
     """Flags shared by every command that builds a model."""
     p.add_argument("--model-name", "--model_name", dest="model_name", default=default_model,
-                   help="config name (ttt-1b, ttt-tiny, mamba-1.4b, state-spaces/mamba-1.4b, ...) "
-                        f"or a checkpoint directory (default: {default_model})")
+                   help="config name (ttt-1b, ttt-tiny, mamba-1.4b, state-spaces/mamba-1.4b, llama-1.3b, ...), "
+                        "a checkpoint directory, or an outside baseline hf:mamba-1.4b / mamba-ssm:mamba-1.4b "
+                        f"(default: {default_model})")
     p.add_argument("--inner_net", "--inner-net", dest="inner_net", default=None,
-                   help="TTT inner loop: mlp_1_dual, mlp_2_dual, mlp_1_dual_triton, mlp_2_dual_triton, "
-                        "mlp_1_primal, mlp_2_primal (+ _triton); default mlp_2_dual (M2)")
+                   help="implementation: TTT inner loop mlp_1_dual, mlp_2_dual, mlp_1_dual_triton, "
+                        "mlp_2_dual_triton, mlp_1_primal, mlp_2_primal (+ _triton), default mlp_2_dual (M2); "
+                        "Mamba: mamba_triton (default on CUDA) or mamba_ref; Transformer: attn_triton or attn_ref")
     p.add_argument("--dtype", default="float16", help="weight dtype: float16, bfloat16, float32, float64 "
                    "(default float16)")
     p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
-                   help="recurrent-state dtype (default: the weight dtype for TTT, float32 for Mamba)")
+                   help="recurrent-state dtype (default: the weight dtype for TTT and the KV cache, float32 "
+                        "for Mamba)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and prompts (default 0)")
 

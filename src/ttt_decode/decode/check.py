@@ -62,6 +62,11 @@ def reference_model(model, inner_net: str | None, dtype: torch.dtype):
     """The same weights in another dtype / inner-loop implementation."""
     from ttt_decode import models
 
+    spec = getattr(model, "reference_spec", None)
+    if spec is not None:
+        # An outside implementation (hf:, mamba-ssm:): our model with the same weights is the reference.
+        return models.load_model(spec["name"], inner_net=inner_net or "mamba_ref", dtype=dtype, device=model.device,
+                                 seed=spec["seed"])
     if inner_net is None:
         inner_net = reference_inner_net(getattr(model, "inner_net", None))
     ref = models.build(model.config, inner_net=inner_net, dtype=dtype, device=model.device)
