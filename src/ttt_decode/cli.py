@@ -17,6 +17,7 @@ COMMANDS = {
     "generate": ("ttt_decode.decode.cli_generate", "generate tokens from a random prompt and print tokens/s"),
     "check": ("ttt_decode.decode.check", "equivalence checks: decode vs forward, graph vs eager, fidelity, ..."),
     "doctor": ("ttt_decode.doctor", "what is installed and usable here, one line each"),
+    "convert": ("ttt_decode.models.cli_convert", "write a TTT checkpoint in ttt.py's published layout"),
 }
 
 

@@ -99,4 +99,8 @@ def load_model(spec: str, inner_net: str | None = None, dtype="float16", device=
         from ttt_decode.models.baselines import load_baseline
 
         return load_baseline(prefix, rest, inner_net=inner_net, dtype=dtype, device=device, seed=seed)
+    from ttt_decode.models.checkpoint import check_model_path
+
+    # A name that looks like a path but is no directory: "not found" says more than "unknown model".
+    check_model_path(spec)
     return build(spec, inner_net=inner_net, dtype=dtype, device=device, seed=seed)
