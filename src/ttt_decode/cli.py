@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import sys
 
 from ttt_decode.errors import UserError
@@ -17,7 +19,13 @@ COMMANDS = {
     "generate": ("ttt_decode.decode.cli_generate", "generate tokens from a random prompt and print tokens/s"),
     "check": ("ttt_decode.decode.check", "equivalence checks: decode vs forward, graph vs eager, fidelity, ..."),
     "doctor": ("ttt_decode.doctor", "what is installed and usable here, one line each"),
+    "micro": ("ttt_decode.bench.micro", "per-layer time of the decode kernels vs copy bandwidth (perf_report, PNG, JSON)"),
     "convert": ("ttt_decode.models.cli_convert", "write a TTT checkpoint in ttt.py's published layout"),
+    "bench": ("ttt_decode.bench.cell", "one benchmark cell (seed-compatible flags): time prefill/decode, append a record"),
+    "calibrate": ("ttt_decode.bench.roofline", "measure copy bandwidth and matmul rate of this device (the roofline)"),
+    "profile": ("ttt_decode.bench.profiler", "profiler trace (Perfetto) and step-time breakdown by stage"),
+    "sweep": ("ttt_decode.bench.sweep", "models x inner nets x batches x lengths, one process per cell, OOM-proof"),
+    "report": ("ttt_decode.bench.report", "Markdown table and throughput plot (with the roofline) from records"),
 }
 
 
@@ -69,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ttt_decode.bench import records  # the command line every result record carries
+
+    given = sys.argv[1:] if argv is None else list(argv)
+    prog = os.path.basename(sys.argv[0]) if argv is None else "ttt-decode"
+    if prog in ("cli.py", "__main__.py", "-c"):
+        prog = "ttt-decode"
+    records.INVOCATION = " ".join(shlex.quote(a) for a in [prog, *given])
     try:
         return importlib.import_module(args._module).main(args) or 0
     except UserError as e:

@@ -1,0 +1,356 @@
+"""One benchmark cell: one model, batch, prompt and generation length; one record appended.
+
+    python benchmark_prefill_decode.py --logdir ./exp/M2_decode_2k --model-name ttt-1b --mode decode \
+        --batch 128 --promptlen 1 --genlen 2048 --inner_net mlp_2_dual_triton --use_compile
+
+Timing (DESIGN sections 7 and 8): the model is built and the DecodeSession constructed (compile,
+autotune and CUDA-graph capture happen there: `cold_start_s`, never inside a timed window); one
+untimed run of the whole mode; then `--repeats` timed runs. Prefill is timed apart from decode.
+Decode is `genlen` steps (one token each, the first fed by the prefill's last token) with a CUDA
+event after every step (perf_counter on CPU), so each step has its own time; throughput is
+batch x genlen / (sum of the step times), i.e. computed from the mean step time. Compile counters
+and graph replays are compared before and after the timed window: a cell that recompiled, or ran
+eagerly where a graph was asked for, says so (`warnings`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+from ttt_decode.bench import roofline
+from ttt_decode.bench.records import RESULTS, append_jsonl, log_line, provenance
+from ttt_decode.errors import UserError
+
+MODES = ("prefill", "decode", "prefill_decode")
+# Fault injection for the sweep's tests: "kill:batch=N" makes a cell with that batch kill itself.
+FAULT_ENV = "TTT_DECODE_FAULT_INJECT"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ttt_decode.cli import add_model_args, positive_int
+
+    p.add_argument("--logdir", required=True, help="directory for results.jsonl, logging.log and traces")
+    add_model_args(p, default_model="ttt-1b")
+    p.add_argument("--mode", choices=MODES, default="decode",
+                   help="what to time: prefill only, decode only (prefill untimed), or both (default decode)")
+    p.add_argument("--batch", type=positive_int, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--promptlen", type=positive_int, default=1, help="prompt tokens (random ids; default 1)")
+    p.add_argument("--genlen", type=positive_int, default=128, help="decode steps timed (default 128)")
+    p.add_argument("--use_compile", "--use-compile", dest="use_compile", action="store_true",
+                   help="torch.compile the decode step (before the CUDA graph is captured)")
+    p.add_argument("--no_cg", "--no-cg", dest="no_cg", action="store_true",
+                   help="run each decode step eagerly instead of replaying one CUDA graph")
+    p.add_argument("--profile", action="store_true",
+                   help="also write a torch.profiler trace (.json, opens in ui.perfetto.dev) of a few eager "
+                        "decode steps with stage names, and a breakdown of step time by stage")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats after the untimed run (default 3)")
+    p.add_argument("--calibration", default=None,
+                   help="roofline JSON from `ttt-decode calibrate` (default: the cached one for this device, "
+                        "measured now if missing)")
+    p.add_argument("--wandb", action="store_true", help="also log the record to wandb (offline unless WANDB_MODE says)")
+    p.add_argument("--wandb-project", dest="wandb_project", default="ttt-decode", help="wandb project (default ttt-decode)")
+    p.add_argument("--cell-id", dest="cell_id", default=None, help=argparse.SUPPRESS)
+
+
+def _stats(ms: list[float]) -> dict:
+    s = sorted(ms)
+
+    def pct(p):
+        return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+    return {"mean": statistics.fmean(s), "median": statistics.median(s), "p10": pct(10), "p90": pct(90),
+            "p99": pct(99), "stdev": statistics.pstdev(s), "min": s[0], "max": s[-1], "n": len(s)}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_steps(session, genlen: int, device) -> list[float]:
+    """genlen decode steps; the time of each in ms (CUDA events: no host sync between steps)."""
+    if device.type == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(genlen + 1)]
+        events[0].record()
+        for i in range(genlen):
+            session.step()
+            events[i + 1].record()
+        events[-1].synchronize()
+        return [events[i].elapsed_time(events[i + 1]) for i in range(genlen)]
+    times = []
+    for _ in range(genlen):
+        t0 = time.perf_counter()
+        session.step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _timed_prefill(session, prompt, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    session.prefill(prompt)
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _memory(device) -> dict:
+    if device.type == "cuda":
+        return {"allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+                "reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
+    return {"max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def _reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _compile_counters() -> dict:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {k: dict(v) for k, v in counters.items() if k in ("stats", "recompiles", "graph_break")}
+
+
+def _kernel_path(model, cuda_graph: bool, compiled: bool) -> dict:
+    """What actually ran: the inner loop / mixer implementation and how the step was driven."""
+    inner = getattr(model, "inner_net", None)
+    path = {"inner_net": inner, "decode_path": "cuda_graph" if cuda_graph else "eager", "compiled": compiled}
+    if hasattr(model, "form") and hasattr(model, "impl"):
+        path["ttt_path"] = f"{'triton' if model.impl == 'triton' else 'torch'}_{model.form}"
+    return path
+
+
+def _inject_fault(batch: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.startswith("kill:batch=") and int(spec.split("=", 1)[1]) == batch:
+        os.kill(os.getpid(), 9)
+
+
+def run_cell(args) -> dict:
+    """Build, time and describe one cell; returns the record (status ok). Raises on failure."""
+    from ttt_decode.decode.engine import DecodeSession
+    from ttt_decode.models import load_model, parse_dtype
+
+    if args.mode not in MODES:
+        raise UserError(f"unknown mode {args.mode!r}; choose {', '.join(MODES)}")
+    _inject_fault(args.batch)
+    torch.manual_seed(args.seed)
+    t_build = time.perf_counter()
+    model = load_model(args.model_name, inner_net=args.inner_net, dtype=args.dtype, device=args.device, seed=args.seed)
+    device = model.device
+    _sync(device)
+    build_s = time.perf_counter() - t_build
+    state_dtype = parse_dtype(args.state_dtype) if args.state_dtype else None
+    cuda_graph = device.type == "cuda" and not args.no_cg and getattr(model, "supports_cuda_graph", True)
+    warnings = []
+    if device.type == "cuda" and not args.no_cg and not cuda_graph:
+        warnings.append(f"{type(model).__name__} cannot capture its step in a CUDA graph: ran eagerly")
+    mem = {"weights": _memory(device)}
+
+    cal, cal_source = roofline.load_or_measure(device, args.calibration)
+    uses_kv = getattr(model, "uses_kv_cache", False)
+    context = args.promptlen + args.genlen // 2
+    cost = model.decode_cost(args.batch, state_dtype, context=context) if uses_kv else model.decode_cost(args.batch, state_dtype)
+    fl = roofline.floor(cost["bytes"], cost["flops"], cal, model.dtype)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, model.vocab_size, (args.batch, args.promptlen), generator=gen).to(device)
+    native = getattr(model, "native_generate", None)
+    record = {
+        "kind": "bench", **provenance(device), "cell_id": args.cell_id, "status": "ok",
+        "model": args.model_name, "config_name": getattr(model.config, "name", None),
+        "config": dataclasses.asdict(model.config) if dataclasses.is_dataclass(model.config) else None,
+        "weights_source": getattr(model, "weights_source", None),
+        "checkpoint_config": getattr(model, "checkpoint_config", None),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "state_dtype": str(state_dtype or _default_state_dtype(model)).replace("torch.", ""),
+        "mode": args.mode, "batch": args.batch, "promptlen": args.promptlen, "genlen": args.genlen,
+        "repeats": args.repeats, "seed": args.seed, "compile": bool(args.use_compile), "cuda_graph": cuda_graph,
+        **_kernel_path(model, cuda_graph, bool(args.use_compile)),
+        "state_bytes_per_seq": model.state_bytes_per_seq(state_dtype) if not uses_kv else
+        model.state_bytes_per_seq(state_dtype, context=context),
+        "weight_bytes": cost["weight_bytes"], "bytes_per_step": cost["bytes"], "flops_per_step": cost["flops"],
+        "roofline": {"copy_gb_per_s": cal["copy_gb_per_s"], "matmul_tflops": roofline.matmul_rate(cal, model.dtype),
+                     "source": cal_source, "calibrated": cal.get("time")},
+        **fl, "build_s": round(build_s, 3),
+    }
+    if uses_kv:
+        record["context_for_cost"] = context
+
+    if native is not None:
+        if args.mode != "decode":
+            raise UserError(f"{args.model_name} runs its own generate loop: only --mode decode is supported")
+        record.update(decode_path="native_generate", cuda_graph=True)
+        native(prompt, args.genlen)  # untimed: compiles and captures its graphs
+        runs = [native(prompt, args.genlen) for _ in range(args.repeats)]
+        decode_s = statistics.fmean(r["decode_s"] for r in runs)
+        steps = runs[0]["decode_steps"]
+        record.update(decode_s=decode_s, decode_steps=steps, prefill_ms=statistics.fmean(r["prefill_s"] for r in runs) * 1e3,
+                      step_ms={"mean": decode_s / steps * 1e3, "n": steps * len(runs)})
+        _throughput(record, args.batch, steps, decode_s)
+        return _finish(record, mem, device, warnings)
+
+    _reset_peak(device)
+    t_cold = time.perf_counter()
+    session = DecodeSession(model, args.batch, state_dtype=state_dtype, cuda_graph=cuda_graph,
+                            compile=bool(args.use_compile), max_steps=args.genlen + 1,
+                            max_seq_len=args.promptlen + args.genlen + 1)
+    _sync(device)
+    record["cold_start_s"] = round(session.cold_start_s, 3)
+    record["session_s"] = round(time.perf_counter() - t_cold, 3)
+    mem["state"] = _memory(device)
+    record["state_allocated_gb"] = round(_state_nbytes(session.state) / 2**30, 3)
+
+    timed_decode = args.mode in ("decode", "prefill_decode")
+
+    def one_run():
+        session.reset()
+        p = _timed_prefill(session, prompt, device)
+        steps = _timed_steps(session, args.genlen, device) if timed_decode else []
+        return p, steps
+
+    one_run()  # untimed: first-touch, lazy inits; nothing compiles or captures after this point
+    counters_before = _compile_counters()
+    replays_before = session.graph_replays
+    _reset_peak(device)
+    prefill_ms, step_ms, decode_totals, e2e = [], [], [], []
+    for _ in range(args.repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        p, steps = one_run()
+        _sync(device)
+        e2e.append(time.perf_counter() - t0)
+        prefill_ms.append(p)
+        step_ms.extend(steps)
+        decode_totals.append(sum(steps) / 1e3)
+    mem["decode"] = _memory(device)
+    if _compile_counters() != counters_before:
+        warnings.append("torch.compile counters changed inside the timed window (a recompile)")
+    if cuda_graph and timed_decode and session.graph_replays - replays_before != args.repeats * args.genlen:
+        warnings.append("fewer CUDA-graph replays than steps: part of the decode ran eagerly")
+
+    record["prefill_ms"] = statistics.fmean(prefill_ms)
+    record["prefill_ms_stats"] = _stats(prefill_ms)
+    record["prefill_tokens_per_s"] = args.batch * args.promptlen / (record["prefill_ms"] / 1e3)
+    record["e2e_s"] = statistics.fmean(e2e)
+    if timed_decode:
+        decode_s = statistics.fmean(decode_totals)
+        record["decode_s"] = decode_s
+        record["decode_steps"] = args.genlen
+        record["step_ms"] = _stats(step_ms)
+        q = max(1, args.genlen // 4)
+        per_run = [step_ms[i * args.genlen:(i + 1) * args.genlen] for i in range(args.repeats)]
+        record["step_ms_early"] = statistics.fmean(x for run in per_run for x in run[:q])
+        record["step_ms_late"] = statistics.fmean(x for run in per_run for x in run[-q:])
+        b = getattr(model.config, "mini_batch_size", None)
+        if b:
+            by_pos = {}
+            for run in per_run:
+                for t, ms in enumerate(run):
+                    by_pos.setdefault((args.promptlen + t) % b, []).append(ms)
+            record["step_ms_by_minibatch_position"] = {str(k): statistics.fmean(v) for k, v in sorted(by_pos.items())}
+        _throughput(record, args.batch, args.genlen, decode_s)
+    if args.profile:
+        from ttt_decode.bench.profiler import profile_cell
+
+        record["profile"] = profile_cell(model, args, state_dtype, prompt)
+    del session
+    return _finish(record, mem, device, warnings)
+
+
+def _default_state_dtype(model):
+    if hasattr(model, "default_state_dtype"):
+        return model.default_state_dtype()
+    return model.dtype
+
+
+def _state_nbytes(state) -> int:
+    return state.nbytes() if hasattr(state, "nbytes") else 0
+
+
+def _throughput(record, batch, steps, decode_s):
+    record["decode_tokens_per_s"] = batch * steps / decode_s
+    record["per_seq_tokens_per_s"] = steps / decode_s
+    step_s = decode_s / steps
+    record["achieved_gb_per_s"] = record["bytes_per_step"] / step_s / 1e9
+    record["achieved_tflops"] = record["flops_per_step"] / step_s / 1e12
+    record["pct_of_roofline"] = 100 * record["floor_ms"] / (step_s * 1e3)
+    record["pct_of_copy_bw"] = 100 * record["achieved_gb_per_s"] / record["roofline"]["copy_gb_per_s"]
+
+
+def _finish(record, mem, device, warnings):
+    record["peak_mem_gb"] = max((m.get("allocated_gb", m.get("max_rss_gb", 0)) for m in mem.values()), default=0)
+    record["memory"] = mem
+    record["warnings"] = warnings
+    return record
+
+
+def is_oom(e: BaseException) -> bool:
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                           or "cannot allocate memory" in text)
+
+
+def failure_record(args, status: str, message: str) -> dict:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {"kind": "bench", **provenance(device), "cell_id": args.cell_id, "status": status,
+            "error": message, "model": args.model_name, "inner_net": args.inner_net, "dtype": args.dtype,
+            "state_dtype": args.state_dtype, "mode": args.mode, "batch": args.batch, "promptlen": args.promptlen,
+            "genlen": args.genlen, "compile": bool(args.use_compile), "cuda_graph": not args.no_cg}
+
+
+def summary(record: dict) -> str:
+    if record["status"] != "ok":
+        return (f"{record['model']} {record.get('inner_net') or ''} B={record['batch']}: {record['status'].upper()} "
+                f"{record.get('error', '')}")
+    parts = [f"{record['model']} {record.get('inner_net') or ''} B={record['batch']} {record['mode']}"]
+    if "decode_tokens_per_s" in record:
+        parts.append(f"decode {record['decode_tokens_per_s']:,.0f} tok/s, step {record['step_ms']['mean']:.3f} ms "
+                     f"(median {record['step_ms'].get('median', record['step_ms']['mean']):.3f}), "
+                     f"{record['achieved_gb_per_s']:.0f} GB/s, {record['pct_of_roofline']:.0f}% of roofline")
+    if record["mode"] != "decode":
+        parts.append(f"prefill {record['prefill_ms']:.2f} ms ({record['prefill_tokens_per_s']:,.0f} tok/s)")
+    if "cold_start_s" in record:
+        parts.append(f"cold start {record['cold_start_s']:.1f} s")
+    return " | ".join(parts)
+
+
+def main(args) -> int:
+    path = os.path.join(args.logdir, RESULTS)
+    try:
+        record = run_cell(args)
+    except UserError:
+        raise
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a record, then the cell exits non-zero
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        status = "oom" if is_oom(e) else "error"
+        message = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        record = failure_record(args, status, message)
+        append_jsonl(path, record)
+        log_line(args.logdir, summary(record) + "\n" + traceback.format_exc())
+        print(summary(record), file=sys.stderr)
+        return 3 if status == "oom" else 1
+    append_jsonl(path, record)
+    log_line(args.logdir, summary(record) + (f" | warnings: {record['warnings']}" if record["warnings"] else ""))
+    if args.wandb:
+        from ttt_decode.bench.wandb_log import log_record
+
+        log_record(record, project=args.wandb_project, logdir=args.logdir)
+    print(summary(record))
+    for w in record["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0

@@ -1,0 +1,224 @@
+"""Triton primal-form decode step of TTT-MLP (M2), the published kernels' way; reference naive.decode_step_primal.
+
+The baseline the dual form (triton_decode.py) is measured against: the same tiles, loads and float32
+arithmetic, but the mini-batch's gradients are kept as full matrices. Per (sequence, head), i = pos:
+    Z1k = k W1 + b1, X2k = gelu(Z1k), g2 = eta dl/dZ2 (loss on LN(X2k W2 + b2)), g1 = eta (dl/dZ2 W2^T) gelu'(Z1k)
+    W1_grad += k^T g1, b1_grad += g1, W2_grad += X2k^T g2, b2_grad += g2
+    W_bar = W - c_i W_grad (each of W1, b1, W2, b2);  out = q + LN(gelu(q W1_bar + b1_bar) W2_bar + b2_bar)
+    i < b-1: gradients written;  i = b-1: W <- W_bar, gradients written as 0.
+
+Compulsory bytes per call (s = state item size, a = activation item size), per (sequence, head):
+    state and gradients read, gradients written: 3 (2 f F + F + f) s; at i = b-1 the state written;
+    q, k, v, out 4 f a, eta 4 bytes. Averaged: ops.ttt_common.inner_step_cost(mlp=True, form="primal"),
+    3.06 state-sized transfers; ttt-1b (H 32, f 64, b 16), fp16 state, B = 512: 3.33 GB, floor 1.1 ms.
+FLOPs per call per (sequence, head): 10 f F (k W1, X2k W2, g2 W2^T, q W1, X2' W2) + 8 f F (the two
+  rank-1 gradient updates and W_bar for W1 and W2).
+Grid: (B H,), one program per (sequence, head). Hidden sizes up to MAX_ONE_TILE (f <= 64) hold W1, W2
+  whole; larger ones walk BLOCK_F chunks twice (W read twice, the second time from L2), as the dual kernel.
+Mutates: cache.W1_grad, b1_grad, W2_grad, b2_grad every call; state W1, b1, W2, b2 at pos = b-1.
+  pos is read, never moved (advance=True moves it after the kernel).
+Arithmetic in float32; hand-picked configurations (`primal_config`), no autotune.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ttt_decode.ops.ttt_common import TTT_NORM_EPS, PrimalCache, TTTState
+from ttt_decode.ops.ttt_triton_common import (
+    advance_pos,
+    check_kernel_inputs,
+    gelu,
+    gelu_and_grad,
+    launch_options,
+    ln_fused_l2_bwd,
+    ln_fwd,
+    pow2,
+    rne,
+)
+from ttt_decode.ops.ttt_mlp.triton_decode import MAX_ONE_TILE, _load_w1, _load_w2, _w1_products
+
+
+@triton.jit
+def _chunk_b(b_w2, b_gw1, b_gw2, x2k, dx2k, z1q0, g2, g2e, eta, c_i, b_q, b_k, last, p_w1, p_b1, p_w2, p_b1g,
+             p_w1g, p_w2g, o_d, m_d, o_f, m_f, D: tl.constexpr, FH: tl.constexpr):
+    """With g2 known: this chunk's gradients (accumulated and written back), its W_bar, and X2' W2_bar."""
+    b_w2f = b_w2.to(tl.float32)  # [BF, BD]
+    g1e = tl.sum(b_w2f * g2[None, :], 1) * dx2k * eta
+    m_w1 = m_d[:, None] & m_f[None, :]
+    m_w2 = m_f[:, None] & m_d[None, :]
+    o_w1 = o_d[:, None] * FH + o_f[None, :]
+    o_w2 = o_f[:, None] * D + o_d[None, :]
+    gw1 = b_gw1.to(tl.float32) + b_k[:, None] * g1e[None, :]  # [BD, BF]
+    gb1 = tl.load(p_b1g + o_f, mask=m_f, other=0.0).to(tl.float32) + g1e
+    x2q = gelu(z1q0 - c_i * (tl.sum(gw1 * b_q[:, None], 0) + gb1))
+    gw2 = b_gw2.to(tl.float32) + x2k[:, None] * g2e[None, :]  # [BF, BD]
+    w2_bar = b_w2f - c_i * gw2
+    z2q = tl.sum(x2q[:, None] * w2_bar, 0)  # [BD]
+    # Gradients restart at the end of the mini-batch, where W_bar becomes the state.
+    tl.store(p_w1g + o_w1, rne(tl.where(last, 0.0, gw1), p_w1g.dtype.element_ty), mask=m_w1)
+    tl.store(p_b1g + o_f, rne(tl.where(last, 0.0, gb1), p_b1g.dtype.element_ty), mask=m_f)
+    tl.store(p_w2g + o_w2, rne(tl.where(last, 0.0, gw2), p_w2g.dtype.element_ty), mask=m_w2)
+    tl.store(p_w2 + o_w2, rne(w2_bar, p_w2.dtype.element_ty), mask=m_w2 & last)
+    # W1 is not held past pass A: at the last position it is read again (L2) for W1_bar.
+    b_w1 = tl.load(p_w1 + o_w1, mask=m_w1 & last, other=0.0).to(tl.float32)
+    tl.store(p_w1 + o_w1, rne(b_w1 - c_i * gw1, p_w1.dtype.element_ty), mask=m_w1 & last)
+    b_b1 = tl.load(p_b1 + o_f, mask=m_f & last, other=0.0).to(tl.float32)
+    tl.store(p_b1 + o_f, rne(b_b1 - c_i * gb1, p_b1.dtype.element_ty), mask=m_f & last)
+    return z2q
+
+
+@triton.jit
+def _m2_primal_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
+    w1_ptr, b1_ptr, w2_ptr, b2_ptr, gw1_ptr, gb1_ptr, gw2_ptr, gb2_ptr, out_ptr,
+    H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+    D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
+    EPS: tl.constexpr, EARLY: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    i_b = pid // H
+    i_h = pid % H
+    ONE_CHUNK: tl.constexpr = BLOCK_F >= FH
+    NUM_CHUNKS: tl.constexpr = (FH + BLOCK_F - 1) // BLOCK_F
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    o_f0 = tl.arange(0, BLOCK_F)
+    pos = tl.load(pos_ptr).to(tl.int32)
+    last = pos == MB - 1
+
+    p_w1 = w1_ptr + pid * (D * FH)
+    p_b1 = b1_ptr + pid * FH
+    p_w2 = w2_ptr + pid * (FH * D)
+    p_b2 = b2_ptr + pid * D
+    p_w1g = gw1_ptr + pid * (D * FH)
+    p_b1g = gb1_ptr + pid * FH
+    p_w2g = gw2_ptr + pid * (FH * D)
+    p_b2g = gb2_ptr + pid * D
+
+    if ONE_CHUNK:
+        m_f = o_f0 < FH
+        b_w1 = _load_w1(p_w1, o_d, m_d, o_f0, m_f, FH)
+        if EARLY:
+            # Every tile requested at once (one memory latency), held together.
+            b_w2 = _load_w2(p_w2, o_d, m_d, o_f0, m_f, D)
+            b_gw1 = _load_w1(p_w1g, o_d, m_d, o_f0, m_f, FH)
+            b_gw2 = _load_w2(p_w2g, o_d, m_d, o_f0, m_f, D)
+    b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)  # [BD]
+    b_k = tl.load(k_ptr + i_b * stride_kb + i_h * stride_kh + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
+    eta = tl.load(eta_ptr + i_b * stride_eb + i_h * stride_eh).to(tl.float32)
+    c_i = tl.load(c_ptr + pos).to(tl.float32)
+    gam = tl.load(gamma_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    bet = tl.load(beta_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
+
+    # Pass A: Z2k = gelu(k W1 + b1) W2 + b2 at the mini-batch start state.
+    if ONE_CHUNK:
+        z1k, z1q0 = _w1_products(b_w1, p_b1, o_f0, m_f, b_k, b_q)
+        x2k, dx2k = gelu_and_grad(z1k)
+        if not EARLY:
+            b_w2 = _load_w2(p_w2, o_d, m_d, o_f0, m_f, D)
+        z2k = tl.sum(x2k[:, None] * b_w2.to(tl.float32), 0) + b_b2
+    else:
+        z2k = b_b2
+        # Software pipeline: the next chunk's tiles are requested before this chunk is computed.
+        n_w1 = _load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
+        n_w2 = _load_w2(p_w2, o_d, m_d, o_f0, o_f0 < FH, D)
+        for ci in range(NUM_CHUNKS):
+            o_f = ci * BLOCK_F + o_f0
+            m_f = o_f < FH
+            c_w1, c_w2 = n_w1, n_w2
+            m_n = (o_f + BLOCK_F) < FH
+            n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+            n_w2 = _load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
+            z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
+            z2k += tl.sum(gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
+    g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
+    g2e = g2 * eta
+
+    # Pass B: gradients, W_bar and the output's products, chunk by chunk.
+    if ONE_CHUNK:
+        if not EARLY:
+            b_gw1 = _load_w1(p_w1g, o_d, m_d, o_f0, m_f, FH)
+            b_gw2 = _load_w2(p_w2g, o_d, m_d, o_f0, m_f, D)
+        z2q = _chunk_b(b_w2, b_gw1, b_gw2, x2k, dx2k, z1q0, g2, g2e, eta, c_i, b_q, b_k, last, p_w1, p_b1, p_w2,
+                       p_b1g, p_w1g, p_w2g, o_d, m_d, o_f0, m_f, D, FH)
+    else:
+        z2q = tl.zeros([BLOCK_D], dtype=tl.float32)
+        n_w1 = _load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
+        n_w2 = _load_w2(p_w2, o_d, m_d, o_f0, o_f0 < FH, D)
+        n_gw1 = _load_w1(p_w1g, o_d, m_d, o_f0, o_f0 < FH, FH)
+        n_gw2 = _load_w2(p_w2g, o_d, m_d, o_f0, o_f0 < FH, D)
+        for ci in range(NUM_CHUNKS):
+            o_f = ci * BLOCK_F + o_f0
+            m_f = o_f < FH
+            c_w1, c_w2, c_gw1, c_gw2 = n_w1, n_w2, n_gw1, n_gw2
+            m_n = (o_f + BLOCK_F) < FH
+            n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+            n_w2 = _load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
+            n_gw1 = _load_w1(p_w1g, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+            n_gw2 = _load_w2(p_w2g, o_d, m_d, o_f + BLOCK_F, m_n, D)
+            z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
+            x2k, dx2k = gelu_and_grad(z1k)
+            z2q += _chunk_b(c_w2, c_gw1, c_gw2, x2k, dx2k, z1q0, g2, g2e, eta, c_i, b_q, b_k, last, p_w1, p_b1, p_w2,
+                            p_b1g, p_w1g, p_w2g, o_d, m_d, o_f, m_f, D, FH)
+
+    gb2 = tl.load(p_b2g + o_d, mask=m_d, other=0.0).to(tl.float32) + g2e
+    b2_bar = b_b2 - c_i * gb2
+    out = b_q + ln_fwd(z2q + b2_bar, gam, bet, m_d, D, EPS)
+    tl.store(out_ptr + pid * D + o_d, rne(out, out_ptr.dtype.element_ty), mask=m_d)
+    tl.store(p_b2g + o_d, rne(tl.where(last, 0.0, gb2), gb2_ptr.dtype.element_ty), mask=m_d)
+    tl.store(p_b2 + o_d, rne(b2_bar, b2_ptr.dtype.element_ty), mask=m_d & last)
+
+
+def primal_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
+    """Hand-picked launch configuration (no autotune: the state is updated in place)."""
+    F = 4 * head_dim
+    return {"BLOCK_F": pow2(F) if pow2(F) <= MAX_ONE_TILE else 128, "num_warps": 8, "maxnreg": None, "EARLY": True}
+
+
+def _launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, gW1, gb1, gW2, gb2, mini_batch_size, out,
+            config=None):
+    B, H, f = q.shape
+    F = W1.shape[-1]
+    cfg = config or primal_config(B, f, W1.dtype)
+    _m2_primal_kernel[(B * H,)](
+        q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, gW1, gb1, gW2, gb2, out,
+        H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
+        D=f, FH=F, MB=mini_batch_size, BLOCK_D=pow2(f), BLOCK_F=min(cfg["BLOCK_F"], pow2(F)), EPS=TTT_NORM_EPS,
+        EARLY=cfg["EARLY"], **launch_options(cfg))
+    return out
+
+
+_MUTATED = ("W1", "b1", "W2", "b2", "W1_grad", "b1_grad", "W2_grad", "b2_grad")
+
+
+@torch.library.custom_op("ttt_decode::ttt_mlp_primal_step", mutates_args=_MUTATED)
+def _primal_step_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor, c: torch.Tensor,
+                    gamma: torch.Tensor, beta: torch.Tensor, pos: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor,
+                    W2: torch.Tensor, b2: torch.Tensor, W1_grad: torch.Tensor, b1_grad: torch.Tensor,
+                    W2_grad: torch.Tensor, b2_grad: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # [B, H, f]
+    return _launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, W1_grad, b1_grad, W2_grad, b2_grad,
+                   c.shape[0], out)
+
+
+@_primal_step_op.register_fake
+def _(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, W1_grad, b1_grad, W2_grad, b2_grad):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+def decode_step_primal(q, k, v, eta, c, gamma, beta, state: TTTState, cache: PrimalCache, advance: bool = True):
+    """One token, primal form; same arguments and semantics as naive.decode_step_primal. -> out [B, H, f].
+
+    Mutates: cache gradients (and pos if advance), state at the last mini-batch position."""
+    check_kernel_inputs("ttt_mlp primal decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=False)
+    out = torch.ops.ttt_decode.ttt_mlp_primal_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
+                                                   state.W2, state.b2, cache.W1_grad, cache.b1_grad, cache.W2_grad,
+                                                   cache.b2_grad)
+    if advance:
+        advance_pos(cache.pos, cache.mini_batch_size)
+    return out

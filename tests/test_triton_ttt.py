@@ -1,0 +1,233 @@
+"""Triton TTT decode kernels (M1/M2, dual/primal) vs the float64 reference, under TRITON_INTERPRET=1 on CPU.
+
+Each case decodes two mini-batches plus one token (every position, both end-of-mini-batch updates)
+and checks the outputs, the final state and the final cache. Errors are measured against the
+reference run in float64 on the same (rounded) inputs: float32 state within 1e-5; float16 / bfloat16
+at most 2x the error of the PyTorch op run in the same dtypes (plus 1e-6), and under 2e-2. Outputs are
+NaN-poisoned before each call, and the dual cache starts NaN-filled, so an unwritten output or a read
+of a stale cache row fails. GPU cases (pytest -m gpu) run the same checks at ttt-1b shapes.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+from conftest import rel_err
+from ttt_inputs import make_case
+from ttt_decode.errors import UserError
+from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
+
+KERNELS = {  # name -> (mlp, form)
+    "M1-dual": (False, "dual"), "M1-primal": (False, "primal"),
+    "M2-dual": (True, "dual"), "M2-primal": (True, "primal"),
+}
+STATE_ACT = {"fp32": (torch.float32, torch.float32), "fp16": (torch.float16, torch.float16),
+             "bf16": (torch.bfloat16, torch.bfloat16)}
+
+
+def _mods(mlp, form):
+    pkg = "ttt_decode.ops." + ("ttt_mlp" if mlp else "ttt_linear")
+    naive = importlib.import_module(pkg + ".naive")
+    tri = importlib.import_module(pkg + (".triton_decode" if form == "dual" else ".triton_primal"))
+    name = "decode_step_dual" if form == "dual" else "decode_step_primal"
+    return getattr(naive, name), getattr(tri, name), tri
+
+
+def _cache(form, state, b, fill=None):
+    cache = (DualCache if form == "dual" else PrimalCache).empty_like_state(state, b)
+    if fill is not None and form == "dual":
+        for n, t in cache.tensors().items():
+            if n != "pos":
+                t.fill_(fill)
+    return cache
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty returns NaN-filled floating tensors while active (poisons the kernels' outputs)."""
+    orig = torch.empty
+
+    def empty(*args, **kwargs):
+        t = orig(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def activate():
+        monkeypatch.setattr(torch, "empty", empty)
+    return activate
+
+
+def decode(step, case, state, cache, N, poison=None):
+    outs = []
+    for t in range(N):
+        if poison:
+            poison()
+        outs.append(step(*case.token(t), state, cache))
+    return torch.stack(outs, 2)
+
+
+def run_and_compare(mlp, form, f, key, nan_empty, N=33, B=2, H=2, seed=0, config=None, monkeypatch=None):
+    ref_step, tri_step, tri_mod = _mods(mlp, form)
+    state_dtype, act = STATE_ACT[key]
+    low = make_case(B=B, H=H, f=f, N=N, mlp=mlp, seed=seed).to(dtype=act)
+    case64 = low.to(dtype=torch.float64)
+    b = low.c.shape[0]
+    st0 = low.state(dtype=state_dtype)
+
+    st64 = TTTState(**{n: t.double() for n, t in st0.tensors().items()})
+    c64 = _cache(form, st64, b)
+    out64 = decode(ref_step, case64, st64, c64, N)
+    st_n, c_n = st0.clone(), _cache(form, st0, b)
+    out_n = decode(ref_step, low, st_n, c_n, N)
+    if config is not None:
+        name = "dual_config" if form == "dual" else "primal_config"
+        default = getattr(tri_mod, name)
+        monkeypatch.setattr(tri_mod, name, lambda *a: {**default(*a), **config})  # the config over the defaults
+    st_k, c_k = st0.clone(), _cache(form, st0, b, fill=float("nan"))
+    out_k = decode(tri_step, low, st_k, c_k, N, poison=nan_empty)
+
+    assert out_k.dtype == act and torch.isfinite(out_k).all()
+    assert c_k.pos.item() == c64.pos.item() == N % b
+    pairs = [("out", out_k, out_n, out64)]
+    pairs += [(f"state.{n}", t, st_n.tensors()[n], st64.tensors()[n]) for n, t in st_k.tensors().items()]
+    for n, t in c_k.tensors().items():
+        if n == "pos":
+            continue
+        rows = slice(None) if form == "primal" else slice(0, N % b)
+        pairs.append((f"cache.{n}", t[:, :, rows] if form == "dual" else t, getattr(c_n, n)[:, :, rows]
+                      if form == "dual" else getattr(c_n, n), getattr(c64, n)[:, :, rows] if form == "dual"
+                      else getattr(c64, n)))
+    for name, got, same, ref in pairs:
+        assert got.dtype == same.dtype, name
+        e, e_same = rel_err(got, ref), rel_err(same, ref)
+        if key == "fp32":
+            assert e < 1e-5, (name, e)
+        else:
+            assert e <= 2 * e_same + 1e-6 and e < 2e-2, (name, e, e_same)
+
+
+@pytest.mark.parametrize("key", list(STATE_ACT))
+@pytest.mark.parametrize("f", [16, 64], ids=["f16", "f64"])
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_kernel_matches_float64_reference(kernel, f, key, nan_empty):
+    mlp, form = KERNELS[kernel]
+    run_and_compare(mlp, form, f, key, nan_empty, seed=f + len(key))
+
+
+# Launch configurations other than the default (the chunked F walk, W2 held, the CUDA-core update);
+# the GPU sweep times them, so they must compute the same function. f=24: masked head dim.
+ALT_CONFIGS = [
+    ("M2-dual", 16, {"BLOCK_F": 32, "num_warps": 2, "RELOAD_W2": True, "UPDATE_DOT": True}),
+    ("M2-dual", 16, {"BLOCK_F": 64, "num_warps": 4, "RELOAD_W2": False, "UPDATE_DOT": False}),
+    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 4, "RELOAD_W2": True, "UPDATE_DOT": False}),
+    ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 4}),
+    ("M2-primal", 24, {"BLOCK_F": 128, "num_warps": 4}),
+    ("M1-dual", 16, {"num_warps": 2, "UPDATE_DOT": False}),
+    ("M1-dual", 24, {"num_warps": 4, "UPDATE_DOT": True}),
+    ("M1-primal", 24, {"num_warps": 2}),
+]
+
+
+@pytest.mark.parametrize("kernel,f,config", ALT_CONFIGS,
+                         ids=[f"{k}-f{f}-" + "-".join(f"{n}{v}" for n, v in c.items()) for k, f, c in ALT_CONFIGS])
+def test_other_launch_configs(kernel, f, config, nan_empty, monkeypatch):
+    mlp, form = KERNELS[kernel]
+    run_and_compare(mlp, form, f, "fp32", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_advance_flag(kernel):
+    mlp, form = KERNELS[kernel]
+    _, tri_step, _ = _mods(mlp, form)
+    case = make_case(B=1, H=2, f=16, N=2, mlp=mlp, seed=3).to(dtype=torch.float32)
+    state = case.state()
+    cache = _cache(form, state, case.c.shape[0])
+    tri_step(*case.token(0), state, cache, advance=False)
+    assert cache.pos.item() == 0
+    tri_step(*case.token(1), state, cache)
+    assert cache.pos.item() == 1
+
+
+def _one_step_args(mlp, form, f=16, b=16, dtype=torch.float32, state_dtype=None):
+    case = make_case(B=2, H=2, f=f, N=1, b=b, mlp=mlp, seed=5).to(dtype=dtype)
+    state = case.state(dtype=state_dtype or dtype)
+    return case.token(0), state, _cache(form, state, b)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_unsupported_inputs_refused(kernel):
+    mlp, form = KERNELS[kernel]
+    _, tri_step, _ = _mods(mlp, form)
+    for f, match in ((8, "head dim 8"), (144, "head dim 144")):
+        tok, state, cache = _one_step_args(mlp, form, f=f)
+        with pytest.raises(UserError, match=match):
+            tri_step(*tok, state, cache)
+    tok, state, cache = _one_step_args(mlp, form, b=1)
+    with pytest.raises(UserError, match="mini-batch size 1"):
+        tri_step(*tok, state, cache)
+    tok, state, cache = _one_step_args(mlp, form, dtype=torch.float64)
+    with pytest.raises(UserError, match="float64"):
+        tri_step(*tok, state, cache)
+    tok, state, cache = _one_step_args(mlp, form, state_dtype=torch.float16)
+    other = _cache("primal" if form == "dual" else "dual", state, 16)
+    with pytest.raises(UserError, match="needs a"):
+        tri_step(*tok, state, other)
+    # A state that is not contiguous would be updated in a copy: refused, never copied.
+    tok, state, cache = _one_step_args(mlp, form)
+    state.W1 = state.W1.transpose(0, 1).contiguous().transpose(0, 1)
+    with pytest.raises(AssertionError, match="contiguous"):
+        tri_step(*tok, state, cache)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_custom_op_schema_and_fake(kernel):
+    """mutates_args and the fake implementation pass torch.library.opcheck (what torch.compile relies on)."""
+    mlp, form = KERNELS[kernel]
+    tok, state, cache = _one_step_args(mlp, form)
+    q, k, v, eta, c, gamma, beta = tok
+    name = f"ttt_{'mlp' if mlp else 'linear'}_{form}_step"
+    extra = [t for n, t in cache.tensors().items() if n != "pos"]
+    args = (q, k, v, eta, c, gamma, beta, cache.pos, *state.tensors().values(), *extra)
+    torch.library.opcheck(getattr(torch.ops.ttt_decode, name).default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------- GPU (pytest -m gpu)
+@pytest.mark.gpu
+@pytest.mark.parametrize("key", list(STATE_ACT))
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("B,H,f", [(16, 32, 64), (64, 32, 64), (16, 8, 128)], ids=["B16-H32-f64", "B64-H32-f64",
+                                                                                   "B16-H8-f128"])
+def test_gpu_kernel_matches_reference(kernel, key, B, H, f):
+    from ttt_decode.bench.micro import check_ttt_variant
+    from ttt_decode.configs import TTTConfig
+    import ttt_decode.configs as configs
+
+    mlp, form = KERNELS[kernel]
+    name = f"mlp_{2 if mlp else 1}_{form}_triton"
+    cfg_name = "ttt-1b" if f == 64 else "test-f128"
+    if cfg_name not in configs.CONFIGS:
+        configs.CONFIGS[cfg_name] = TTTConfig(cfg_name, hidden_size=H * f, num_layers=1, num_heads=H,
+                                              intermediate_size=256, vocab_size=500)
+    state_dtype, act = STATE_ACT[key]
+    res = check_ttt_variant(name, state_dtype, "cuda", cfg_name, act, batch=B)
+    assert res["passed"], res
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inner_net", ["mlp_2_dual_triton", "mlp_1_dual_triton", "mlp_2_primal_triton",
+                                       "mlp_1_primal_triton"])
+def test_gpu_compiled_graph_step_matches_eager(inner_net):
+    """The model step with a Triton inner loop compiles with fullgraph=True and replays in a CUDA graph,
+    giving the eager step's logits."""
+    from ttt_decode.decode import DecodeSession
+    from ttt_decode.models import build
+
+    model = build("ttt-tiny-64", inner_net=inner_net, dtype=torch.float16, device="cuda")
+    ids = torch.randint(0, 500, (4, 20), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    eager = DecodeSession(model, 4, cuda_graph=False, compile=False, max_steps=64)
+    fast = DecodeSession(model, 4, cuda_graph=True, compile=True, max_steps=64)
+    for t in range(ids.shape[1]):
+        a = eager.step(ids[:, t]).float()
+        b = fast.step(ids[:, t]).float()
+        assert rel_err(b, a) < 1e-2, t
