@@ -6,7 +6,7 @@
 #
 # Override with environment variables, e.g. a short run:
 #   BATCHES="16 64 256" GENLEN=256 LOGDIR=exp/quick bash scripts/decode_sweep.sh
-# GPUS="0,1" spreads the cells over two GPUs.
+# GPUS="0,1" spreads the cells over two GPUs; extra arguments go to `ttt-decode sweep` (e.g. --cell-timeout 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -20,5 +20,5 @@ PYTHON=${PYTHON:-python3}
 $PYTHON -m ttt_decode.cli sweep --logdir "$LOGDIR" \
     --models state-spaces/mamba-1.4b,ttt-1b --inner-nets mlp_1_dual_triton,mlp_2_dual_triton \
     --batches "${BATCHES// /,}" --genlens "$GENLEN" --promptlen 1 --mode decode --use_compile \
-    --repeats "$REPEATS" ${GPUS:+--gpus "$GPUS"}
+    --repeats "$REPEATS" ${GPUS:+--gpus "$GPUS"} "$@"
 $PYTHON -m ttt_decode.cli report "$LOGDIR" --out "$LOGDIR/report"

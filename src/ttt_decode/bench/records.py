@@ -31,7 +31,12 @@ def now() -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short commit of the code that ran, '+dirty' when the tree had uncommitted changes."""
+    """Short commit of the code that ran, '+dirty' when the tree had uncommitted changes.
+
+    TTT_DECODE_COMMIT overrides it: a copy of the tree without .git (e.g. on a remote GPU machine)
+    is told which commit it is."""
+    if os.environ.get("TTT_DECODE_COMMIT"):
+        return os.environ["TTT_DECODE_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from ttt_decode.bench.records import command_line, git_commit
+
 from ttt_decode.decode.engine import teacher_force
 from ttt_decode.errors import UserError
 
@@ -203,7 +205,7 @@ def main(args) -> int:
                   "inner_net": getattr(model, "inner_net", None), "dtype": str(model.dtype).replace("torch.", ""),
                   "state_dtype": args.state_dtype, "batch": args.batch, "steps": args.steps,
                   "promptlen": args.promptlen, "device": torch.cuda.get_device_name() if model.device.type == "cuda"
-                  else "cpu", "results": results}
+                  else "cpu", "git_commit": git_commit(), "command": command_line(), "results": results}
         with open(args.out, "a") as fh:
             fh.write(json.dumps(record) + "\n")
     failed = [r["check"] for r in results if r.get("passed") is False]
