@@ -138,7 +138,7 @@ def test_sweep_over_fake_gpus_each_cell_once_none_lost(tmp_path):
     killed = [x for x in recs if x["batch"] == 3][0]
     assert killed["status"] == "killed" and killed["gpu_assigned"] in ("5", "7")
     ok = [x for x in recs if x["status"] == "ok"]
-    assert all(x["cuda_visible_devices"] in ("5", "7") for x in ok)
+    assert all(x["cuda_visible_devices"] in ("5", "7") and x["gpu_assigned"] == x["cuda_visible_devices"] for x in ok)
     # Resume does not run anything twice.
     r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7")
     assert "4 already recorded, 0 to run" in r.stdout

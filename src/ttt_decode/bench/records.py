@@ -103,6 +103,7 @@ def provenance(device: torch.device | str | None = None) -> dict:
         "device": device.type, "gpu": gpu_name(device), "driver": _driver(),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "gpu_assigned": os.environ.get("TTT_DECODE_GPU_ASSIGNED"),
         "command": command_line(),
     }
     if device.type == "cuda":

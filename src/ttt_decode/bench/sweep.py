@@ -164,6 +164,7 @@ class Sweep:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+            env["TTT_DECODE_GPU_ASSIGNED"] = gpu  # the cell's record names the GPU the sweep gave it
         limiter = _memory_limiter(self.args.cell_mem_limit_gb) if self.args.device == "cpu" else None
         try:
             proc = subprocess.run(_bench_argv(c, self.args), env=env, capture_output=True, text=True,
