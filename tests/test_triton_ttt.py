@@ -120,6 +120,8 @@ ALT_CONFIGS = [
     ("M2-dual", 16, {"BLOCK_F": 32, "num_warps": 2, "RELOAD_W2": True, "UPDATE_DOT": True}),
     ("M2-dual", 16, {"BLOCK_F": 64, "num_warps": 4, "RELOAD_W2": False, "UPDATE_DOT": False}),
     ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 4, "RELOAD_W2": True, "UPDATE_DOT": False}),
+    ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 2, "Z1_SCRATCH": True}),
+    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 2, "Z1_SCRATCH": True, "UPDATE_DOT": False}),
     ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 4}),
     ("M2-primal", 24, {"BLOCK_F": 128, "num_warps": 4}),
     ("M1-dual", 16, {"num_warps": 2, "UPDATE_DOT": False}),

@@ -26,6 +26,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--configs", default=None, help="JSON list of configurations (default: run B's list)")
+    p.add_argument("--batches", default="", help="comma list: also time the fastest configuration at these batches")
     args = p.parse_args()
     dev = torch.device("cuda")
     copy = copy_bandwidth(dev)["gb_per_s"]
@@ -40,7 +42,11 @@ def main():
             fh.write(json.dumps(rec) + "\n")
         rows.append(rec)
 
-    for c in (default, cfg(64, 1), cfg(32, 1), cfg(32, 2), cfg(128, 2), cfg(64, 2, dot=False)):
+    configs = json.loads(args.configs) if args.configs else [default, cfg(64, 1), cfg(32, 1), cfg(32, 2), cfg(128, 2),
+                                                              cfg(64, 2, dot=False)]
+    configs = [{**default, **c} for c in configs]
+    timed = []
+    for c in configs:
         chk = check_ttt_variant(K, torch.float16, dev, "ttt-1b", torch.float16, batch=3, config=c)
         if not chk["passed"]:
             emit({"stage": "configs", "config": c, "status": "check_failed", "check": chk})
@@ -50,14 +56,24 @@ def main():
         gbs = nbytes / t["us"] / 1e3
         emit({"stage": "configs", "config": c, "us_per_layer": round(t["us"], 1), "gb_per_s": round(gbs, 1),
               "pct_copy_bw": round(100 * gbs / copy, 1), "check": chk})
-        if c is default:
+        timed.append((t["us"], c))
+        if c is configs[0] or c == default:
             for pos in (0, 7, 15):  # one position alone, every state set
                 tp = time_calls(fns[pos::16], dev, 20)
                 emit({"stage": "position", "config": c, "pos": pos, "us_per_layer": round(tp["us"], 1)})
         del fns
         torch.cuda.empty_cache()
+    best = min(timed, key=lambda x: x[0])[1] if timed else None
+    for b in [int(x) for x in args.batches.split(",") if x]:
+        fns, nbytes, _, n_sets = ttt_micro_case(K, b, torch.float16, dev, "ttt-1b", config=best)
+        t = time_calls(fns, dev, 20)
+        gbs = nbytes / t["us"] / 1e3
+        emit({"stage": "batch", "config": best, "batch": b, "us_per_layer": round(t["us"], 2), "bytes": nbytes,
+              "gb_per_s": round(gbs, 1), "pct_copy_bw": round(100 * gbs / copy, 1), "state_sets": n_sets})
+        del fns
+        torch.cuda.empty_cache()
     for r in rows:
-        what = f"pos {r['pos']}" if "pos" in r else str({k: v for k, v in r["config"].items() if v not in (None,)})
+        what = f"pos {r['pos']}" if "pos" in r else f"B={r['batch']}" if r["stage"] == "batch" else str({k: v for k, v in r["config"].items() if v not in (None,)})
         print(f"{r['stage']:9s} {what:95s} {r.get('us_per_layer', '-'):>8} us {r.get('pct_copy_bw', ''):>6}%")
 
 

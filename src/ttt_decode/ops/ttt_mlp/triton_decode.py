@@ -102,11 +102,11 @@ def _chunk_b(b_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, b_g1, b_x2, p_cg1, p_
 @triton.jit
 def _m2_dual_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
-    w1_ptr, b1_ptr, w2_ptr, b2_ptr, ck_ptr, cg1_ptr, cx2_ptr, cg2_ptr, out_ptr,
+    w1_ptr, b1_ptr, w2_ptr, b2_ptr, ck_ptr, cg1_ptr, cx2_ptr, cg2_ptr, out_ptr, z1_ptr,
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    EARLY: tl.constexpr, RELOAD_W2: tl.constexpr, UPDATE_DOT: tl.constexpr,
+    EARLY: tl.constexpr, RELOAD_W2: tl.constexpr, UPDATE_DOT: tl.constexpr, Z1_SCRATCH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -132,6 +132,7 @@ def _m2_dual_kernel(
     p_cg1 = cg1_ptr + pid * (MB * FH)
     p_cx2 = cx2_ptr + pid * (MB * FH)
     p_cg2 = cg2_ptr + pid * (MB * D)
+    p_z1 = z1_ptr + pid * (2 * FH)  # Z1_SCRATCH: k W1 + b1 and q W1 + b1 of pass A, float32
 
     # The state first: the large transfers, in flight while the small inputs arrive.
     if ONE_CHUNK:
@@ -180,6 +181,9 @@ def _m2_dual_kernel(
             n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
             n_w2 = _load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
             z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
+            if Z1_SCRATCH:
+                tl.store(p_z1 + o_f, z1k, mask=m_f)
+                tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
             z2k += tl.sum(gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
     g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2t = rne(g2 * eta, CACHE_DT)
@@ -198,20 +202,30 @@ def _m2_dual_kernel(
     else:
         z2q = tl.zeros([BLOCK_D], dtype=tl.float32)
         dots = tl.zeros([BLOCK_MB], dtype=tl.float32)
-        n_w1 = _load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
+        if Z1_SCRATCH:
+            # Pass A's Z1 rows come back from the scratch (2 F floats, L1/L2) instead of W1 being walked
+            # again: at large batch the second walk of W1 and W2 does not all hit L2 and costs HBM bytes.
+            tl.debug_barrier()
+        else:
+            n_w1 = _load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
         n_w2 = _load_w2(p_w2, o_d, m_d, o_f0, o_f0 < FH, D)
         n_g1 = _load_rows(p_cg1, o_s, m_old, o_f0, o_f0 < FH, FH)
         n_x2 = _load_rows(p_cx2, o_s, m_old, o_f0, o_f0 < FH, FH)
         for ci in range(NUM_CHUNKS):
             o_f = ci * BLOCK_F + o_f0
             m_f = o_f < FH
-            c_w1, c_w2, c_g1, c_x2 = n_w1, n_w2, n_g1, n_x2
+            c_w2, c_g1, c_x2 = n_w2, n_g1, n_x2
             m_n = (o_f + BLOCK_F) < FH
-            n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+            if Z1_SCRATCH:
+                z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
+                z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
+            else:
+                c_w1 = n_w1
+                n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+                z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
             n_w2 = _load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
             n_g1 = _load_rows(p_cg1, o_s, m_old, o_f + BLOCK_F, m_n, FH)
             n_x2 = _load_rows(p_cx2, o_s, m_old, o_f + BLOCK_F, m_n, FH)
-            z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
             x2k, dx2k = gelu_and_grad(z1k)
             zc, dc = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f, m_f, o_s,
                               FH, CACHE_DT)
@@ -251,7 +265,7 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     from B=16 to 1024; whole [64, 256] tiles with 4 warps: 1145 us; 8 warps or 32-column chunks 1.6-2x
     slower. Warps grow with the head dim (a [128, 64] chunk at f = 128)."""
     return {"BLOCK_F": 64, "num_warps": max(2, head_dim // 32), "maxnreg": None, "EARLY": False, "RELOAD_W2": True,
-            "UPDATE_DOT": True}
+            "UPDATE_DOT": True, "Z1_SCRATCH": False}
 
 
 def _launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None):
@@ -259,12 +273,14 @@ def _launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2
     F = W1.shape[-1]
     b = ck.shape[2]
     cfg = config or dual_config(B, f, W1.dtype)
+    z1_scratch = cfg.get("Z1_SCRATCH", False) and pow2(F) > min(cfg["BLOCK_F"], pow2(F))  # only the chunked walk uses it
+    z1 = torch.empty(B * H * 2 * F if z1_scratch else 1, dtype=torch.float32, device=q.device)
     _m2_dual_kernel[(B * H,)](
-        q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out,
+        q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
         D=f, FH=F, MB=b, BLOCK_D=pow2(f), BLOCK_F=min(cfg["BLOCK_F"], pow2(F)), BLOCK_MB=max(16, pow2(b)),
         EPS=TTT_NORM_EPS, EARLY=cfg["EARLY"], RELOAD_W2=cfg["RELOAD_W2"], UPDATE_DOT=cfg["UPDATE_DOT"],
-        **launch_options(cfg))
+        Z1_SCRATCH=z1_scratch, **launch_options(cfg))
     return out
 
 
