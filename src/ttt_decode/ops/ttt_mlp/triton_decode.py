@@ -20,9 +20,10 @@ FLOPs per call per (sequence, head): 10 f F (k W1, q W1, X2k W2, g2 W2^T, X2' W2
   (cache terms) + at i = b-1 4 b f F (rank-b update); ~0.17 MFLOP, about 2 FLOP per state byte
   (fp16): far below the machine's balance, so the step is bound by memory traffic.
 Grid: (B H,), one program per (sequence, head); it holds W1 [f, BLOCK_F] and W2 [BLOCK_F, f] tiles in
-  registers. When F <= MAX_ONE_TILE (f <= 64) the whole W1 and W2 are loaded once. Larger F is
-  walked in BLOCK_F chunks twice (Z2k needs the full sum over F before g2 exists), so W1 and W2 are
-  read twice; the second read comes from L2 (the chunks were just read by the same program).
+  registers. With BLOCK_F >= F (a configuration, not the default) the whole W1 and W2 are loaded
+  once. Otherwise (the default: 64-column chunks) F is walked in BLOCK_F chunks twice (Z2k needs the full sum over F before g2 exists): pass A reads W1
+  and W2 and keeps k W1 + b1, q W1 + b1 in a small float32 scratch (Z1_SCRATCH, 2 F floats per
+  program); pass B reads W2 again (mostly from L2) and the scratch, not W1.
 Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2.
   pos is read, never moved: with advance=True the wrapper moves it after the kernel (one tiny op).
 Arithmetic in float32 (CUDA cores: the products are vector-matrix, a tensor-core tile would be 1/16
@@ -263,9 +264,12 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     chunks with 2 warps, the next chunk prefetched, W2 re-read from L2 in the second pass and the
     update on tensor cores was fastest (1094 us, 41% of copy bandwidth) and stays best or within 3%
     from B=16 to 1024; whole [64, 256] tiles with 4 warps: 1145 us; 8 warps or 32-column chunks 1.6-2x
-    slower. Warps grow with the head dim (a [128, 64] chunk at f = 128)."""
+    slower. Warps grow with the head dim (a [128, 64] chunk at f = 128).
+    Run E (m2_dual_runE.jsonl, one run): keeping pass A's Z1 in a float32 scratch instead of walking
+    W1 again in pass B took B=512 from 933 to 817 us (1.14x; 54.6% of copy bandwidth), and was the
+    fastest of 7 configurations with the scratch."""
     return {"BLOCK_F": 64, "num_warps": max(2, head_dim // 32), "maxnreg": None, "EARLY": False, "RELOAD_W2": True,
-            "UPDATE_DOT": True, "Z1_SCRATCH": False}
+            "UPDATE_DOT": True, "Z1_SCRATCH": True}
 
 
 def _launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None):
