@@ -84,21 +84,23 @@ def ln_fused_l2_bwd(z, target, gamma, beta, m, N: tl.constexpr, EPS: tl.constexp
 
 @triton.jit
 def update_tile(p_w, p_ra, p_rb, o_r, m_r, o_c, m_c, o_s, m_s, stride_w, stride_a, stride_b, scale,
-                MB: tl.constexpr, DOT: tl.constexpr):
+                MB: tl.constexpr, DOT: tl.constexpr, F16_MMA: tl.constexpr = False):
     """W[o_r, o_c] -= scale sum_s A[s, o_r]^T B[s, o_c]: the dual form's rank-b state update of one tile.
 
     A, B are the mini-batch's cache rows (all b of them: the caller stores this token's row and
-    puts a barrier first). DOT: one tl.dot over the rows (fp16 rows as they are, others as float32
-    through 3xTF32: error ~1e-7 of the update), else a loop of b rank-1 updates on the CUDA cores."""
+    puts a barrier first). DOT: one tl.dot over the rows (with F16_MMA fp16 rows as they are, else
+    float32 through 3xTF32: error ~1e-7 of the update), else a loop of b rank-1 updates on the CUDA cores."""
     m = m_r[:, None] & m_c[None, :]
     p = p_w + o_r[:, None] * stride_w + o_c[None, :]
     if DOT:
         b_a = tl.load(p_ra + o_s[:, None] * stride_a + o_r[None, :], mask=m_s[:, None] & m_r[None, :], other=0.0)
         b_b = tl.load(p_rb + o_s[:, None] * stride_b + o_c[None, :], mask=m_s[:, None] & m_c[None, :], other=0.0)
-        if p_ra.dtype.element_ty == tl.float16:
+        if F16_MMA and p_ra.dtype.element_ty == tl.float16:
             # fp16 rows (the cache dtype): their products are exact in float32, so one MMA pass with
             # float32 accumulation is as accurate as the CUDA-core loop, at a third of tf32x3's work.
             # (bf16 would be too, but the Triton interpreter the CPU tests use mis-handles bf16 dots.)
+            # H100 runs F then H (separate runs; the primal kernel read 1743 / 1742 us in both): M2 dual
+            # 819 -> 791 us at B=512, M1 dual (1 warp) 81 -> 84 us, so only M2 asks for it.
             acc = tl.dot(tl.trans(b_a), b_b)
         else:
             acc = tl.dot(tl.trans(b_a.to(tl.float32)), b_b.to(tl.float32), input_precision="tf32x3")

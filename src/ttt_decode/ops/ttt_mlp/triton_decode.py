@@ -251,8 +251,8 @@ def _m2_dual_kernel(
         for ci in range((FH + UPD_F - 1) // UPD_F):
             o_u = ci * UPD_F + o_u0
             m_u = o_u < FH
-            update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, UPDATE_DOT)
-            update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, UPDATE_DOT)
+            update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, UPDATE_DOT, True)
+            update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, UPDATE_DOT, True)
             update_bias(p_b1, p_cg1, o_u, m_u, o_s, m_all, FH, c_i)
         update_bias(p_b2, p_cg2, o_d, m_d, o_s, m_all, D, c_i)
 
