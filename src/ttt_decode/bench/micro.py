@@ -32,13 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
 
+from ttt_decode.bench.records import git_commit, gpu_name  # one naming of commits and GPUs for all records
+from ttt_decode.bench.records import gpu_slug as gpu_folder  # 'NVIDIA H100 80GB HBM3' -> 'h100'
 from ttt_decode.errors import UserError
 
 TTT_KERNELS = {f"mlp_{n}_{form}_{impl}": (n == 2, form, impl)
@@ -71,26 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- environment
-def git_commit() -> str:
-    from ttt_decode.bench.records import git_commit as commit
-
-    return commit()
-
-
-def gpu_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-
-
-def gpu_folder(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'h100' (the exp/results/<gpu> folder)."""
-    if name.startswith("cpu"):
-        return "cpu"
-    for word in name.lower().replace("-", " ").split():
-        if any(ch.isdigit() for ch in word) and word[0].isalpha():
-            return word
-    return name.lower().split()[-1]
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

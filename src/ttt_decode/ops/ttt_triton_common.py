@@ -83,6 +83,22 @@ def ln_fused_l2_bwd(z, target, gamma, beta, m, N: tl.constexpr, EPS: tl.constexp
 
 
 @triton.jit
+def load_token_inputs(q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+                      stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+                      D: tl.constexpr):
+    """This token's q, k, v [BLOCK_D] and eta of (sequence i_b, head i_h), the coefficient c_pos, and
+    the head's inner LayerNorm gamma, beta [BLOCK_D]; all in float32 (the kernels' arithmetic)."""
+    b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_k = tl.load(k_ptr + i_b * stride_kb + i_h * stride_kh + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
+    eta = tl.load(eta_ptr + i_b * stride_eb + i_h * stride_eh).to(tl.float32)
+    c_i = tl.load(c_ptr + pos).to(tl.float32)
+    gam = tl.load(gamma_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    bet = tl.load(beta_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    return b_q, b_k, b_v, eta, c_i, gam, bet
+
+
+@triton.jit
 def update_tile(p_w, p_ra, p_rb, o_r, m_r, o_c, m_c, o_s, m_s, stride_w, stride_a, stride_b, scale,
                 MB: tl.constexpr, DOT: tl.constexpr, F16_MMA: tl.constexpr = False):
     """W[o_r, o_c] -= scale sum_s A[s, o_r]^T B[s, o_c]: the dual form's rank-b state update of one tile.

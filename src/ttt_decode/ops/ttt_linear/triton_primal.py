@@ -25,6 +25,7 @@ import triton.language as tl
 
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, PrimalCache, TTTState
 from ttt_decode.ops.ttt_triton_common import (
+    load_token_inputs,
     advance_pos,
     check_kernel_inputs,
     launch_options,
@@ -58,13 +59,9 @@ def _m1_primal_kernel(
     b_gw1 = tl.load(p_gw1 + o_dd, mask=m_dd, other=0.0).to(tl.float32)
     b_b1 = tl.load(b1_ptr + pid * D + o_d, mask=m_d, other=0.0).to(tl.float32)
     b_gb1 = tl.load(gb1_ptr + pid * D + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_k = tl.load(k_ptr + i_b * stride_kb + i_h * stride_kh + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
-    eta = tl.load(eta_ptr + i_b * stride_eb + i_h * stride_eh).to(tl.float32)
-    c_i = tl.load(c_ptr + pos).to(tl.float32)
-    gam = tl.load(gamma_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
-    bet = tl.load(beta_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_q, b_k, b_v, eta, c_i, gam, bet = load_token_inputs(
+        q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+        stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
 
     z1k = tl.sum(b_w1 * b_k[:, None], 0) + b_b1
     g = ln_fused_l2_bwd(z1k, b_v - b_k, gam, bet, m_d, D, EPS) * eta  # [BD]

@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ttt_decode.ops.ttt_common import DualCache, TTTState
 from ttt_decode.ops.ttt_triton_common import (
+    load_token_inputs,
     advance_pos,
     check_kernel_inputs,
     gelu,
@@ -79,6 +80,30 @@ def _load_w2(p_w2, o_d, m_d, o_f, m_f, D: tl.constexpr):
 def _load_rows(p_rows, o_s, m_old, o_c, m_c, stride):
     """Cache rows s < pos, columns o_c: [BMB, BC] (rows at or after pos read as 0, never touched)."""
     return tl.load(p_rows + o_s[:, None] * stride + o_c[None, :], mask=m_old[:, None] & m_c[None, :], other=0.0)
+
+
+@triton.jit
+def _z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.constexpr, D: tl.constexpr,
+                 BLOCK_F: tl.constexpr, NUM_CHUNKS: tl.constexpr, Z1_SCRATCH: tl.constexpr):
+    """Pass A over F in BLOCK_F chunks: Z2k = gelu(k W1 + b1) W2 + b2 [BD]. Software-pipelined: the
+    next chunk's W1 and W2 tiles are requested before this chunk is computed. With Z1_SCRATCH, k W1 + b1
+    and q W1 + b1 are also stored at p_z1 (F floats each) for pass B. Shared by the dual and primal kernels."""
+    z2k = b_b2
+    n_w1 = _load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
+    n_w2 = _load_w2(p_w2, o_d, m_d, o_f0, o_f0 < FH, D)
+    for ci in range(NUM_CHUNKS):
+        o_f = ci * BLOCK_F + o_f0
+        m_f = o_f < FH
+        c_w1, c_w2 = n_w1, n_w2
+        m_n = (o_f + BLOCK_F) < FH
+        n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+        n_w2 = _load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
+        z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
+        if Z1_SCRATCH:
+            tl.store(p_z1 + o_f, z1k, mask=m_f)
+            tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
+        z2k += tl.sum(gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
+    return z2k
 
 
 @triton.jit
@@ -145,13 +170,9 @@ def _m2_dual_kernel(
             b_w2 = _load_w2(p_w2, o_d, m_d, o_f0, m_f, D)  # [BF, BD]
             b_g1 = _load_rows(p_cg1, o_s, m_old, o_f0, m_f, FH)  # [BMB, BF]
             b_x2 = _load_rows(p_cx2, o_s, m_old, o_f0, m_f, FH)
-    b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)  # [BD]
-    b_k = tl.load(k_ptr + i_b * stride_kb + i_h * stride_kh + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
-    eta = tl.load(eta_ptr + i_b * stride_eb + i_h * stride_eh).to(tl.float32)
-    c_i = tl.load(c_ptr + pos).to(tl.float32)
-    gam = tl.load(gamma_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
-    bet = tl.load(beta_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_q, b_k, b_v, eta, c_i, gam, bet = load_token_inputs(
+        q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+        stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
     b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
     b_kc = _load_rows(p_ck, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
@@ -170,22 +191,8 @@ def _m2_dual_kernel(
             b_w2 = _load_w2(p_w2, o_d, m_d, o_f0, m_f, D)
         z2k = tl.sum(x2k[:, None] * b_w2.to(tl.float32), 0) + b_b2
     else:
-        z2k = b_b2
-        # Software pipeline: the next chunk's tiles are requested before this chunk is computed.
-        n_w1 = _load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
-        n_w2 = _load_w2(p_w2, o_d, m_d, o_f0, o_f0 < FH, D)
-        for ci in range(NUM_CHUNKS):
-            o_f = ci * BLOCK_F + o_f0
-            m_f = o_f < FH
-            c_w1, c_w2 = n_w1, n_w2
-            m_n = (o_f + BLOCK_F) < FH
-            n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
-            n_w2 = _load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
-            z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
-            if Z1_SCRATCH:
-                tl.store(p_z1 + o_f, z1k, mask=m_f)
-                tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
-            z2k += tl.sum(gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
+        z2k = _z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS,
+                           Z1_SCRATCH)
     g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2t = rne(g2 * eta, CACHE_DT)
     tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)

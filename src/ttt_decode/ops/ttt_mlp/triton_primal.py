@@ -28,6 +28,7 @@ import triton.language as tl
 
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, PrimalCache, TTTState
 from ttt_decode.ops.ttt_triton_common import (
+    load_token_inputs,
     advance_pos,
     check_kernel_inputs,
     gelu,
@@ -38,7 +39,7 @@ from ttt_decode.ops.ttt_triton_common import (
     pow2,
     rne,
 )
-from ttt_decode.ops.ttt_mlp.triton_decode import MAX_ONE_TILE, _load_w1, _load_w2, _w1_products
+from ttt_decode.ops.ttt_mlp.triton_decode import MAX_ONE_TILE, _load_w1, _load_w2, _w1_products, _z2k_chunked
 
 
 @triton.jit
@@ -106,13 +107,9 @@ def _m2_primal_kernel(
             b_w2 = _load_w2(p_w2, o_d, m_d, o_f0, m_f, D)
             b_gw1 = _load_w1(p_w1g, o_d, m_d, o_f0, m_f, FH)
             b_gw2 = _load_w2(p_w2g, o_d, m_d, o_f0, m_f, D)
-    b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)  # [BD]
-    b_k = tl.load(k_ptr + i_b * stride_kb + i_h * stride_kh + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
-    eta = tl.load(eta_ptr + i_b * stride_eb + i_h * stride_eh).to(tl.float32)
-    c_i = tl.load(c_ptr + pos).to(tl.float32)
-    gam = tl.load(gamma_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
-    bet = tl.load(beta_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_q, b_k, b_v, eta, c_i, gam, bet = load_token_inputs(
+        q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+        stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
     b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
 
     # Pass A: Z2k = gelu(k W1 + b1) W2 + b2 at the mini-batch start state.
@@ -123,19 +120,8 @@ def _m2_primal_kernel(
             b_w2 = _load_w2(p_w2, o_d, m_d, o_f0, m_f, D)
         z2k = tl.sum(x2k[:, None] * b_w2.to(tl.float32), 0) + b_b2
     else:
-        z2k = b_b2
-        # Software pipeline: the next chunk's tiles are requested before this chunk is computed.
-        n_w1 = _load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
-        n_w2 = _load_w2(p_w2, o_d, m_d, o_f0, o_f0 < FH, D)
-        for ci in range(NUM_CHUNKS):
-            o_f = ci * BLOCK_F + o_f0
-            m_f = o_f < FH
-            c_w1, c_w2 = n_w1, n_w2
-            m_n = (o_f + BLOCK_F) < FH
-            n_w1 = _load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
-            n_w2 = _load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
-            z1k, z1q0 = _w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
-            z2k += tl.sum(gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
+        # p_z1 unused without the scratch (p_b1 stands in).
+        z2k = _z2k_chunked(p_w1, p_b1, p_w2, p_b1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, False)
     g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2e = g2 * eta
 
