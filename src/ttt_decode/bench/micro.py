@@ -246,8 +246,8 @@ def _configured_step(mlp: bool, form: str, config: dict):
     def run(q, k, v, eta, c, gamma, beta, pos, *tensors):
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if form == "dual":
-            return mod._launch(q, k, v, eta, c, gamma, beta, pos, *tensors, out, config=config)
-        return mod._launch(q, k, v, eta, c, gamma, beta, pos, *tensors, c.shape[0], out, config=config)
+            return mod.launch(q, k, v, eta, c, gamma, beta, pos, *tensors, out, config=config)
+        return mod.launch(q, k, v, eta, c, gamma, beta, pos, *tensors, out, config=config)
 
     return run
 
