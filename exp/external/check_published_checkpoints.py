@@ -22,7 +22,7 @@ float32 rounding). The first is real arithmetic; --rmsnorm-f64 runs ttt.py's RMS
 a constant: ttt.py's gelu_bwd (TTT-MLP inner gradient) uses sqrt(2/pi) ~ 0.79788456 (8 digits, from
 Megatron), ours the exact value; --exact-gelu-bwd gives ttt.py the exact constant (diagnostic, same way).
 
-    TTT_PY_DIR=/work/ref python exp/external/check_published_checkpoints.py [--rmsnorm-f64] [--exact-gelu-bwd]
+    TTT_PY_DIR=<folder with ttt.py> python exp/external/check_published_checkpoints.py [--rmsnorm-f64] [--exact-gelu-bwd]
 
 (ttt-lm-pytorch commit cd831db1, ttt.py patched in one line for transformers 5:
  _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}.)

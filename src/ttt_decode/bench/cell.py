@@ -3,7 +3,7 @@
     python benchmark_prefill_decode.py --logdir ./exp/M2_decode_2k --model-name ttt-1b --mode decode \
         --batch 128 --promptlen 1 --genlen 2048 --inner_net mlp_2_dual_triton --use_compile
 
-Timing (DESIGN sections 7 and 8): the model is built and the DecodeSession constructed (compile,
+Timing (DESIGN sections 7, 8 and 13): the model is built and the DecodeSession constructed (compile,
 autotune and CUDA-graph capture happen there: `cold_start_s`, never inside a timed window); one
 untimed run of the whole mode; then `--repeats` timed runs. Prefill is timed apart from decode.
 Decode is `genlen` steps (one token each, the first fed by the prefill's last token) with a CUDA

@@ -21,6 +21,8 @@ Kernels (--kernels): mlp_{1,2}_{dual,primal}_triton (the Triton kernels), mlp_{1
 (torch.compile of the PyTorch reference step), and mamba_step_triton / mamba_step_ref through
 ttt_decode.ops.mamba.bench_spec.micro_case (the Mamba-1 decode step at --mamba-model's shapes).
 
+DESIGN sections 11, 12.3 and 13.3: the bytes and GB/s, the record fields, the method.
+
 Output: a table printed last, a PNG and CSV (perf_report's), and one JSON line per kernel x batch
 appended to exp/results/<gpu>/micro.jsonl (--out). --profile wraps each variant's replays in an NVTX
 range for `nsys profile`. On CPU (--device cpu) the Triton kernels run in the interpreter

@@ -3,7 +3,8 @@
 Every record is one JSON object on one line of `<logdir>/results.jsonl`. A line is written with a
 single `write` on a file opened for appending, then flushed and fsynced, so a crash (or a killed
 cell) never corrupts earlier lines, and several processes (one per GPU) can append to one file.
-A human-readable line goes to `<logdir>/logging.log` next to it.
+A human-readable line goes to `<logdir>/logging.log` next to it. The fields of each record kind:
+DESIGN section 12.
 """
 
 from __future__ import annotations

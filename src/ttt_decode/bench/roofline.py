@@ -1,6 +1,6 @@
 """The measured roofline: copy bandwidth and dense matmul rate of this device (`ttt-decode calibrate`).
 
-Ceilings are measured, never taken from a datasheet (DESIGN section 8):
+Ceilings are measured, never taken from a datasheet (DESIGN sections 8 and 13.4):
 - copy bandwidth: a large device-to-device copy, bytes read + written, median of timed repeats after
   warm-up (on CPU: a large tensor copy, the same way);
 - matmul rate: an N x N x N product in fp16 and bf16 (fp32 on CPU) on random data, median.

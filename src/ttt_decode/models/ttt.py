@@ -75,7 +75,7 @@ class TTTInferenceState:
     """Everything a TTT LM decode carries between tokens, for one batch.
 
     pos [1] int64: position inside the mini-batch, shared by every layer's cache; advanced once per
-    token by the model (inside the CUDA graph).
+    token by the model (inside the CUDA graph). Layout: DESIGN section 10.
     """
 
     pos: torch.Tensor

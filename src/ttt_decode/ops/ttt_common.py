@@ -5,6 +5,7 @@
 - the TTT state (fast weights at the start of the current mini-batch) and the two per-form caches:
   `DualCache` (the mini-batch's vectors, dual form) and `PrimalCache` (accumulated gradients,
   the published primal form). Both hold the position inside the mini-batch as a device tensor.
+  The two forms and why they agree: DESIGN section 9; shapes and who mutates what: DESIGN section 10.
 
 Letters: B batch, H heads, f head dim, F inner hidden (f for M1, 4f for M2), b mini-batch, N tokens.
 """
@@ -249,6 +250,7 @@ def inner_step_cost(mlp: bool, form: str, heads: int, head_dim: int, mini_batch_
     Dual: state read once, cache rows of earlier tokens read (mean (b-1)/2), this token's row
     written, state written once per b tokens. Primal: W and W_grad read, W_grad written every
     token, W written once per b tokens (3 + 1/b state transfers). Plus q, k, v, eta in, out out.
+    Worked out for ttt-1b: DESIGN section 11.
     """
     f, b = head_dim, mini_batch_size
     F = 4 * f if mlp else f
