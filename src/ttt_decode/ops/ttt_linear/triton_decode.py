@@ -120,7 +120,10 @@ def _m1_dual_persistent_kernel(
                 cur = (o_s == pos)[:, None]
                 kf = tl.where(cur, k_r[None, :], b_kc)
                 gf = tl.where(cur, g_r[None, :], b_gc)
-                w1 = b_w1.to(tl.float32) - mma(tl.trans(kf), gf, EMULATE_BF16) * c_i
+                # W1 read again under the branch (plain loads, from L2): the pipelined tile stays a dot
+                # operand and holds no registers in the update's layout.
+                w1 = tl.load(w1_ptr + it * (D * D) + o_dd, mask=m_dd, other=0.0).to(tl.float32)
+                w1 -= mma(tl.trans(kf), gf, EMULATE_BF16) * c_i
                 tl.store(w1_ptr + it * (D * D) + o_dd, rne(w1, w1_ptr.dtype.element_ty), mask=m_dd)
                 b1 = b_b1 - tl.sum(gf.to(tl.float32), 0) * c_i
                 tl.store(b1_ptr + it * D + o_d, rne(b1, b1_ptr.dtype.element_ty), mask=m_d)

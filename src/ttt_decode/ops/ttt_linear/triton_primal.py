@@ -66,7 +66,6 @@ def _m1_primal_persistent_kernel(
         i_b = item // H
         i_h = item % H
         b_w1 = tl.load(w1_ptr + it * (D * D) + o_dd, mask=m_dd, other=0.0)  # [BD, BD]
-        b_gw1 = tl.load(gw1_ptr + it * (D * D) + o_dd, mask=m_dd, other=0.0)
         b_b1 = tl.load(b1_ptr + it * D + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_gb1 = tl.load(gb1_ptr + it * D + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)
@@ -78,6 +77,7 @@ def _m1_primal_persistent_kernel(
 
         z1k, z1q = vec2_mat(b_k, b_q, b_w1, EMULATE_BF16)
         g = ln_fused_l2_bwd(z1k + b_b1, b_v - b_k, gam, bet, m_d, D, EPS) * eta  # [BD]
+        b_gw1 = tl.load(gw1_ptr + it * (D * D) + o_dd, mask=m_dd, other=0.0)  # loaded where first used
         gw1 = b_gw1.to(tl.float32) + b_k[:, None] * g[None, :]  # [BD, BD]
         gb1 = b_gb1 + g
         # q W1_bar + b1_bar without forming W1_bar: q W1 + b1 - c_i (q W1_grad + b1_grad).
@@ -88,7 +88,8 @@ def _m1_primal_persistent_kernel(
         tl.store(gw1_ptr + it * (D * D) + o_dd, rne(tl.where(last, 0.0, gw1), SDT), mask=m_dd)
         tl.store(gb1_ptr + it * D + o_d, rne(tl.where(last, 0.0, gb1), SDT), mask=m_d)
         if last:
-            tl.store(w1_ptr + it * (D * D) + o_dd, rne(b_w1.to(tl.float32) - gw1 * c_i, SDT), mask=m_dd)
+            w1 = tl.load(w1_ptr + it * (D * D) + o_dd, mask=m_dd, other=0.0).to(tl.float32)  # again, from L2
+            tl.store(w1_ptr + it * (D * D) + o_dd, rne(w1 - gw1 * c_i, SDT), mask=m_dd)
             tl.store(b1_ptr + it * D + o_d, rne(b_b1 - gb1 * c_i, SDT), mask=m_d)
 
 

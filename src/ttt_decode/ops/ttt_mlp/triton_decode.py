@@ -109,12 +109,9 @@ def _m2_dual_persistent_kernel(
         p_cg1 = cg1_ptr + it * (MB * FH)
         p_cx2 = cx2_ptr + it * (MB * FH)
         p_cg2 = cg2_ptr + it * (MB * D)
-        # Every load of the item first (the pipeline stages them while the previous item computes).
+        # The pipeline prefetches every load of the loop body, wherever it is written; each is written
+        # where its value is first used, so that the tile occupies registers only from there on.
         b_w1, b_w2, b_b1, b_b2 = load_w(w1_ptr, w2_ptr, b1_ptr, b2_ptr, it, o_d, m_d, o_f, m_f, D, FH)
-        b_kc = tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_kd, other=0.0)  # [BMB, BD]
-        b_g1c = tl.load(p_cg1 + o_s[:, None] * FH + o_f[None, :], mask=m_kf, other=0.0)  # [BMB, BF]
-        b_x2c = tl.load(p_cx2 + o_s[:, None] * FH + o_f[None, :], mask=m_kf, other=0.0)  # [BMB, BF]
-        b_g2c = tl.load(p_cg2 + o_s[:, None] * D + o_d[None, :], mask=m_kd, other=0.0)  # [BMB, BD]
         b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_k = tl.load(k_ptr + i_b * stride_kb + i_h * stride_kh + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
@@ -134,10 +131,14 @@ def _m2_dual_persistent_kernel(
         tl.store(p_cg2 + pos * D + o_d, g2_r, mask=m_d)
 
         # Output: the rows s < pos from the cache, row pos from registers.
+        b_kc = tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_kd, other=0.0)  # [BMB, BD]
+        b_g1c = tl.load(p_cg1 + o_s[:, None] * FH + o_f[None, :], mask=m_kf, other=0.0)  # [BMB, BF]
         a1 = tl.where(m_old, tl.sum(b_kc.to(tl.float32) * b_q[None, :], 1) + 1.0, 0.0)  # [BMB]
         a1_i = tl.sum(k_r.to(tl.float32) * b_q, 0) + 1.0
         x2q = gelu(z1q - (tl.sum(a1[:, None] * b_g1c.to(tl.float32), 0) + g1_r.to(tl.float32) * a1_i) * c_i)
         z2 = vec_mat(x2q, b_w2, EMULATE_BF16) + b_b2
+        b_x2c = tl.load(p_cx2 + o_s[:, None] * FH + o_f[None, :], mask=m_kf, other=0.0)  # [BMB, BF]
+        b_g2c = tl.load(p_cg2 + o_s[:, None] * D + o_d[None, :], mask=m_kd, other=0.0)  # [BMB, BD]
         a2 = tl.where(m_old, tl.sum(b_x2c.to(tl.float32) * x2q[None, :], 1) + 1.0, 0.0)  # [BMB]
         a2_i = tl.sum(x2_r.to(tl.float32) * x2q, 0) + 1.0
         z2 = z2 - (tl.sum(a2[:, None] * b_g2c.to(tl.float32), 0) + g2_r.to(tl.float32) * a2_i) * c_i
@@ -146,18 +147,22 @@ def _m2_dual_persistent_kernel(
 
         if MODE != ORDINARY_POSITIONS:
             if last:
-                # End of the mini-batch (c_i is c_{b-1} here): the rank-b update from all b rows.
+                # End of the mini-batch (c_i is c_{b-1} here): the rank-b update from all b rows. W is
+                # read again under the branch (plain loads, from L2): the pipelined tiles stay dot
+                # operands and hold no registers in the update's layout.
                 cur = (o_s == pos)[:, None]
                 kf = tl.where(cur, k_r[None, :], b_kc)
                 g1f = tl.where(cur, g1_r[None, :], b_g1c)
                 x2f = tl.where(cur, x2_r[None, :], b_x2c)
                 g2f = tl.where(cur, g2_r[None, :], b_g2c)
-                w1 = b_w1.to(tl.float32) - mma(tl.trans(kf), g1f, EMULATE_BF16) * c_i
-                tl.store(w1_ptr + it * (D * FH) + o_d[:, None] * FH + o_f[None, :], rne(w1, w1_ptr.dtype.element_ty),
-                         mask=m_d[:, None] & m_f[None, :])
-                w2 = b_w2.to(tl.float32) - mma(tl.trans(x2f), g2f, EMULATE_BF16) * c_i
-                tl.store(w2_ptr + it * (FH * D) + o_f[:, None] * D + o_d[None, :], rne(w2, w2_ptr.dtype.element_ty),
-                         mask=m_f[:, None] & m_d[None, :])
+                p_w1 = w1_ptr + it * (D * FH) + o_d[:, None] * FH + o_f[None, :]
+                m_w1 = m_d[:, None] & m_f[None, :]
+                w1 = tl.load(p_w1, mask=m_w1, other=0.0).to(tl.float32) - mma(tl.trans(kf), g1f, EMULATE_BF16) * c_i
+                tl.store(p_w1, rne(w1, w1_ptr.dtype.element_ty), mask=m_w1)
+                p_w2 = w2_ptr + it * (FH * D) + o_f[:, None] * D + o_d[None, :]
+                m_w2 = m_f[:, None] & m_d[None, :]
+                w2 = tl.load(p_w2, mask=m_w2, other=0.0).to(tl.float32) - mma(tl.trans(x2f), g2f, EMULATE_BF16) * c_i
+                tl.store(p_w2, rne(w2, w2_ptr.dtype.element_ty), mask=m_w2)
                 b1 = b_b1 - tl.sum(g1f.to(tl.float32), 0) * c_i
                 tl.store(b1_ptr + it * FH + o_f, rne(b1, b1_ptr.dtype.element_ty), mask=m_f)
                 b2 = b_b2 - tl.sum(g2f.to(tl.float32), 0) * c_i

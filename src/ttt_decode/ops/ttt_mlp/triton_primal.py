@@ -79,11 +79,9 @@ def _m2_primal_persistent_kernel(
         it = tl.cast(item, tl.int64)
         i_b = item // H
         i_h = item % H
+        # Loads are written where their values are first used: the pipeline prefetches them all the
+        # same, and each tile then occupies registers only from there on.
         b_w1, b_w2, b_b1, b_b2 = load_w(w1_ptr, w2_ptr, b1_ptr, b2_ptr, it, o_d, m_d, o_f, m_f, D, FH)
-        b_gw1 = tl.load(gw1_ptr + it * (D * FH) + o_w1, mask=m_w1, other=0.0)  # [BD, BF]
-        b_gw2 = tl.load(gw2_ptr + it * (FH * D) + o_w2, mask=m_w2, other=0.0)  # [BF, BD]
-        b_gb1 = tl.load(gb1_ptr + it * FH + o_f, mask=m_f, other=0.0).to(tl.float32)
-        b_gb2 = tl.load(gb2_ptr + it * D + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_q = tl.load(q_ptr + i_b * stride_qb + i_h * stride_qh + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_k = tl.load(k_ptr + i_b * stride_kb + i_h * stride_kh + o_d, mask=m_d, other=0.0).to(tl.float32)
         b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
@@ -94,26 +92,36 @@ def _m2_primal_persistent_kernel(
         z1q, x2k, g2, g1 = forward_grads(b_w1, b_w2, b_b1, b_b2, b_q, b_k, b_v, gam, bet, m_d, D, EPS, EMULATE_BF16)
         g1e = g1 * eta
         g2e = g2 * eta
-        # This token's gradients added (rank 1); the sums restart after the last position.
-        gw1 = b_gw1.to(tl.float32) + b_k[:, None] * g1e[None, :]  # [BD, BF]
-        gb1 = b_gb1 + g1e
-        gw2 = b_gw2.to(tl.float32) + x2k[:, None] * g2e[None, :]  # [BF, BD]
-        gb2 = b_gb2 + g2e
-        # q W1_bar + b1_bar without forming W1_bar: q W1 + b1 - c_i (q W1_grad + (q . k) g1 + b1_grad).
-        qg = tl.sum(gw1 * b_q[:, None], 0)
-        x2q = gelu(z1q - (qg + gb1) * c_i)  # [BF]
-        z2 = vec_mat(x2q, b_w2, EMULATE_BF16) - (tl.sum(gw2 * x2q[:, None], 0) + gb2) * c_i + b_b2
+        # The output without forming W_bar = W - c_i (W_grad + this token's rank-1 term) as a matrix:
+        # q W1_bar + b1_bar = q W1 + b1 - c_i (q W1_grad + (q . k) g1 + b1_grad + g1), likewise for W2.
+        qk = tl.sum(b_q * b_k, 0)
+        b_gw1 = tl.load(gw1_ptr + it * (D * FH) + o_w1, mask=m_w1, other=0.0)  # [BD, BF]
+        gb1 = tl.load(gb1_ptr + it * FH + o_f, mask=m_f, other=0.0).to(tl.float32) + g1e
+        x2q = gelu(z1q - (vec_mat(b_q, b_gw1, EMULATE_BF16) + g1e * qk + gb1) * c_i)  # [BF]
+        b_gw2 = tl.load(gw2_ptr + it * (FH * D) + o_w2, mask=m_w2, other=0.0)  # [BF, BD]
+        gb2 = tl.load(gb2_ptr + it * D + o_d, mask=m_d, other=0.0).to(tl.float32) + g2e
+        x2x = tl.sum(x2q * x2k, 0)
+        z2 = vec_mat(x2q, b_w2, EMULATE_BF16) + b_b2 - (vec_mat(x2q, b_gw2, EMULATE_BF16) + g2e * x2x + gb2) * c_i
         out = b_q + ln_fwd(z2, gam, bet, m_d, D, EPS)
         tl.store(out_ptr + it * D + o_d, rne(out, out_ptr.dtype.element_ty), mask=m_d)
+
+        # This token's rank-1 terms added to the gradients last, one tile at a time (short live ranges);
+        # at the end of the mini-batch W_bar becomes the state (W read again under the branch: plain
+        # loads from L2, not a second pipelined copy) and the gradients restart at 0.
+        gw1 = b_gw1.to(tl.float32) + b_k[:, None] * g1e[None, :]  # [BD, BF]
         tl.store(gw1_ptr + it * (D * FH) + o_w1, rne(tl.where(last, 0.0, gw1), SDT), mask=m_w1)
-        tl.store(gw2_ptr + it * (FH * D) + o_w2, rne(tl.where(last, 0.0, gw2), SDT), mask=m_w2)
-        tl.store(gb1_ptr + it * FH + o_f, rne(tl.where(last, 0.0, gb1), SDT), mask=m_f)
-        tl.store(gb2_ptr + it * D + o_d, rne(tl.where(last, 0.0, gb2), SDT), mask=m_d)
         if last:
-            tl.store(w1_ptr + it * (D * FH) + o_w1, rne(b_w1.to(tl.float32) - gw1 * c_i, SDT), mask=m_w1)
-            tl.store(w2_ptr + it * (FH * D) + o_w2, rne(b_w2.to(tl.float32) - gw2 * c_i, SDT), mask=m_w2)
+            w1 = tl.load(w1_ptr + it * (D * FH) + o_w1, mask=m_w1, other=0.0).to(tl.float32)
+            tl.store(w1_ptr + it * (D * FH) + o_w1, rne(w1 - gw1 * c_i, SDT), mask=m_w1)
             tl.store(b1_ptr + it * FH + o_f, rne(b_b1 - gb1 * c_i, SDT), mask=m_f)
             tl.store(b2_ptr + it * D + o_d, rne(b_b2 - gb2 * c_i, SDT), mask=m_d)
+        gw2 = b_gw2.to(tl.float32) + x2k[:, None] * g2e[None, :]  # [BF, BD]
+        tl.store(gw2_ptr + it * (FH * D) + o_w2, rne(tl.where(last, 0.0, gw2), SDT), mask=m_w2)
+        if last:
+            w2 = tl.load(w2_ptr + it * (FH * D) + o_w2, mask=m_w2, other=0.0).to(tl.float32)
+            tl.store(w2_ptr + it * (FH * D) + o_w2, rne(w2 - gw2 * c_i, SDT), mask=m_w2)
+        tl.store(gb1_ptr + it * FH + o_f, rne(tl.where(last, 0.0, gb1), SDT), mask=m_f)
+        tl.store(gb2_ptr + it * D + o_d, rne(tl.where(last, 0.0, gb2), SDT), mask=m_d)
 
 
 @triton.jit

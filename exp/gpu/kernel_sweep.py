@@ -1,0 +1,199 @@
+"""Launch-configuration sweep of the Triton TTT decode kernels at ttt-1b shapes (fp16 state), one run.
+
+For every (kernel, configuration) of a recipe: the float64 check first (2 mini-batches + 1 token at
+--check-batch, enough items that every persistent program loops), then the per-call time over the 16
+mini-batch positions (one CUDA graph, L2 rotated, as the micro-benchmark) at --batch, the time at each
+position, and the compiled kernels' registers / spills / shared memory. Then the best configuration
+of each kernel at the other --scan-batches. One JSON line per cell to $OUT/kernel_sweep.jsonl as it
+goes (a killed run keeps what it measured); a table last.
+
+    PYTHONPATH=src python3 exp/gpu/kernel_sweep.py --recipe round1 --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from ttt_decode.bench.micro import check_ttt_variant, copy_bandwidth, time_calls, ttt_micro_case
+from ttt_decode.bench.records import git_commit, gpu_name
+
+P = "persistent"
+RECIPES = {
+    # Round 1 (exp/NOTES.md, "Persistent kernels"): the earlier designs' defaults first (the baseline of
+    # the same run), then persistent configurations around what the offline compile report allows.
+    "round1": {
+        "mlp_2_dual_triton": [
+            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 8, "last_num_warps": 8, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 1, "num_warps": 8, "last_num_warps": 8, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 16, "last_num_warps": 16, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 1, "num_warps": 16, "last_num_warps": 8, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 2, "num_warps": 4, "last_num_warps": 4, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 2, "num_warps": 8, "last_num_warps": 8, "SPLIT_LAST": True,
+             "maxnreg": 128},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 8, "SPLIT_LAST": False},
+        ],
+        "mlp_1_dual_triton": [
+            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 8, "num_warps": 1, "SPLIT_LAST": False},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 8, "num_warps": 2, "SPLIT_LAST": False},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 6, "num_warps": 2, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 4, "num_warps": 4, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 4, "programs_per_sm": 4, "num_warps": 4, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 8, "num_warps": 2, "SPLIT_LAST": True},
+            {"kernel": P, "STAGES": 4, "programs_per_sm": 2, "num_warps": 8, "SPLIT_LAST": True},
+        ],
+        "mlp_2_primal_triton": [
+            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 8, "EARLY": True},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 8},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 16},
+            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 16, "EARLY": True},
+        ],
+        "mlp_1_primal_triton": [
+            {"kernel": "per_item", "num_warps": 2},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 4, "num_warps": 4},
+            {"kernel": P, "STAGES": 3, "programs_per_sm": 6, "num_warps": 2},
+            {"kernel": P, "STAGES": 2, "programs_per_sm": 4, "num_warps": 4},
+            {"kernel": P, "STAGES": 4, "programs_per_sm": 2, "num_warps": 8},
+        ],
+    },
+}
+KERNEL_FUNCS = {  # the Triton functions whose compiled variants are reported
+    "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode", ("_m2_dual_persistent_kernel", "_m2_dual_chunked_kernel")),
+    "mlp_1_dual_triton": ("ttt_decode.ops.ttt_linear.triton_decode", ("_m1_dual_persistent_kernel", "_m1_dual_per_item_kernel")),
+    "mlp_2_primal_triton": ("ttt_decode.ops.ttt_mlp.triton_primal", ("_m2_primal_persistent_kernel", "_m2_primal_chunked_kernel")),
+    "mlp_1_primal_triton": ("ttt_decode.ops.ttt_linear.triton_primal", ("_m1_primal_persistent_kernel", "_m1_primal_per_item_kernel")),
+}
+
+
+def compiled_resources(kernel: str) -> list[dict]:
+    """registers / spills / shared memory of every compiled variant of the kernel's Triton functions."""
+    import importlib
+
+    mod_name, names = KERNEL_FUNCS[kernel]
+    mod = importlib.import_module(mod_name)
+    out = []
+    for name in names:
+        fn = getattr(mod, name)
+        for cache in getattr(fn, "device_caches", {}).values():
+            for ck in cache[0].values():
+                try:
+                    ck._init_handles()
+                    consts = {k: v for k, v in ck.src.constants.items()} if hasattr(ck, "src") else {}
+                    out.append({"fn": name, "regs": ck.n_regs, "spills": ck.n_spills, "shared": ck.metadata.shared,
+                                "num_warps": ck.metadata.num_warps, "maxnreg": ck.metadata.maxnreg,
+                                "constants": {str(k): str(v) for k, v in consts.items()}})
+                except Exception as e:  # metadata layout differs between Triton versions: report, do not fail
+                    out.append({"fn": name, "error": repr(e)[:200]})
+    return out
+
+
+def time_positions(fns: list, n_sets: int, b: int, device) -> list[float]:
+    """us per call at each mini-batch position (all state sets at that position in one graph)."""
+    return [round(time_calls([fns[s * b + p] for s in range(n_sets)], device, 10)["us"], 2) for p in range(b)]
+
+
+def run_cell(kernel, cfg, batch, device, copy_gbs, positions: bool, model: str) -> dict:
+    fns, nbytes, flops, n_sets = ttt_micro_case(kernel, batch, torch.float16, device, model, torch.float16,
+                                                config=cfg)
+    t = time_calls(fns, device, 10)
+    rec = {"us_per_layer": round(t["us"], 2), "us_p10": round(t["p10"], 2), "us_p90": round(t["p90"], 2),
+           "bytes": int(nbytes), "state_sets": n_sets, "gb_per_s": round(nbytes / t["us"] / 1e3, 1),
+           "pct_copy_bw": round(100 * nbytes / t["us"] / 1e3 / copy_gbs, 1)}
+    if positions:
+        rec["us_by_position"] = time_positions(fns, n_sets, 16, device)
+        ordinary = rec["us_by_position"][:-1]
+        rec["last_over_ordinary_mean"] = round(rec["us_by_position"][-1] / statistics.mean(ordinary), 3)
+    del fns
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="round1", choices=sorted(RECIPES))
+    p.add_argument("--kernels", default=None, help="comma-separated subset of the recipe's kernels")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--scan-batches", default="64,1024,2048", help="batches for the best configuration of each kernel")
+    p.add_argument("--check-batch", type=int, default=64)
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    p.add_argument("--commit", default=None)
+    p.add_argument("--model", default="ttt-1b", help="whose layer shapes (ttt-tiny with --device cpu: a dry run)")
+    p.add_argument("--device", default="cuda")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    device = torch.device(a.device)
+    path = os.path.join(a.out, "kernel_sweep.jsonl")
+    copy = copy_bandwidth(device)
+    meta = {"kind": "kernel_sweep", "commit": a.commit or git_commit(), "gpu": gpu_name(device),
+            "torch": torch.__version__, "triton": __import__("triton").__version__, "model": a.model,
+            "state_dtype": "float16", "dtype": "float16", "copy_gb_per_s": round(copy["gb_per_s"], 1),
+            "command": " ".join(sys.argv)}
+    print(f"copy bandwidth {copy['gb_per_s']:.0f} GB/s {copy['ways']}", flush=True)
+    recipe = RECIPES[a.recipe]
+    kernels = a.kernels.split(",") if a.kernels else list(recipe)
+    best = {}
+    rows = []
+
+    def emit(rec):
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        rows.append(rec)
+
+    for kernel in kernels:
+        for i, cfg in enumerate(recipe[kernel]):
+            base = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta, "kernel": kernel, "config_index": i,
+                    "config": cfg}
+            try:
+                chk = check_ttt_variant(kernel, torch.float16, device, a.model, torch.float16, batch=a.check_batch,
+                                        config=cfg)
+                if not chk["passed"]:
+                    emit({**base, "status": "check_failed", "check": chk})
+                    print(f"{kernel} #{i} CHECK FAILED {chk['errors']}", flush=True)
+                    continue
+                rec = {**base, "status": "ok", "batch": a.batch, "check": chk,
+                       **run_cell(kernel, cfg, a.batch, device, copy["gb_per_s"], positions=True, model=a.model)}
+            except Exception as e:  # an out-of-resources configuration must not end the sweep
+                emit({**base, "status": "error", "error": repr(e)[:400]})
+                print(f"{kernel} #{i} ERROR {repr(e)[:200]}", flush=True)
+                continue
+            rec["resources"] = compiled_resources(kernel)
+            emit(rec)
+            print(f"{kernel} #{i} B={a.batch} {rec['us_per_layer']:.1f} us {rec['pct_copy_bw']:.1f}% "
+                  f"last/ordinary {rec['last_over_ordinary_mean']} {cfg}", flush=True)
+            if kernel not in best or rec["us_per_layer"] < best[kernel][1]["us_per_layer"]:
+                best[kernel] = (cfg, rec)
+
+    for kernel, (cfg, _) in best.items():
+        for batch in [int(x) for x in a.scan_batches.split(",") if x]:
+            base = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta, "kernel": kernel, "config": cfg,
+                    "best_at": a.batch}
+            try:
+                rec = {**base, "status": "ok", "batch": batch,
+                       **run_cell(kernel, cfg, batch, device, copy["gb_per_s"], positions=False, model=a.model)}
+            except Exception as e:
+                rec = {**base, "status": "error", "batch": batch, "error": repr(e)[:400]}
+            emit(rec)
+            print(f"{kernel} best B={batch} {rec.get('us_per_layer')} us {rec.get('pct_copy_bw')}%", flush=True)
+    with open(os.path.join(a.out, "best_configs.json"), "w") as fh:
+        json.dump({k: v[0] for k, v in best.items()}, fh, indent=1)
+
+    print(f"\n{'kernel':22s} {'cfg':>3s} {'B':>5s} {'us':>9s} {'%copy':>6s} {'last/ord':>8s}  config")
+    for r in rows:
+        if r["status"] == "ok":
+            print(f"{r['kernel']:22s} {r.get('config_index', '-')!s:>3s} {r['batch']:5d} {r['us_per_layer']:9.1f} "
+                  f"{r['pct_copy_bw']:6.1f} {r.get('last_over_ordinary_mean', ''):>8}  {json.dumps(r['config'])}")
+        else:
+            print(f"{r['kernel']:22s} {r.get('config_index', '-')!s:>3s} {r['status']}")
+
+
+if __name__ == "__main__":
+    main()
