@@ -13,7 +13,7 @@ ncu_sections="--section SpeedOfLight --section Occupancy --section LaunchStats -
 --section MemoryWorkloadAnalysis --section SchedulerStats"
 
 ncu_kernel() {  # name kernel config-json positions
-  timeout 240 ncu --clock-control none --nvtx --nvtx-include "profile/" $ncu_sections \
+  timeout 90 ncu --clock-control none --nvtx --nvtx-include "profile/" $ncu_sections \
     python3 exp/gpu/ncu_one.py --kernel "$2" --config "$3" --positions "$4" > "$OUT/ncu_$1.txt" 2>&1
   grep -E "^  [a-z_0-9]+.*\(|Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Local Memory Spill|Block Limit" \
     "$OUT/ncu_$1.txt" | head -60
@@ -21,7 +21,7 @@ ncu_kernel() {  # name kernel config-json positions
 
 case "$recipe" in
   kernels)
-    timeout 480 python3 exp/gpu/kernel_sweep.py --recipe round1 --out "$OUT" --commit "$COMMIT" "$@" 2>&1 | tee "$OUT/kernel_sweep_log.txt"
+    timeout 390 python3 exp/gpu/kernel_sweep.py --recipe round1 --out "$OUT" --commit "$COMMIT" "$@" 2>&1 | tee "$OUT/kernel_sweep_log.txt"
     best=$(python3 -c "import json; print(json.dumps(json.load(open('$OUT/best_configs.json'))['mlp_2_dual_triton']))" 2>/dev/null)
     ncu_kernel m2_dual_chunked mlp_2_dual_triton '{"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2}' 0,15
     [ -n "$best" ] && ncu_kernel m2_dual_best mlp_2_dual_triton "$best" 0,15
