@@ -200,6 +200,7 @@ def _m2_dual_chunked_kernel(
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -239,7 +240,8 @@ def _m2_dual_chunked_kernel(
     a1 = tl.where(m_rows, tl.sum(b_kc * b_q[None, :], 1) + 1.0, 0.0)  # [BMB]
 
     # Pass A: Z2k = gelu(k W1 + b1) W2 + b2 needs every column of W1 before g2 exists.
-    z2k = z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True)
+    z2k = z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
+                      PREFETCH)
     g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2t = rne(g2 * eta, CACHE_DT)
     tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)
@@ -255,13 +257,18 @@ def _m2_dual_chunked_kernel(
     for ci in range(NUM_CHUNKS):
         o_f = ci * BLOCK_F + o_f0
         m_f = o_f < FH
-        c_w2, c_g1, c_x2 = n_w2, n_g1, n_x2
-        m_n = (o_f + BLOCK_F) < FH
+        if PREFETCH:
+            c_w2, c_g1, c_x2 = n_w2, n_g1, n_x2
+            m_n = (o_f + BLOCK_F) < FH
+            n_w2 = load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
+            n_g1 = _load_rows(p_cg1, o_s, m_old, o_f + BLOCK_F, m_n, FH)
+            n_x2 = _load_rows(p_cx2, o_s, m_old, o_f + BLOCK_F, m_n, FH)
+        else:
+            c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D)
+            c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)
+            c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)
         z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
         z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
-        n_w2 = load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
-        n_g1 = _load_rows(p_cg1, o_s, m_old, o_f + BLOCK_F, m_n, FH)
-        n_x2 = _load_rows(p_cx2, o_s, m_old, o_f + BLOCK_F, m_n, FH)
         x2k, dx2k = gelu_and_grad(z1k)
         zc, dc = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f, m_f, o_s,
                           FH, CACHE_DT)
@@ -322,7 +329,8 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
     if cfg["kernel"] == "chunked":
         z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
         _m2_dual_chunked_kernel[(B * H,)](*tensors, z1, H, *strides, **shapes,
-                                          BLOCK_F=min(cfg["BLOCK_F"], pow2(F)), **launch_options(cfg))
+                                          BLOCK_F=min(cfg["BLOCK_F"], pow2(F)), PREFETCH=cfg.get("PREFETCH", True),
+                                          **launch_options(cfg))
         return out
     grid = (persistent_grid(B * H, q.device, cfg["programs_per_sm"]),)
     common = dict(BLOCK_F=pow2(F), STAGES=cfg["STAGES"], EMULATE_BF16=interpreting(), **shapes)

@@ -69,9 +69,10 @@ def load_w2(p_w2, o_d, m_d, o_f, m_f, D: tl.constexpr):
 
 @triton.jit
 def z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.constexpr, D: tl.constexpr,
-                BLOCK_F: tl.constexpr, NUM_CHUNKS: tl.constexpr, Z1_SCRATCH: tl.constexpr):
-    """Pass A over F in BLOCK_F chunks: Z2k = gelu(k W1 + b1) W2 + b2 [BD]. Software-pipelined: the
-    next chunk's W1 and W2 tiles are requested before this chunk is computed. With Z1_SCRATCH, k W1 + b1
+                BLOCK_F: tl.constexpr, NUM_CHUNKS: tl.constexpr, Z1_SCRATCH: tl.constexpr, PREFETCH: tl.constexpr = True):
+    """Pass A over F in BLOCK_F chunks: Z2k = gelu(k W1 + b1) W2 + b2 [BD]. PREFETCH: the next chunk's W1
+    and W2 tiles are requested before this chunk is computed (latency hidden inside the program, at the
+    price of registers for two chunks); without, other resident programs hide it. With Z1_SCRATCH, k W1 + b1
     and q W1 + b1 are also stored at p_z1 (F floats each) for pass B."""
     z2k = b_b2
     n_w1 = load_w1(p_w1, o_d, m_d, o_f0, o_f0 < FH, FH)
@@ -79,10 +80,14 @@ def z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.c
     for ci in range(NUM_CHUNKS):
         o_f = ci * BLOCK_F + o_f0
         m_f = o_f < FH
-        c_w1, c_w2 = n_w1, n_w2
-        m_n = (o_f + BLOCK_F) < FH
-        n_w1 = load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
-        n_w2 = load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
+        if PREFETCH:
+            c_w1, c_w2 = n_w1, n_w2
+            m_n = (o_f + BLOCK_F) < FH
+            n_w1 = load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+            n_w2 = load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
+        else:
+            c_w1 = load_w1(p_w1, o_d, m_d, o_f, m_f, FH)
+            c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D)
         z1k, z1q0 = w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
         if Z1_SCRATCH:
             tl.store(p_z1 + o_f, z1k, mask=m_f)
