@@ -114,6 +114,38 @@ RECIPES = {
             {"kernel": "per_item", "num_warps": 4, "maxnreg": 128},
         ],
     },
+    # Round 3: the registers that size the per-item kernels (the update's accumulator, cache rows held
+    # through the F walks) cut; 1-2 warps per item, which won round 2.
+    "round3": {
+        "mlp_2_dual_triton": [
+            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2},
+            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "PREFETCH": False, "UPD_F": 16},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "PREFETCH": False, "UPD_F": 16},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": False, "UPD_F": 16},
+            {"kernel": "chunked", "BLOCK_F": 16, "num_warps": 1, "PREFETCH": False, "UPD_F": 16},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": False, "UPD_F": 16, "maxnreg": 200},
+            {"kernel": "chunked", "BLOCK_F": 16, "num_warps": 1, "PREFETCH": False, "UPD_F": 16, "maxnreg": 168},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "PREFETCH": False, "UPD_F": 16, "maxnreg": 128},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": True, "UPD_F": 16},
+        ],
+        "mlp_1_dual_triton": [
+            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True},
+            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 16},
+            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 16, "maxnreg": 128},
+            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": False, "UPD_F": 16},
+            {"kernel": "per_item", "num_warps": 2, "UPDATE_DOT": True, "UPD_F": 16},
+            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 32},
+            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 16, "maxnreg": 152},
+        ],
+        "mlp_2_primal_triton": [
+            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 8, "EARLY": True},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "EARLY": False, "PREFETCH": False},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "EARLY": False, "PREFETCH": False},
+            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "EARLY": False, "PREFETCH": False},
+            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 4, "EARLY": False, "PREFETCH": False},
+            {"kernel": "chunked", "BLOCK_F": 16, "num_warps": 1, "EARLY": False, "PREFETCH": False},
+        ],
+    },
 }
 KERNEL_FUNCS = {  # the Triton functions whose compiled variants are reported
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode", ("_m2_dual_persistent_kernel", "_m2_dual_chunked_kernel")),

@@ -135,7 +135,7 @@ def _m1_dual_per_item_kernel(
     w1_ptr, b1_ptr, ck_ptr, cg1_ptr, out_ptr,
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
     D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    UPDATE_DOT: tl.constexpr,
+    UPDATE_DOT: tl.constexpr, UPD_F: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -187,8 +187,14 @@ def _m1_dual_per_item_kernel(
     if pos == MB - 1:
         tl.debug_barrier()
         m_all = o_s < MB
-        update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
-        update_bias(p_b1, p_cg, o_d, m_d, o_s, m_all, D, c_i)
+        # In column slices of UPD_F: the [f, UPD_F] float32 accumulator is what sizes the kernel's
+        # registers (all positions pay for the largest live set, not only this one).
+        o_u0 = tl.arange(0, UPD_F)
+        for ci in range((D + UPD_F - 1) // UPD_F):
+            o_u = ci * UPD_F + o_u0
+            m_u = o_u < D
+            update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_u, m_u, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
+            update_bias(p_b1, p_cg, o_u, m_u, o_s, m_all, D, c_i)
 
 
 def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
@@ -213,7 +219,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None)
     shapes = dict(D=f, MB=ck.shape[2], BLOCK_D=pow2(f), BLOCK_MB=max(16, pow2(ck.shape[2])), EPS=TTT_NORM_EPS)
     if cfg["kernel"] == "per_item":
         _m1_dual_per_item_kernel[(B * H,)](*tensors, H, *strides, **shapes, UPDATE_DOT=cfg["UPDATE_DOT"],
-                                           **launch_options(cfg))
+                                           UPD_F=min(cfg.get("UPD_F", 64), pow2(f)), **launch_options(cfg))
         return out
     grid = (persistent_grid(B * H, q.device, cfg["programs_per_sm"]),)
     common = dict(STAGES=cfg["STAGES"], EMULATE_BF16=interpreting(), **shapes)

@@ -200,7 +200,7 @@ def _m2_dual_chunked_kernel(
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, UPD_F: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -231,7 +231,6 @@ def _m2_dual_chunked_kernel(
         stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
     b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
     b_kc = _load_rows(p_ck, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
-    b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
 
     # Weights of the rows s <= pos in Z1': q . k_s + 1 (this token's row as stored).
     k_r = rne(b_k, CACHE_DT)
@@ -275,6 +274,8 @@ def _m2_dual_chunked_kernel(
         z2q += zc
         dots += dc
 
+    # Loaded where used (after the F walks): a tile held through them costs registers at every position.
+    b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
     b_g2c = tl.where(m_cur[:, None], g2t.to(tl.float32)[None, :], b_g2c.to(tl.float32))
     a2 = tl.where(m_rows, dots + 1.0, 0.0)
     z2 = z2q + b_b2 - tl.sum(a2[:, None] * b_g2c, 0) * c_i
@@ -286,7 +287,6 @@ def _m2_dual_chunked_kernel(
     if pos == MB - 1:
         tl.debug_barrier()
         m_all = o_s < MB
-        UPD_F: tl.constexpr = min(BLOCK_F, 64)
         o_u0 = tl.arange(0, UPD_F)
         for ci in range((FH + UPD_F - 1) // UPD_F):
             o_u = ci * UPD_F + o_u0
@@ -330,7 +330,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
         _m2_dual_chunked_kernel[(B * H,)](*tensors, z1, H, *strides, **shapes,
                                           BLOCK_F=min(cfg["BLOCK_F"], pow2(F)), PREFETCH=cfg.get("PREFETCH", True),
-                                          **launch_options(cfg))
+                                          UPD_F=min(cfg.get("UPD_F", 64), pow2(F)), **launch_options(cfg))
         return out
     grid = (persistent_grid(B * H, q.device, cfg["programs_per_sm"]),)
     common = dict(BLOCK_F=pow2(F), STAGES=cfg["STAGES"], EMULATE_BF16=interpreting(), **shapes)

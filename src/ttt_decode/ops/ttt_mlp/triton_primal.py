@@ -159,7 +159,7 @@ def _m2_primal_chunked_kernel(
     w1_ptr, b1_ptr, w2_ptr, b2_ptr, gw1_ptr, gb1_ptr, gw2_ptr, gb2_ptr, out_ptr,
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
-    EPS: tl.constexpr, EARLY: tl.constexpr,
+    EPS: tl.constexpr, EARLY: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -203,7 +203,8 @@ def _m2_primal_chunked_kernel(
         z2k = tl.sum(x2k[:, None] * b_w2.to(tl.float32), 0) + b_b2
     else:
         # p_z1 unused without the scratch (p_b1 stands in).
-        z2k = z2k_chunked(p_w1, p_b1, p_w2, p_b1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, False)
+        z2k = z2k_chunked(p_w1, p_b1, p_w2, p_b1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, False,
+                          PREFETCH)
     g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2e = g2 * eta
 
@@ -223,12 +224,18 @@ def _m2_primal_chunked_kernel(
         for ci in range(NUM_CHUNKS):
             o_f = ci * BLOCK_F + o_f0
             m_f = o_f < FH
-            c_w1, c_w2, c_gw1, c_gw2 = n_w1, n_w2, n_gw1, n_gw2
-            m_n = (o_f + BLOCK_F) < FH
-            n_w1 = load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
-            n_w2 = load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
-            n_gw1 = load_w1(p_w1g, o_d, m_d, o_f + BLOCK_F, m_n, FH)
-            n_gw2 = load_w2(p_w2g, o_d, m_d, o_f + BLOCK_F, m_n, D)
+            if PREFETCH:
+                c_w1, c_w2, c_gw1, c_gw2 = n_w1, n_w2, n_gw1, n_gw2
+                m_n = (o_f + BLOCK_F) < FH
+                n_w1 = load_w1(p_w1, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+                n_w2 = load_w2(p_w2, o_d, m_d, o_f + BLOCK_F, m_n, D)
+                n_gw1 = load_w1(p_w1g, o_d, m_d, o_f + BLOCK_F, m_n, FH)
+                n_gw2 = load_w2(p_w2g, o_d, m_d, o_f + BLOCK_F, m_n, D)
+            else:
+                c_w1 = load_w1(p_w1, o_d, m_d, o_f, m_f, FH)
+                c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D)
+                c_gw1 = load_w1(p_w1g, o_d, m_d, o_f, m_f, FH)
+                c_gw2 = load_w2(p_w2g, o_d, m_d, o_f, m_f, D)
             z1k, z1q0 = w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
             x2k, dx2k = gelu_and_grad(z1k)
             z2q += _chunk_b(c_w2, c_gw1, c_gw2, x2k, dx2k, z1q0, g2, g2e, eta, c_i, b_q, b_k, last, p_w1, p_b1, p_w2,
@@ -268,7 +275,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, gW1, gb1, gW2, gb2
     shapes = dict(D=f, FH=F, MB=c.shape[0], BLOCK_D=pow2(f), EPS=TTT_NORM_EPS)
     if cfg["kernel"] == "chunked":
         _m2_primal_chunked_kernel[(B * H,)](*tensors, H, *strides, **shapes, BLOCK_F=min(cfg["BLOCK_F"], pow2(F)),
-                                            EARLY=cfg["EARLY"], **launch_options(cfg))
+                                            EARLY=cfg["EARLY"], PREFETCH=cfg.get("PREFETCH", True), **launch_options(cfg))
         return out
     grid = (persistent_grid(B * H, q.device, cfg["programs_per_sm"]),)
     _m2_primal_persistent_kernel[grid](*tensors, B * H, H, *strides, **shapes, BLOCK_F=pow2(F), STAGES=cfg["STAGES"],
