@@ -114,19 +114,21 @@ def test_kernel_matches_float64_reference(kernel, f, key, nan_empty):
     run_and_compare(mlp, form, f, key, nan_empty, seed=f + len(key))
 
 
-# Launch configurations other than the default (the chunked F walk, W2 held, the CUDA-core update);
-# the GPU sweep times them, so they must compute the same function. f=24: masked head dim.
+# Launch configurations other than the defaults (the GPU sweeps in exp/gpu time them, so they must compute
+# the same function): narrower and more F chunks, 1 warp per item, the CUDA-core update, a whole-tile
+# primal (one chunk holds F); f=24: masked head dim, F=96 not a multiple of the chunk.
 ALT_CONFIGS = [
-    ("M2-dual", 16, {"BLOCK_F": 32, "num_warps": 2, "RELOAD_W2": True, "UPDATE_DOT": True}),
-    ("M2-dual", 16, {"BLOCK_F": 64, "num_warps": 4, "RELOAD_W2": False, "UPDATE_DOT": False}),
-    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 4, "RELOAD_W2": True, "UPDATE_DOT": False}),
-    ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 2, "Z1_SCRATCH": True}),
-    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 2, "Z1_SCRATCH": True, "UPDATE_DOT": False}),
-    ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 4}),
+    ("M2-dual", 16, {"BLOCK_F": 32, "num_warps": 2}),
+    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1}),
+    ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 1}),
+    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True}),
+    ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 2}),
     ("M2-primal", 24, {"BLOCK_F": 128, "num_warps": 4}),
+    ("M2-primal", 16, {"BLOCK_F": 16, "num_warps": 1}),
+    ("M2-primal", 24, {"BLOCK_F": 32, "num_warps": 2, "L2_HINTS": True, "REVERSE_B": True}),
     ("M1-dual", 16, {"num_warps": 2, "UPDATE_DOT": False}),
     ("M1-dual", 24, {"num_warps": 4, "UPDATE_DOT": True}),
-    ("M1-primal", 24, {"num_warps": 2}),
+    ("M1-primal", 24, {"num_warps": 1}),
 ]
 
 
@@ -135,6 +137,14 @@ ALT_CONFIGS = [
 def test_other_launch_configs(kernel, f, config, nan_empty, monkeypatch):
     mlp, form = KERNELS[kernel]
     run_and_compare(mlp, form, f, "fp32", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["M2-dual", "M2-primal"])
+def test_largest_head_dim_default_config(kernel, nan_empty):
+    """f = 128 (F = 512): the dispatcher's choice for the largest heads (4 warps, 8 chunks), fp16."""
+    mlp, form = KERNELS[kernel]
+    run_and_compare(mlp, form, 128, "fp16", nan_empty, N=17, B=1, H=1, seed=11)
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))

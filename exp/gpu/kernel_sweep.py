@@ -24,134 +24,35 @@ import torch
 from ttt_decode.bench.micro import check_ttt_variant, copy_bandwidth, time_calls, ttt_micro_case
 from ttt_decode.bench.records import git_commit, gpu_name
 
-P = "persistent"
 RECIPES = {
-    # Round 1 (exp/NOTES.md, "Persistent kernels"): the earlier designs' defaults first (the baseline of
-    # the same run), then persistent configurations around what the offline compile report allows.
-    "round1": {
+    # Rounds 1-3 (exp/NOTES.md, "H200 kernel sweeps") ran at commits 2315998, 88a0e99 and c71f6a2, whose
+    # kernels had more designs (persistent programs) and knobs than remain; their records are under
+    # exp/results/h200/kernel_sweep_round*.jsonl. Round 4: the L2 reuse of the second F walk.
+    "round4": {
         "mlp_2_dual_triton": [
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 8, "last_num_warps": 8, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 1, "num_warps": 8, "last_num_warps": 8, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 16, "last_num_warps": 16, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 1, "num_warps": 16, "last_num_warps": 8, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 2, "num_warps": 4, "last_num_warps": 4, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 2, "num_warps": 8, "last_num_warps": 8, "SPLIT_LAST": True,
-             "maxnreg": 128},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 8, "SPLIT_LAST": False},
-        ],
-        "mlp_1_dual_triton": [
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 8, "num_warps": 1, "SPLIT_LAST": False},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 8, "num_warps": 2, "SPLIT_LAST": False},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 6, "num_warps": 2, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 4, "num_warps": 4, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 4, "programs_per_sm": 4, "num_warps": 4, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 8, "num_warps": 2, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 4, "programs_per_sm": 2, "num_warps": 8, "SPLIT_LAST": True},
+            {"BLOCK_F": 64, "num_warps": 2},
+            {"BLOCK_F": 64, "num_warps": 2, "L2_HINTS": True},
+            {"BLOCK_F": 64, "num_warps": 2, "REVERSE_B": True},
+            {"BLOCK_F": 64, "num_warps": 2, "L2_HINTS": True, "REVERSE_B": True},
+            {"BLOCK_F": 32, "num_warps": 1},
+            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True},
+            {"BLOCK_F": 32, "num_warps": 1, "REVERSE_B": True},
+            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
         ],
         "mlp_2_primal_triton": [
-            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 8, "EARLY": True},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 8},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 16},
-            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 16, "EARLY": True},
-        ],
-        "mlp_1_primal_triton": [
-            {"kernel": "per_item", "num_warps": 2},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 4, "num_warps": 4},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 6, "num_warps": 2},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 4, "num_warps": 4},
-            {"kernel": P, "STAGES": 4, "programs_per_sm": 2, "num_warps": 8},
-        ],
-    },
-    # Round 2: the per-item designs won round 1 (exp/NOTES.md); more resident programs per
-    # multiprocessor (register caps, narrower chunks, no in-program prefetch) against the same baseline.
-    "round2": {
-        "mlp_2_dual_triton": [
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "PREFETCH": False},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "PREFETCH": False, "maxnreg": 168},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "PREFETCH": False, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "maxnreg": 168},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "PREFETCH": False, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 4},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 4, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 4, "PREFETCH": False, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 4, "PREFETCH": False, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": False},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": False, "maxnreg": 168},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 2, "num_warps": 2, "last_num_warps": 4, "SPLIT_LAST": True},
-        ],
-        "mlp_1_dual_triton": [
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "maxnreg": 200},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "maxnreg": 168},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "maxnreg": 128},
-            {"kernel": "per_item", "num_warps": 2, "UPDATE_DOT": True},
-            {"kernel": "per_item", "num_warps": 2, "UPDATE_DOT": True, "maxnreg": 128},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": False},
-            {"kernel": P, "STAGES": 1, "programs_per_sm": 12, "num_warps": 1, "SPLIT_LAST": True},
-            {"kernel": P, "STAGES": 3, "programs_per_sm": 8, "num_warps": 1, "SPLIT_LAST": True},
-        ],
-        "mlp_2_primal_triton": [
-            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 8, "EARLY": True},
-            {"kernel": P, "STAGES": 2, "programs_per_sm": 1, "num_warps": 8},
-            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 8, "EARLY": True, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 4, "EARLY": True},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 4, "EARLY": False},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "EARLY": False},
-            {"kernel": "chunked", "BLOCK_F": 128, "num_warps": 4, "EARLY": False},
-        ],
-        "mlp_1_primal_triton": [
-            {"kernel": "per_item", "num_warps": 2},
-            {"kernel": "per_item", "num_warps": 2, "maxnreg": 128},
-            {"kernel": "per_item", "num_warps": 1},
-            {"kernel": "per_item", "num_warps": 1, "maxnreg": 168},
-            {"kernel": "per_item", "num_warps": 4},
-            {"kernel": "per_item", "num_warps": 4, "maxnreg": 128},
-        ],
-    },
-    # Round 3: the registers that size the per-item kernels (the update's accumulator, cache rows held
-    # through the F walks) cut; 1-2 warps per item, which won round 2.
-    "round3": {
-        "mlp_2_dual_triton": [
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "PREFETCH": False, "UPD_F": 16},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "PREFETCH": False, "UPD_F": 16},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": False, "UPD_F": 16},
-            {"kernel": "chunked", "BLOCK_F": 16, "num_warps": 1, "PREFETCH": False, "UPD_F": 16},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": False, "UPD_F": 16, "maxnreg": 200},
-            {"kernel": "chunked", "BLOCK_F": 16, "num_warps": 1, "PREFETCH": False, "UPD_F": 16, "maxnreg": 168},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "PREFETCH": False, "UPD_F": 16, "maxnreg": 128},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "PREFETCH": True, "UPD_F": 16},
-        ],
-        "mlp_1_dual_triton": [
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 16},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 16, "maxnreg": 128},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": False, "UPD_F": 16},
-            {"kernel": "per_item", "num_warps": 2, "UPDATE_DOT": True, "UPD_F": 16},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 32},
-            {"kernel": "per_item", "num_warps": 1, "UPDATE_DOT": True, "UPD_F": 16, "maxnreg": 152},
-        ],
-        "mlp_2_primal_triton": [
-            {"kernel": "chunked", "BLOCK_F": 256, "num_warps": 8, "EARLY": True},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 1, "EARLY": False, "PREFETCH": False},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 2, "EARLY": False, "PREFETCH": False},
-            {"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2, "EARLY": False, "PREFETCH": False},
-            {"kernel": "chunked", "BLOCK_F": 32, "num_warps": 4, "EARLY": False, "PREFETCH": False},
-            {"kernel": "chunked", "BLOCK_F": 16, "num_warps": 1, "EARLY": False, "PREFETCH": False},
+            {"BLOCK_F": 64, "num_warps": 2},
+            {"BLOCK_F": 64, "num_warps": 2, "L2_HINTS": True},
+            {"BLOCK_F": 64, "num_warps": 2, "REVERSE_B": True},
+            {"BLOCK_F": 64, "num_warps": 2, "L2_HINTS": True, "REVERSE_B": True},
+            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
         ],
     },
 }
 KERNEL_FUNCS = {  # the Triton functions whose compiled variants are reported
-    "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode", ("_m2_dual_persistent_kernel", "_m2_dual_chunked_kernel")),
-    "mlp_1_dual_triton": ("ttt_decode.ops.ttt_linear.triton_decode", ("_m1_dual_persistent_kernel", "_m1_dual_per_item_kernel")),
-    "mlp_2_primal_triton": ("ttt_decode.ops.ttt_mlp.triton_primal", ("_m2_primal_persistent_kernel", "_m2_primal_chunked_kernel")),
-    "mlp_1_primal_triton": ("ttt_decode.ops.ttt_linear.triton_primal", ("_m1_primal_persistent_kernel", "_m1_primal_per_item_kernel")),
+    "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode", ("_m2_dual_kernel",)),
+    "mlp_1_dual_triton": ("ttt_decode.ops.ttt_linear.triton_decode", ("_m1_dual_kernel",)),
+    "mlp_2_primal_triton": ("ttt_decode.ops.ttt_mlp.triton_primal", ("_m2_primal_kernel",)),
+    "mlp_1_primal_triton": ("ttt_decode.ops.ttt_linear.triton_primal", ("_m1_primal_kernel",)),
 }
 
 
@@ -201,7 +102,7 @@ def run_cell(kernel, cfg, batch, device, copy_gbs, positions: bool, model: str) 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="round1", choices=sorted(RECIPES))
+    p.add_argument("--recipe", default="round4", choices=sorted(RECIPES))
     p.add_argument("--kernels", default=None, help="comma-separated subset of the recipe's kernels")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--scan-batches", default="64,1024,2048", help="batches for the best configuration of each kernel")

@@ -21,11 +21,11 @@ ncu_kernel() {  # name kernel config-json positions
 
 case "$recipe" in
   kernels)
-    timeout 390 python3 exp/gpu/kernel_sweep.py --recipe ${RECIPE:-round1} --out "$OUT" --commit "$COMMIT" "$@" 2>&1 | tee "$OUT/kernel_sweep_log.txt"
+    timeout 390 python3 exp/gpu/kernel_sweep.py --recipe ${RECIPE:-round4} --out "$OUT" --commit "$COMMIT" "$@" 2>&1 | tee "$OUT/kernel_sweep_log.txt"
     best() { python3 -c "import json; print(json.dumps(json.load(open('$OUT/best_configs.json'))['$1']))" 2>/dev/null; }
-    [ "${NCU_BASELINE:-1}" = 1 ] && ncu_kernel m2_dual_chunked mlp_2_dual_triton '{"kernel": "chunked", "BLOCK_F": 64, "num_warps": 2}' 0,15
+    [ "${NCU_BASELINE:-1}" = 1 ] && ncu_kernel m2_dual_default mlp_2_dual_triton '{"BLOCK_F": 64, "num_warps": 2}' 0,15
     b=$(best mlp_2_dual_triton); [ -n "$b" ] && ncu_kernel m2_dual_best mlp_2_dual_triton "$b" 0,15
-    b=$(best mlp_1_dual_triton); [ -n "$b" ] && ncu_kernel m1_dual_best mlp_1_dual_triton "$b" 0,15
+    b=$(best mlp_2_primal_triton); [ -n "$b" ] && ncu_kernel m2_primal_best mlp_2_primal_triton "$b" 0,15
     ;;
   *) echo "usage: bash exp/gpu/run.sh kernels" >&2; exit 2 ;;
 esac

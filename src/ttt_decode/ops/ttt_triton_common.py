@@ -2,12 +2,11 @@
 
 - jit helpers: gelu (tanh approximation) with its derivative, the inner LayerNorm forward and its
   backward fused with the L2 loss (ops.ttt_common's arithmetic, in float32, masked for head dims
-  that are not a power of two), rounding to the cache dtype, and the tensor-core matrix-vector
-  products of the persistent kernels (`vec_mat`: an fp32 vector as two fp16 rows, hi + lo);
+  that are not a power of two), rounding to the cache dtype, the token's inputs, and the dual form's
+  end-of-mini-batch update of a state tile from the cache rows;
 - the boundary checks every kernel wrapper runs before its launch (shapes through
   ops.ttt_common.check_decode_inputs, then dtypes, contiguity and supported sizes), raising
   UserError for what a user can get wrong and asserting what only a caller bug can break;
-- the persistent grid (a few programs per multiprocessor, each looping over (sequence, head) items);
 - `advance_pos`, the tiny op that moves the mini-batch position after a kernel when the caller
   asks for it (a kernel cannot: its other programs still read the position).
 
@@ -17,14 +16,12 @@ Note on the Triton interpreter (CPU tests): a constexpr on the left of an operat
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ttt_decode.errors import UserError
+from ttt_decode.ops.kernel_op import interpreting
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, check_decode_inputs
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -112,62 +109,7 @@ def load_token_inputs(q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, 
     return b_q, b_k, b_v, eta, c_i, gam, bet
 
 
-# ---------------------------------------------------------------- tensor-core products
-@triton.jit
-def mma(a, b, EMULATE_BF16: tl.constexpr):
-    """a @ b with float32 accumulation; a, b share one dtype.
-
-    fp16 and bf16 operands as they are (their products are exact in float32); float32 through
-    3xTF32 (error ~1e-7 of the product, 16x fewer bits lost than one TF32 pass). EMULATE_BF16: the
-    Triton interpreter mis-reads bf16 dot operands, so there they are widened to float32 first, which
-    computes the same exact products."""
-    if a.dtype == tl.float32:
-        return tl.dot(a, b, input_precision="tf32x3")
-    elif EMULATE_BF16 and a.dtype == tl.bfloat16:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    else:
-        return tl.dot(a, b)
-
-
-@triton.jit
-def split_rows(x, r, row: tl.constexpr, DT: tl.constexpr):
-    """The rows `row` (x rounded to DT) and `row + 1` (the rounding residue) of a [16, N] operand, 0
-    elsewhere; r = tl.arange(0, 16)[:, None]. hi + lo carries 22 bits of x: with fp16 weights the
-    product is as accurate as a float32 one. A float32 DT needs no residue (3xTF32 takes x whole)."""
-    hi = x.to(DT)
-    if DT == tl.float32:
-        return tl.where(r == row, hi[None, :], 0.0)
-    else:
-        lo = (x - hi.to(tl.float32)).to(DT)
-        return tl.where(r == row, hi[None, :], tl.where(r == row + 1, lo[None, :], 0.0).to(DT))
-
-
-@triton.jit
-def rows_sum(acc, r, row: tl.constexpr):
-    """acc[row] + acc[row + 1] of a [16, N] product: the hi and lo halves put back together."""
-    return tl.sum(tl.where((r == row) | (r == row + 1), acc, 0.0), 0)
-
-
-@triton.jit
-def vec_mat(x, w, EMULATE_BF16: tl.constexpr):
-    """x @ w for a float32 vector x [K] and a tile w [K, N] (state dtype) on the tensor cores -> [N].
-
-    A matrix-vector product is 1/16 of an MMA tile; what it buys is that w stays where the pipelined
-    load put it (shared memory) instead of occupying registers through the whole item."""
-    r = tl.arange(0, 16)[:, None]
-    return rows_sum(mma(split_rows(x, r, 0, w.dtype), w, EMULATE_BF16), r, 0)
-
-
-@triton.jit
-def vec2_mat(x, y, w, EMULATE_BF16: tl.constexpr):
-    """(x @ w, y @ w) in one MMA: x in rows 0-1, y in rows 2-3."""
-    r = tl.arange(0, 16)[:, None]
-    a = split_rows(x, r, 0, w.dtype) + split_rows(y, r, 2, w.dtype)
-    acc = mma(a, w, EMULATE_BF16)
-    return rows_sum(acc, r, 0), rows_sum(acc, r, 2)
-
-
-# ---------------------------------------------------------------- the chunked two-pass kernels' update
+# ---------------------------------------------------------------- the end-of-mini-batch update
 @triton.jit
 def update_tile(p_w, p_ra, p_rb, o_r, m_r, o_c, m_c, o_s, m_s, stride_w, stride_a, stride_b, scale,
                 MB: tl.constexpr, DOT: tl.constexpr, F16_MMA: tl.constexpr = False):
@@ -206,49 +148,6 @@ def update_bias(p_b, p_rows, o_c, m_c, o_s, m_s, stride, scale):
 
 
 # ---------------------------------------------------------------- host side
-def interpreting() -> bool:
-    """Kernels run in the Triton interpreter (CPU tests) rather than compiled for a GPU."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@functools.lru_cache(maxsize=None)
-def interpreter_problem() -> str | None:
-    """Why the Triton interpreter cannot run the kernels here, or None.
-
-    Triton 3.6's interpreter converts a loop bound held in a tensor with int() on a one-element
-    array, an error from numpy 2.4 on (fixed upstream in Triton 3.7); every persistent kernel has
-    such a loop."""
-    import numpy
-
-    t_ver = tuple(int(p) for p in triton.__version__.split(".")[:2])
-    n_ver = tuple(int(p) for p in numpy.__version__.split(".")[:2])
-    if t_ver < (3, 7) and n_ver >= (2, 4):
-        return (f"the Triton {triton.__version__} interpreter cannot run these kernels with numpy "
-                f"{numpy.__version__} (it needs numpy < 2.4; fixed in Triton 3.7): pip install 'numpy<2.4' "
-                f"or a newer triton")
-    return None
-
-
-def check_interpreter() -> None:
-    if interpreting() and interpreter_problem():
-        raise UserError(interpreter_problem())
-
-
-@functools.lru_cache(maxsize=None)
-def multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def persistent_grid(n_items: int, device: torch.device, programs_per_sm: int) -> int:
-    """Programs of a persistent kernel: programs_per_sm per multiprocessor, at most one per item.
-
-    In the interpreter (no GPU) 3 programs, so that the CPU tests run programs that loop over several
-    items with a remainder."""
-    if device.type != "cuda":
-        return max(1, min(n_items, 3))
-    return max(1, min(n_items, programs_per_sm * multiprocessors(device.index or 0)))
-
-
 def check_kernel_inputs(name, q, k, v, eta, c, gamma, beta, state, cache, mlp: bool, dual: bool) -> None:
     """Everything a Triton TTT decode kernel needs of its arguments, checked before the launch."""
     want = DualCache if dual else PrimalCache
@@ -279,7 +178,6 @@ def check_kernel_inputs(name, q, k, v, eta, c, gamma, beta, state, cache, mlp: b
     if q.device.type != "cuda" and not interpreting():
         raise UserError(f"{name}: the Triton kernels need a CUDA GPU; on CPU set TRITON_INTERPRET=1 (slow, for "
                         f"tests) or use impl='naive'")
-    check_interpreter()
     # In-place updates land in these exact tensors: never copy, refuse instead.
     for n, t in tensors.items():
         assert t.is_contiguous(), f"{name}: {n} must be contiguous (it is updated in place), strides {t.stride()}"

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ttt_decode.errors import UserError
+from ttt_decode.ops.kernel_op import check_interpreter, step_op
 
 
 @triton.jit
@@ -60,23 +61,20 @@ def _check(q, k_cache, v_cache, n_valid):
         raise UserError("n_valid must be a one-element int64 tensor")
 
 
-@torch.library.custom_op("ttt_decode::decode_attention", mutates_args=())
-def _decode_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         n_valid: torch.Tensor) -> torch.Tensor:
+def launch(q, k_cache, v_cache, n_valid, out):
+    """The kernel into out [B, H, f] (nothing checked here: decode_attention checks)."""
     B, H, f = q.shape
-    out = torch.empty_like(q)
     # 64 rows per block keeps the K/V tiles at 8 KB (fp16, f=64): many blocks in flight per SM.
     _decode_attention_kernel[(B * H,)](q, k_cache, v_cache, out, n_valid, f, k_cache.shape[2] * f, f, f,
                                        1.0 / math.sqrt(f), F=f, BLOCK_T=64, num_warps=4)
     return out
 
 
-@_decode_attention_op.register_fake
-def _(q, k_cache, v_cache, n_valid):
-    return torch.empty_like(q)
+step_op("decode_attention", ("q", "k_cache", "v_cache", "n_valid"), (), launch)
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
     """q [B,H,f]; k_cache, v_cache [B,H,T,f]; n_valid [1] int64 -> out [B,H,f]."""
     _check(q, k_cache, v_cache, n_valid)
-    return _decode_attention_op(q, k_cache, v_cache, n_valid)
+    check_interpreter()
+    return torch.ops.ttt_decode.decode_attention(q, k_cache, v_cache, n_valid)

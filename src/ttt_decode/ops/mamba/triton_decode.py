@@ -47,6 +47,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ttt_decode.ops.kernel_op import kernel_op
+
+
 @triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
@@ -220,34 +223,17 @@ def _launch_conv_step(x, conv_state, conv_pos, weight, bias, out, config=None):
     return out
 
 
-@torch.library.custom_op("ttt_decode::mamba_ssm_step", mutates_args=("conv_state", "ssm_state"))
-def _ssm_step_op(x: torch.Tensor, x_c: torch.Tensor, z: torch.Tensor, dt: torch.Tensor, B: torch.Tensor,
-                 C: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor,
-                 conv_state: torch.Tensor, conv_pos: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+def _ssm_step_impl(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
     out = torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device)  # [B, D]
     return _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out)
 
 
-@_ssm_step_op.register_fake
-def _(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
-    return torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device)
-
-
-@torch.library.custom_op("ttt_decode::mamba_conv_step", mutates_args=())
-def _conv_step_op(x: torch.Tensor, conv_state: torch.Tensor, conv_pos: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
+def _conv_step_impl(x, conv_state, conv_pos, weight, bias):
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # [B, D]
     return _launch_conv_step(x, conv_state, conv_pos, weight, bias, out)
 
 
-@_conv_step_op.register_fake
-def _(x, conv_state, conv_pos, weight, bias):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@torch.library.custom_op("ttt_decode::mamba_add_rms_norm", mutates_args=())
-def _add_rms_norm_op(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _add_rms_norm_impl(h, delta, weight, eps):
     Bsz, dim = h.shape
     h_new = torch.empty((Bsz, dim), dtype=h.dtype, device=h.device)  # [B, d]
     x = torch.empty((Bsz, dim), dtype=weight.dtype, device=h.device)  # [B, d]
@@ -257,9 +243,14 @@ def _add_rms_norm_op(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
     return h_new, x
 
 
-@_add_rms_norm_op.register_fake
-def _(h, delta, weight, eps):
-    return h.new_empty(h.shape), torch.empty(h.shape, dtype=weight.dtype, device=h.device)
+_SSM_ARGS = ("x", "x_c", "z", "dt", "B", "C", "A_log", "D", "dt_bias", "conv_state", "conv_pos", "ssm_state")
+kernel_op("mamba_ssm_step", [f"Tensor {n}" for n in _SSM_ARGS], ("conv_state", "ssm_state"), _ssm_step_impl,
+          lambda x, x_c, *rest: torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device))
+kernel_op("mamba_conv_step", ["Tensor x", "Tensor conv_state", "Tensor conv_pos", "Tensor weight", "Tensor? bias"], (),
+          _conv_step_impl, lambda x, *rest: torch.empty(x.shape, dtype=x.dtype, device=x.device))
+kernel_op("mamba_add_rms_norm", ["Tensor h", "Tensor delta", "Tensor weight", "float eps"], (), _add_rms_norm_impl,
+          lambda h, delta, weight, eps: (h.new_empty(h.shape), torch.empty(h.shape, dtype=weight.dtype, device=h.device)),
+          returns="(Tensor, Tensor)")
 
 
 def add_rms_norm(h, delta, weight, eps: float):
