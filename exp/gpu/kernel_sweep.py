@@ -25,6 +25,10 @@ from ttt_decode.bench.micro import check_ttt_variant, copy_bandwidth, time_calls
 from ttt_decode.bench.records import git_commit, gpu_name
 
 RECIPES = {
+    # The dispatchers' own configurations (config None): the per-position times and compiled resources
+    # of what the models run.
+    "defaults": {k: [None] for k in ("mlp_2_dual_triton", "mlp_1_dual_triton", "mlp_2_primal_triton",
+                                     "mlp_1_primal_triton")},
     # Rounds 1-3 (exp/NOTES.md, "H200 kernel sweeps") ran at commits 2315998, 88a0e99 and c71f6a2, whose
     # kernels had more designs (persistent programs) and knobs than remain; their records are under
     # exp/results/h200/kernel_sweep_round*.jsonl. Round 4: the L2 reuse of the second F walk.

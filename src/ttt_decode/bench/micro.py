@@ -49,7 +49,7 @@ TTT_KERNELS = {f"mlp_{n}_{form}_{impl}": (n == 2, form, impl)
 MAMBA_KERNELS = ("mamba_step_triton", "mamba_step_ref")
 DEFAULT_KERNELS = "mlp_2_dual_triton,mlp_2_primal_triton,mlp_2_dual_compiled,mlp_1_dual_triton,mlp_1_primal_triton"
 DEFAULT_BATCHES = "16,32,64,128,256,512,1024"
-L2_ROTATE_BYTES = 4 * 50 * 2 ** 20  # 4x the H100's 50 MB L2
+L2_ROTATIONS = 4  # state sets rotated until one pass over them touches 4x the GPU's L2
 MAX_SETS = 8
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -77,6 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def state_sets(device, nbytes: int) -> int:
+    """How many copies of a cell's state to rotate so that each call reads its state from HBM:
+    enough that one pass over them is L2_ROTATIONS x the device's L2 (read off the device)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 1
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2 ** 20)
+    return max(1, min(MAX_SETS, -(-L2_ROTATIONS * l2 // max(nbytes, 1))))
 
 
 # ---------------------------------------------------------------- timing
@@ -225,7 +235,7 @@ def ttt_micro_case(kernel: str, batch: int, state_dtype, device, model: str = "t
     step = _step_fn(mlp, form, impl) if config is None else _configured_step(mlp, form, config)
     cost = ttt_cost(mlp, form, cfg, batch, state_dtype, act_dtype)
     # Rotate state sets until the bytes one pass touches exceed 4x the L2 cache.
-    n_sets = max(1, min(MAX_SETS, -(-L2_ROTATE_BYTES // max(cost["bytes"], 1)))) if torch.device(device).type == "cuda" else 1
+    n_sets = state_sets(device, cost["bytes"])
     b = cfg.mini_batch_size
     fns = []
     for i in range(n_sets):
@@ -334,7 +344,7 @@ def check_mamba_variant(kernel: str, state_dtype, device, model: str) -> dict:
 def mamba_micro_case(kernel: str, batch: int, state_dtype, device, model: str):
     spec = _mamba_spec()
     fn, nbytes, flops = spec.micro_case(kernel, batch, state_dtype, device, model)
-    n_sets = max(1, min(MAX_SETS, -(-L2_ROTATE_BYTES // max(nbytes, 1)))) if torch.device(device).type == "cuda" else 1
+    n_sets = state_sets(device, nbytes)
     fns = [fn] + [spec.micro_case(kernel, batch, state_dtype, device, model)[0] for _ in range(n_sets - 1)]
     return fns, nbytes, flops, n_sets
 

@@ -18,14 +18,16 @@ Compulsory bytes per call (s = state/cache item size, a = activation item size),
   floor 313 us at 4271 GB/s. The last position moves 2.0x the mean of the others (it writes W).
 FLOPs per item: 10 f F (k W1, q W1, X2k W2, g2 W2^T, X2' W2) + 4 (i+1)(f + F) (cache terms) + at i = b-1
   4 b f F (the rank-b update); ~0.17 MFLOP, ~2 FLOP per state byte: bound by memory traffic.
-Grid: (B H,), one program per item, 2 warps at f = 64 (docs/DESIGN.md section 11.6 says why: within
+Grid: (B H,), one program per item, 1 warp at f = 64 (docs/DESIGN.md section 11.6 says why: within
   an item the chain Z1 -> Z2 -> g2 -> g1 -> Z1' -> Z2 is serial, so few warps per item and many items
   resident per multiprocessor win; cross-warp reductions cost more than they parallelise).
   F is walked in BLOCK_F chunks twice (Z2k needs the full sum over F before g2 exists): pass A reads
   W1 and W2 and keeps k W1 + b1, q W1 + b1 in a float32 scratch (2 F floats per item); pass B reads W2
-  again (mostly from L2) and the scratch. Each chunk's tiles are loaded when the chunk is reached: the
-  latency is hidden by the other resident programs, and registers for a second chunk in flight would
-  cost residency (H200 sweep, exp/NOTES.md).
+  again and the scratch. W2's second read must come from L2: with ~1000 items resident their W2 tiles
+  (32 KB each) are about the L2's size, so pass A asks L2 to keep W2 (evict last) and W1 to go first,
+  and pass B walks the chunks in reverse (the most recently read first). Each chunk's tiles are loaded
+  when the chunk is reached: the other resident programs hide the latency, and registers for a second
+  chunk in flight would cost residency (H200 sweeps, exp/NOTES.md).
 Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2.
   pos is read, never moved: with advance=True the wrapper moves it after the kernel (one tiny op).
 Arithmetic in float32 on the CUDA cores. No autotuning (state updated in place): the configuration is
@@ -186,13 +188,14 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     """Hand-picked launch configuration (no autotune: the state is updated in place); one for every batch.
 
     H200, ttt-1b shapes, fp16 state (exp/NOTES.md, "H200 kernel sweeps"; records
-    exp/results/h200/kernel_sweep_*.jsonl): 64-column chunks, 2 warps per item, each chunk loaded when
-    reached: 686 us at B = 512 against 758 us for the earlier default that requested the next chunk
-    ahead, in one run; 32-column chunks with 1 warp read the same within 1% (682 us) but at a worse
-    last/ordinary position ratio (2.36 vs 2.08). Whole-head tiles staged in shared memory by
-    persistent programs (tensor-core products, 1-8 warps) read 944-1333 us. Warps grow with the head
-    dim (a [128, 64] chunk at f = 128)."""
-    return {"BLOCK_F": 64, "num_warps": max(2, head_dim // 32), "maxnreg": None}
+    exp/results/h200/kernel_sweep_round*.jsonl): 32-column chunks, 1 warp per item (8 resident per
+    multiprocessor), each chunk loaded when reached, L2 hints that keep W2 for the second walk
+    (evict last in pass A, evict first after) and the second walk in reverse order: 617 us at B = 512
+    in round 4, against 699 us for 64-column chunks with 2 warps and no hints, and 745-758 us for the
+    55c2540 default (64 columns, 2 warps, the next chunk requested ahead) in rounds 1-3. Whole-head tiles
+    staged in shared memory by persistent programs (tensor-core products, 1-8 warps) read 944-2683 us.
+    More warps for larger heads (a [128, 32] chunk at f = 128)."""
+    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True}
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None):

@@ -15,9 +15,9 @@ Compulsory bytes per call (s = state item size, a = activation item size), per i
 FLOPs per item: 10 f F (k W1, X2k W2, g2 W2^T, q W1, X2' W2) + 8 f F (the two rank-1 gradient updates
   and W_bar for W1 and W2).
 Grid: (B H,), one program per item, 2 warps at f = 64. F is walked in BLOCK_F chunks twice (W read
-  twice, the second time mostly from L2), each chunk's four tiles loaded when it is reached (no chunk
-  requested ahead: H200 sweep, exp/NOTES.md); a hidden size that one chunk holds (F <= BLOCK_F) is
-  loaded whole at once.
+  twice, the second time from L2: pass A asks L2 to keep W1 and W2, pass B to drop what it reads),
+  each chunk's four tiles loaded when it is reached (no chunk requested ahead: H200 sweeps,
+  exp/NOTES.md); a hidden size that one chunk holds (F <= BLOCK_F) is loaded whole at once.
 Mutates: cache.W1_grad, b1_grad, W2_grad, b2_grad every call; state W1, b1, W2, b2 at pos = b-1.
   pos is read, never moved (advance=True moves it after the kernel).
 Arithmetic in float32; a hand-picked configuration (`primal_config`), no autotune.
@@ -164,10 +164,11 @@ def primal_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     """Hand-picked launch configuration (no autotune: the state is updated in place); one for every batch.
 
     H200, ttt-1b shapes, fp16 state (exp/NOTES.md, "H200 kernel sweeps"; exp/results/h200/): 64-column
-    chunks, 2 warps, each chunk's tiles loaded when reached: 1270 us at B = 512 against 1759 us for the
-    earlier default (whole tiles, 8 warps, all requested at once), in one run; 32 columns with 1 warp
-    1278 us; persistent programs with the state staged in shared memory 1704 us."""
-    return {"BLOCK_F": 64, "num_warps": max(2, head_dim // 32), "maxnreg": None}
+    chunks, 2 warps, each chunk's tiles loaded when reached, L2 hints that keep pass A's W1 and W2 for
+    pass B: 1204 us at B = 512 in round 4 against 1269 us without the hints, and 1759-1771 us for the
+    55c2540 default (whole tiles, 8 warps, all requested at once) in rounds 1-3; persistent programs
+    with the state staged in shared memory 1704 us."""
+    return {"BLOCK_F": 64, "num_warps": max(2, head_dim // 32), "maxnreg": None, "L2_HINTS": True}
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, gW1, gb1, gW2, gb2, out, config=None):
