@@ -16,6 +16,8 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+
+from ttt_decode.ops.conv_ring import ring_prefill, ring_step
 from torch import nn
 
 
@@ -97,9 +99,10 @@ class SwiGLU(nn.Module):
 
 
 class CausalConv1d(nn.Module):
-    """Depthwise causal convolution (width W) with a rolling state of the last W inputs per channel.
+    """Depthwise causal convolution (width W) whose decode state is a ring of the last W inputs.
 
-    weight [D, W] (tap W-1 multiplies the newest input), bias [D]. conv_state [B, D, W].
+    weight [D, W] (tap W-1 multiplies the newest input), bias [D]. conv_state [B, W, D] and the shared
+    ring position conv_pos [1] int64 as in ops.conv_ring (the model advances conv_pos once per token).
     """
 
     def __init__(self, dim: int, width: int, bias: bool = True, dtype=None, device=None):
@@ -109,26 +112,19 @@ class CausalConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim, dtype=dtype, device=device)) if bias else None
         nn.init.uniform_(self.weight, -width ** -0.5, width ** -0.5)
 
-    def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, N, D] -> [B, N, D]. With conv_state: continue from it and leave the last W inputs in it."""
-        xt = x.transpose(1, 2)  # [B, D, N]
-        if conv_state is None:
-            full = F.pad(xt, (self.width - 1, 0))
-        else:
-            full = torch.cat([conv_state[..., 1:].to(xt.dtype), xt], dim=-1)
-        y = F.conv1d(full, self.weight.unsqueeze(1), self.bias, groups=self.weight.shape[0])
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None,
+                conv_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, D] -> [B, N, D]. With conv_state: continue from the ring and leave the last W inputs in
+        it, laid out for position (conv_pos + N) % W."""
         if conv_state is not None:
-            tail = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)[..., -self.width:]
-            conv_state.copy_(tail)
-        return y.transpose(1, 2)
+            return ring_prefill(x, conv_state, conv_pos, self.weight, self.bias, residual_dtype(x.dtype)).to(x.dtype)
+        full = F.pad(x.transpose(1, 2), (self.width - 1, 0))  # [B, D, W - 1 + N]
+        return F.conv1d(full, self.weight.unsqueeze(1), self.bias, groups=self.weight.shape[0]).transpose(1, 2)
 
-    def step(self, x: torch.Tensor, conv_state: torch.Tensor) -> torch.Tensor:
-        """x [B, D] -> [B, D]; shifts x into conv_state [B, D, W] in place."""
-        conv_state.copy_(torch.cat([conv_state[..., 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
-        acc = residual_dtype(x.dtype)
-        y = (conv_state.to(acc) * self.weight.to(acc)).sum(-1)
-        if self.bias is not None:
-            y = y + self.bias.to(acc)
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor, conv_pos: torch.Tensor) -> torch.Tensor:
+        """x [B, D] -> [B, D]; writes x into slot conv_pos of conv_state (one slot, not a shift)."""
+        y = ring_step(x, conv_state, conv_pos, self.weight, self.bias, residual_dtype(x.dtype))
+        conv_state.index_copy_(1, conv_pos, x.unsqueeze(1).to(conv_state.dtype))
         return y.to(x.dtype)
 
 

@@ -59,9 +59,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class TTTLayerState:
     ttt: TTTState
     cache: DualCache | PrimalCache
-    conv_pre: torch.Tensor | None  # [B, D, W]
-    conv_q: torch.Tensor | None  # [B, D, W]
-    conv_k: torch.Tensor | None  # [B, D, W]
+    conv_pre: torch.Tensor | None  # [B, W, D] ring (ops.conv_ring)
+    conv_q: torch.Tensor | None  # [B, W, D]
+    conv_k: torch.Tensor | None  # [B, W, D]
 
     def tensors(self):
         convs = {n: t for n, t in (("conv_pre", self.conv_pre), ("conv_q", self.conv_q), ("conv_k", self.conv_k))
@@ -74,14 +74,16 @@ class TTTLayerState:
 class TTTInferenceState:
     """Everything a TTT LM decode carries between tokens, for one batch.
 
-    pos [1] int64: position inside the mini-batch, shared by every layer's cache; advanced once per
-    token by the model (inside the CUDA graph). Layout: DESIGN section 10.
+    pos [1] int64: position inside the mini-batch, shared by every layer's cache; conv_pos [1] int64:
+    the slot of the oldest input in every causal conv's ring. Both advanced once per token by the model
+    (inside the CUDA graph). Layout: DESIGN section 10.
     """
 
     pos: torch.Tensor
     layers: list[TTTLayerState]
     batch: int
     state_dtype: torch.dtype
+    conv_pos: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors().values())
@@ -145,11 +147,11 @@ class TTTLayer(nn.Module):
         with stage("ttt.o_proj"):
             return self.o_proj(y)
 
-    def prefill(self, x, ls: TTTLayerState, cos, sin):
+    def prefill(self, x, ls: TTTLayerState, conv_pos, cos, sin):
         """x [B, N, D] normed input; cos, sin [N, f/2]. Returns [B, N, D]; advances ls (pos restored)."""
         p = self._project(x)
         if self.config.share_qk:
-            q, k = self.conv_q(p["q"], ls.conv_q), self.conv_k(p["q"], ls.conv_k)
+            q, k = self.conv_q(p["q"], ls.conv_q, conv_pos), self.conv_k(p["q"], ls.conv_k, conv_pos)
         else:
             q, k = p["q"], p["k"]
         q, k, v = apply_rotary(self._heads(q), cos, sin), apply_rotary(self._heads(k), cos, sin), self._heads(p["v"])
@@ -159,13 +161,13 @@ class TTTLayer(nn.Module):
                             impl=self.impl, advance=False)  # [B, H, N, f]
         return self._finish(z.transpose(1, 2).flatten(2), p, x.dtype)
 
-    def step(self, x, ls: TTTLayerState, cos, sin):
+    def step(self, x, ls: TTTLayerState, conv_pos, cos, sin):
         """x [B, D] normed input; cos, sin [1, f/2] at the current position. Returns [B, D]."""
         with stage("ttt.proj"):
             p = {n: t.squeeze(1) for n, t in self._project(x.unsqueeze(1)).items()}
         with stage("ttt.conv_qk"):
             if self.config.share_qk:
-                q, k = self.conv_q.step(p["q"], ls.conv_q), self.conv_k.step(p["q"], ls.conv_k)
+                q, k = self.conv_q.step(p["q"], ls.conv_q, conv_pos), self.conv_k.step(p["q"], ls.conv_k, conv_pos)
             else:
                 q, k = p["q"], p["k"]
         with stage("ttt.rotary_eta"):
@@ -195,17 +197,17 @@ class TTTBlock(nn.Module):
         self.ffn_norm = RMSNorm(D, eps, **kw)
         self.mlp = SwiGLU(D, config.intermediate_size, **kw)
 
-    def prefill(self, h, ls, cos, sin):
+    def prefill(self, h, ls, conv_pos, cos, sin):
         if self.pre_conv:
-            h = h + self.conv(self.conv_norm(h), ls.conv_pre).to(h.dtype)
-        h = h + self.ttt.prefill(self.seq_norm(h), ls, cos, sin).to(h.dtype)
+            h = h + self.conv(self.conv_norm(h), ls.conv_pre, conv_pos).to(h.dtype)
+        h = h + self.ttt.prefill(self.seq_norm(h), ls, conv_pos, cos, sin).to(h.dtype)
         return h + self.mlp(self.ffn_norm(h)).to(h.dtype)
 
-    def step(self, h, ls, cos, sin):
+    def step(self, h, ls, conv_pos, cos, sin):
         if self.pre_conv:
             with stage("pre_conv"):
-                h = h + self.conv.step(self.conv_norm(h), ls.conv_pre).to(h.dtype)
-        h = h + self.ttt.step(self.seq_norm(h), ls, cos, sin).to(h.dtype)
+                h = h + self.conv.step(self.conv_norm(h), ls.conv_pre, conv_pos).to(h.dtype)
+        h = h + self.ttt.step(self.seq_norm(h), ls, conv_pos, cos, sin).to(h.dtype)
         with stage("mlp"):
             return h + self.mlp(self.ffn_norm(h)).to(h.dtype)
 
@@ -227,6 +229,12 @@ class TTTLM(DecodeLM):
         nn.init.normal_(self.embed.weight, std=INIT_STD)
         self.layers = nn.ModuleList(TTTBlock(config, kind == "mlp", form, impl, **kw) for _ in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        # Rotary factors of the b mini-batch positions (q and k rotate by t mod b): a decode step looks
+        # its row up instead of computing cos/sin every token. Not saved in checkpoints.
+        cos, sin = rotary_cos_sin(torch.arange(config.mini_batch_size, device=device), config.head_dim,
+                                  config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [b, f/2], float32
+        self.register_buffer("rope_sin", sin, persistent=False)
         if not config.tie_word_embeddings:
             self.lm_head_weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.hidden_size, **kw) * INIT_STD)
         for name, module in self.named_modules():
@@ -243,7 +251,7 @@ class TTTLM(DecodeLM):
         cache_cls = DualCache if self.form == "dual" else PrimalCache
 
         def conv():
-            return torch.zeros(batch, c.hidden_size, c.conv_kernel, dtype=self.dtype, device=self.device)
+            return torch.zeros(batch, c.conv_kernel, c.hidden_size, dtype=self.dtype, device=self.device)  # [B, W, D]
 
         layers = []
         for block in self.layers:
@@ -252,11 +260,13 @@ class TTTLM(DecodeLM):
                 ttt=ttt, cache=cache_cls.empty_like_state(ttt, c.mini_batch_size, pos=pos),
                 conv_pre=conv() if c.pre_conv else None,
                 conv_q=conv() if c.share_qk else None, conv_k=conv() if c.share_qk else None))
-        return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype)
+        return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype,
+                                 conv_pos=torch.zeros(1, dtype=torch.int64, device=self.device))
 
     @torch.no_grad()
     def reset_state(self, state: TTTInferenceState) -> None:
         state.pos.zero_()
+        state.conv_pos.zero_()
         for block, ls in zip(self.layers, state.layers):
             for dst, src in zip((ls.ttt.W1, ls.ttt.b1, ls.ttt.W2, ls.ttt.b2), block.ttt.fast_weights()):
                 if dst is not None:
@@ -282,8 +292,8 @@ class TTTLM(DecodeLM):
         w_item = torch.empty((), dtype=self.dtype).element_size()
         inner = inner_step_cost(self.kind == "mlp", self.form, c.num_heads, c.head_dim, c.mini_batch_size,
                                 s_item, w_item)
-        # Each causal conv reads and writes its [D, W] window.
-        conv = (int(c.pre_conv) + 2 * int(c.share_qk)) * c.hidden_size * c.conv_kernel * 2 * w_item
+        # Each causal conv reads the W-1 newest slots of its ring and writes one: W D items.
+        conv = (int(c.pre_conv) + 2 * int(c.share_qk)) * c.hidden_size * c.conv_kernel * w_item
         state_bytes = batch * c.num_layers * (inner["bytes"] + conv)
         weight_bytes = self.weight_bytes()
         matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
@@ -301,22 +311,24 @@ class TTTLM(DecodeLM):
         start = int(state.pos.item())
         N = input_ids.shape[1]
         positions = (start + torch.arange(N, device=input_ids.device)) % b
-        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        cos, sin = self.rope_cos.index_select(0, positions), self.rope_sin.index_select(0, positions)  # [N, f/2]
         h = self.embed(input_ids).to(residual_dtype(self.dtype))
         for block, ls in zip(self.layers, state.layers):
-            h = block.prefill(h, ls, cos, sin)
+            h = block.prefill(h, ls, state.conv_pos, cos, sin)
         state.pos.fill_((start + N) % b)
+        state.conv_pos.copy_((state.conv_pos + N) % self.config.conv_kernel)
         return self.lm_head(h)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
         """input_ids [B] -> logits [B, V]; one token. No host sync: safe to capture in a CUDA graph."""
         with stage("embed"):
-            cos, sin = rotary_cos_sin(state.pos, self.config.head_dim, self.config.rope_theta)  # [1, f/2]
+            cos, sin = self.rope_cos.index_select(0, state.pos), self.rope_sin.index_select(0, state.pos)  # [1, f/2]
             h = self.embed(input_ids).to(residual_dtype(self.dtype))
         for block, ls in zip(self.layers, state.layers):
-            h = block.step(h, ls, cos, sin)
+            h = block.step(h, ls, state.conv_pos, cos, sin)
         state.pos.copy_((state.pos + 1) % self.config.mini_batch_size)
+        state.conv_pos.copy_((state.conv_pos + 1) % self.config.conv_kernel)
         with stage("lm_head"):
             return self.lm_head(h)
 

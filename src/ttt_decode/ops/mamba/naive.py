@@ -42,6 +42,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ttt_decode.ops.conv_ring import ring_prefill, ring_step
+
 # Elements per [B, L, D, S] temporary in `scan` (each of two): 2^25 float32 = 128 MiB.
 SCAN_CHUNK_ELEMENTS = 1 << 25
 
@@ -62,16 +64,8 @@ def softplus(dt: torch.Tensor) -> torch.Tensor:
 def conv_step(x, conv_state, conv_pos, weight, bias):
     """x [B, D] (new input), conv_state [B, W, D] ring, conv_pos [1] int64, weight [D, W], bias [D] or None
     -> x_c = silu(conv) [B, D] in x's dtype. Reads the W-1 newest slots; mutates nothing."""
-    W = conv_state.shape[1]
     cd = compute_dtype(x, conv_state, weight)
-    slots = (conv_pos + 1 + torch.arange(W - 1, device=x.device)) % W  # oldest of the W-1 first
-    taps = conv_state.index_select(1, slots).to(cd)  # [B, W-1, D]
-    w = weight.to(cd)
-    acc = x.to(cd) * w[:, W - 1]
-    if bias is not None:
-        acc = acc + bias.to(cd)
-    acc = acc + (taps * w[:, : W - 1].t().unsqueeze(0)).sum(1)
-    return F.silu(acc).to(x.dtype)
+    return F.silu(ring_step(x, conv_state, conv_pos, weight, bias, cd)).to(x.dtype)
 
 
 def ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
@@ -104,17 +98,8 @@ def conv_prefill(x, conv_state, conv_pos, weight, bias):
     """x [B, N, D] -> x_c [B, N, D]: the causal conv continued from the ring, SiLU applied.
 
     Mutates conv_state so that it holds the last W inputs laid out for position (conv_pos + N) % W."""
-    Bsz, N, Dm = x.shape
-    W = conv_state.shape[1]
     cd = compute_dtype(x, conv_state, weight)
-    ar = torch.arange(W, device=x.device)
-    hist = conv_state.index_select(1, (conv_pos + ar) % W)  # [B, W, D], oldest first
-    full = torch.cat([hist.to(x.dtype), x], dim=1)  # [B, W + N, D]
-    inp = full[:, 1:].to(cd).transpose(1, 2)  # [B, D, W - 1 + N]
-    y = F.conv1d(inp, weight.to(cd).unsqueeze(1), None if bias is None else bias.to(cd), groups=Dm)  # [B, D, N]
-    new_pos = (conv_pos + N) % W
-    conv_state.index_copy_(1, (new_pos + ar) % W, full[:, -W:].to(conv_state.dtype))
-    return F.silu(y).transpose(1, 2).to(x.dtype)
+    return F.silu(ring_prefill(x, conv_state, conv_pos, weight, bias, cd)).to(x.dtype)
 
 
 def _chunk_tokens(Bsz: int, Dm: int, S: int, N: int) -> int:
