@@ -31,6 +31,23 @@ def test_check_fails_when_paths_differ():
                  "--steps", "4"]) == 1
 
 
+def test_state_fidelity_measures_the_state_dtype_alone():
+    """Same weights and path: a float32 state against a float32 reference is exact; a bfloat16 state
+    differs by its rounding and passes bf16's tolerance; too tight a tolerance fails."""
+    for name, net in (("ttt-tiny", "mlp_2_dual"), ("mamba-tiny", "mamba_ref")):
+        model = models.randomize_(models.build(name, inner_net=net, dtype="float32", device="cpu"))
+        same = run_checks(model, batch=2, steps=20, checks=("state_fidelity",), state_dtype=torch.float32,
+                          progress=None)[0]
+        assert same["passed"] and same["max_rel_err"] == 0.0 and same["tv_max"] == 0.0, (name, same)
+        bf16 = run_checks(model, batch=2, steps=20, checks=("state_fidelity",), state_dtype=torch.bfloat16,
+                          progress=None)[0]
+        assert bf16["passed"] and 0.0 < bf16["max_rel_err"] < 1e-1 and bf16["tol"] == 1e-1, (name, bf16)
+        assert bf16["reference"] == "state in float32" and bf16["state_dtype"] == "bfloat16"
+        tight = run_checks(model, batch=2, steps=20, checks=("state_fidelity",), state_dtype=torch.bfloat16,
+                           tol=1e-7, progress=None)[0]
+        assert tight["passed"] is False
+
+
 def test_check_rejects_unknown_check(capsys):
     assert main(["check", "--device", "cpu", "--checks", "nope"]) == 2
     assert "unknown check" in capsys.readouterr().err

@@ -13,6 +13,9 @@ free-running greedy sequences incomparable) through two paths and compares the l
                              (same weights; TTT: the PyTorch inner loop of the same form; Mamba:
                              mamba_ref): per-step relative error, share of steps whose argmax
                              differs, and total-variation distance of the next-token distributions.
+  state_fidelity             this model with its --state-dtype          vs  the same model and path
+                             with the recurrent state in --reference-state-dtype (default float32):
+                             what a reduced-precision state costs, with the same figures.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ from ttt_decode.decode.engine import teacher_force
 from ttt_decode.errors import UserError
 
 CHECKS = ("decode_vs_forward", "prefill_decode_vs_forward", "graph_vs_eager", "compiled_vs_eager",
-          "batch_vs_single", "repeat", "fidelity")
+          "batch_vs_single", "repeat", "fidelity", "state_fidelity")
 GPU_ONLY = ("graph_vs_eager", "compiled_vs_eager")
 
 
 def default_tolerance(dtype: torch.dtype, check: str = "") -> float:
     """Max relative logit error per step. Against a float32 reference (fidelity) bf16 gets 1e-1:
     its 8-bit mantissa rounds 8x coarser than fp16's 11 bits (fp16 lands near 5e-3 on ttt-1b)."""
-    if check == "fidelity" and dtype == torch.bfloat16:
+    if check in ("fidelity", "state_fidelity") and dtype == torch.bfloat16:
         return 1e-1
     return {torch.float64: 1e-8, torch.float32: 1e-4}.get(dtype, 1e-2)
 
@@ -89,7 +92,7 @@ def _summary(name, errs, tol, extra=None):
 
 def run_checks(model, *, batch: int = 4, steps: int = 32, promptlen: int = 1, checks=CHECKS, tol: float | None = None,
                state_dtype=None, reference_inner_net: str | None = None, reference_dtype=torch.float32,
-               seed: int = 0, progress=print) -> list[dict]:
+               reference_state_dtype=torch.float32, seed: int = 0, progress=print) -> list[dict]:
     """Run the named checks on `model`; returns one result dict per check (see module docstring)."""
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
@@ -113,7 +116,9 @@ def run_checks(model, *, batch: int = 4, steps: int = 32, promptlen: int = 1, ch
         return cache["eager"]
 
     for name in checks:
-        tol = user_tol if user_tol is not None else default_tolerance(model.dtype, name)
+        # A reduced-precision state is judged by its own dtype (fp16 weights with a bf16 state: bf16's).
+        judged = state_dtype if name == "state_fidelity" and state_dtype is not None else model.dtype
+        tol = user_tol if user_tol is not None else default_tolerance(judged, name)
         t0 = time.perf_counter()
         if name in GPU_ONLY and not on_cuda:
             results.append({"check": name, "passed": None, "skipped": "needs a CUDA device"})
@@ -135,25 +140,35 @@ def run_checks(model, *, batch: int = 4, steps: int = 32, promptlen: int = 1, ch
             a, b = tf(cuda_graph=on_cuda), tf(cuda_graph=on_cuda)
             diff = (a - b).abs().max().item()
             row = {"check": name, "max_abs_diff": diff, "passed": diff == 0.0}
-        else:  # fidelity
+        elif name == "fidelity":
             ref = reference_model(model, reference_inner_net, reference_dtype)
             ref_logits = tf(m=ref, cuda_graph=False)[:, decode]
             del ref
-            test = tf(cuda_graph=on_cuda)[:, decode]
-            V = model.vocab_size
-            a, b = test[..., :V], ref_logits[..., :V]
-            differ = (a.argmax(-1) != b.argmax(-1)).double()  # [B, T]
-            tv = tv_distance(a, b)
-            row = _summary(name, per_step_rel_err(test, ref_logits), tol, {
-                "argmax_differ_frac": float(differ.mean()),
-                "steps_with_any_argmax_diff_frac": float((differ.sum(0) > 0).double().mean()),
-                "tv_mean": float(tv.mean()), "tv_max": float(tv.max())})
+            row = _fidelity_row(name, tf(cuda_graph=on_cuda)[:, decode], ref_logits, model.vocab_size, tol)
             row["reference"] = f"{reference_inner_net or 'default'} in {str(reference_dtype).replace('torch.', '')}"
+        else:  # state_fidelity
+            ref_logits = teacher_force(model, ids, promptlen, state_dtype=reference_state_dtype,
+                                       cuda_graph=False)[:, decode]
+            row = _fidelity_row(name, tf(cuda_graph=on_cuda)[:, decode], ref_logits, model.vocab_size, tol)
+            row["reference"] = f"state in {str(reference_state_dtype).replace('torch.', '')}"
+            row["state_dtype"] = str(state_dtype or model.dtype).replace("torch.", "")
         row["seconds"] = round(time.perf_counter() - t0, 2)
         results.append(row)
         if progress:
             progress(format_row(row))
     return results
+
+
+def _fidelity_row(name, test, ref_logits, vocab: int, tol: float) -> dict:
+    """Per-step relative error of test against ref_logits [B, T, V'], the share of greedy tokens that
+    differ and the total-variation distance of the next-token distributions (real vocabulary only)."""
+    a, b = test[..., :vocab], ref_logits[..., :vocab]
+    differ = (a.argmax(-1) != b.argmax(-1)).double()  # [B, T]
+    tv = tv_distance(a, b)
+    return _summary(name, per_step_rel_err(test, ref_logits), tol, {
+        "argmax_differ_frac": float(differ.mean()),
+        "steps_with_any_argmax_diff_frac": float((differ.sum(0) > 0).double().mean()),
+        "tv_mean": float(tv.mean()), "tv_max": float(tv.max())})
 
 
 def format_row(row: dict) -> str:
@@ -185,6 +200,8 @@ def add_arguments(p):
                    help="inner net of the fidelity reference (default: PyTorch version of the same form)")
     p.add_argument("--reference-dtype", dest="reference_dtype", default="float32",
                    help="dtype of the fidelity reference (default float32)")
+    p.add_argument("--reference-state-dtype", dest="reference_state_dtype", default="float32",
+                   help="state dtype of the state_fidelity reference (default float32)")
     p.add_argument("--out", default=None, help="append the results as one JSON line to this file")
 
 
@@ -199,7 +216,8 @@ def main(args) -> int:
           f"promptlen={args.promptlen}")
     results = run_checks(model, batch=args.batch, steps=args.steps, promptlen=args.promptlen, checks=checks,
                          tol=args.tol, state_dtype=state_dtype, reference_inner_net=args.reference_inner_net,
-                         reference_dtype=parse_dtype(args.reference_dtype), seed=args.seed)
+                         reference_dtype=parse_dtype(args.reference_dtype),
+                         reference_state_dtype=parse_dtype(args.reference_state_dtype), seed=args.seed)
     if args.out:
         record = {"kind": "check", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": args.model_name,
                   "inner_net": getattr(model, "inner_net", None), "dtype": str(model.dtype).replace("torch.", ""),
