@@ -208,6 +208,7 @@ def run_cell(args) -> dict:
                             max_seq_len=args.promptlen + args.genlen + 1)
     _sync(device)
     record["cold_start_s"] = round(session.cold_start_s, 3)
+    record["cold_start"] = session.cold_start
     record["session_s"] = round(time.perf_counter() - t_cold, 3)
     mem["state"] = _memory(device)
     record["state_allocated_gb"] = round(_state_nbytes(session.state) / 2**30, 3)

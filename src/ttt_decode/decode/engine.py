@@ -25,6 +25,43 @@ from ttt_decode.models.common import stage
 WARMUP_STEPS = 2
 
 
+def _compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process so far (Dynamo frames, Inductor included)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+
+        return float(calculate_time_spent().get("entire_frame_compile", 0.0))
+    except Exception:  # an internal API: a torch without it reports 0 rather than failing the session
+        return 0.0
+
+
+def compiled_step(model):
+    """torch.compile of a model's decode step.
+
+    Regional compilation where the model names its repeated blocks (`compile_regions()`: e.g. every
+    TTT block's step): each is compiled once and the same compiled code serves every layer (parameters
+    are graph inputs, so the guards do not tell the layers apart), so the cold start is one block's,
+    not 24 blocks'; the glue between blocks (embedding, LM head, position updates) runs as it is, all
+    of it captured in the same CUDA graph. Otherwise the whole step is one compiled graph."""
+    regions = model.compile_regions() if hasattr(model, "compile_regions") else []
+    if not regions:
+        return torch.compile(model.step, fullgraph=True, dynamic=False)
+    compiled = [(obj, name, torch.compile(getattr(obj, name), fullgraph=True, dynamic=False)) for obj, name in regions]
+
+    def step(input_ids, state):
+        # The compiled region shadows the block's method for this call only: the model itself stays
+        # eager for any other session.
+        for obj, name, fn in compiled:
+            obj.__dict__[name] = fn
+        try:
+            return model.step(input_ids, state)
+        finally:
+            for obj, name, _ in compiled:
+                del obj.__dict__[name]
+
+    return step
+
+
 class DecodeSession:
     def __init__(self, model, batch: int, *, state_dtype: torch.dtype | None = None, cuda_graph: bool | None = None,
                  compile: bool = False, sampling: Sampling = Sampling(), max_steps: int = 4096,
@@ -54,15 +91,21 @@ class DecodeSession:
         self.ids = torch.zeros(batch, dtype=torch.int64, device=device)  # [B] input of the next step
         self.tokens = torch.zeros(batch, max_steps, dtype=torch.int64, device=device)  # [B, T] step outputs
         self.step_idx = torch.zeros(1, dtype=torch.int64, device=device)
-        self._step_fn = torch.compile(model.step, fullgraph=True, dynamic=False) if compile else model.step
+        self._step_fn = compiled_step(model) if compile else model.step
         self.graph = None
         self.graph_replays = 0
+        # Where the cold start goes: the first step (tracing, compiling, every Triton kernel's first
+        # launch), the other warm-up steps, the graph capture.
+        self.cold_start = {"first_step_s": 0.0, "warmup_s": 0.0, "capture_s": 0.0}
+        compile_before = _compile_seconds()
         t0 = time.perf_counter()
         if compile and not cuda_graph:
             self._warm_up()
         if cuda_graph:
             self._capture()
         self.cold_start_s = time.perf_counter() - t0
+        self.cold_start = {k: round(v, 3) for k, v in self.cold_start.items()}
+        self.cold_start["compile_s"] = round(_compile_seconds() - compile_before, 3)
 
     def _body(self):
         logits = self._step_fn(self.ids, self.state)
@@ -73,24 +116,32 @@ class DecodeSession:
             self.ids.copy_(nxt)
         return logits
 
+    def _warm_up_steps(self, sync):
+        for i in range(WARMUP_STEPS):
+            t = time.perf_counter()
+            self._body()
+            sync()
+            self.cold_start["first_step_s" if i == 0 else "warmup_s"] += time.perf_counter() - t
+
     def _warm_up(self):
         # Runs the step (compiles, autotunes) on the real state, which is then reset.
-        for _ in range(WARMUP_STEPS):
-            self._body()
+        sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
+        self._warm_up_steps(sync)
         self.reset()
 
     def _capture(self):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(WARMUP_STEPS):
-                self._body()
+            self._warm_up_steps(torch.cuda.synchronize)
         torch.cuda.current_stream().wait_stream(stream)
+        t = time.perf_counter()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._logits = self._body()
         self.reset()
         torch.cuda.synchronize()
+        self.cold_start["capture_s"] = time.perf_counter() - t
 
     def reset(self) -> None:
         """Back to an empty context, in place (the graph stays valid)."""

@@ -212,6 +212,10 @@ class MambaLM(DecodeLM):
                                  state_dtype or self.default_state_dtype())
 
     # ---- forward passes ----
+    def compile_regions(self):
+        """The repeated mixers torch.compile compiles once and reuses (decode.engine.compiled_step)."""
+        return [(block.mixer, "step") for block in self.layers]
+
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, state: MambaInferenceState) -> torch.Tensor:
         """input_ids [B, N] -> logits [B, N, V]; advances the state by N tokens (any N >= 1)."""

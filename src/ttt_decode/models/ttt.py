@@ -241,6 +241,10 @@ class TTTLM(DecodeLM):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=INIT_STD)
 
+    def compile_regions(self):
+        """The repeated blocks torch.compile compiles once and reuses (decode.engine.compiled_step)."""
+        return [(block, "step") for block in self.layers]
+
     # ---- inference state ----
     def allocate_state(self, batch: int, state_dtype: torch.dtype | None = None) -> TTTInferenceState:
         if not isinstance(batch, int) or batch < 1:
