@@ -1,7 +1,8 @@
 """`ttt-decode <command>`: the command-line entry point.
 
 Each command lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`;
-this file only wires them together and turns user errors into one-line messages (exit code 2).
+this file only wires them together and turns user errors into one-line messages (exit code 2) and
+failed writes of results, logs or caches into one-line messages (exit code 4).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shlex
 import sys
 
-from ttt_decode.errors import UserError
+from ttt_decode.errors import RecordWriteError, UserError
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -27,6 +28,10 @@ COMMANDS = {
     "sweep": ("ttt_decode.bench.sweep", "models x inner nets x batches x lengths, one process per cell, OOM-proof"),
     "report": ("ttt_decode.bench.report", "Markdown table and throughput plot (with the roofline) from records"),
 }
+
+
+# Exit code of every command when a result, log or cache file could not be written (disk full, ...).
+EXIT_WRITE_FAILED = 4
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str = "ttt-tiny") -> None:
@@ -89,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ttt-decode {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RecordWriteError as e:
+        print(f"ttt-decode {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
 
 
 if __name__ == "__main__":

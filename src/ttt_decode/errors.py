@@ -23,3 +23,9 @@ def require(condition: bool, message: str) -> None:
     """Raise UserError(message) unless condition holds."""
     if not condition:
         raise UserError(message)
+
+
+class RecordWriteError(OSError):
+    """A result, log or cache file could not be written (disk full, permissions, the path is not a file).
+
+    Never a silent success: the CLI prints the one-line message (which names the file) and exits 4."""

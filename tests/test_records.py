@@ -1,0 +1,91 @@
+"""Result records are never lost or glued together: the appender and the reader."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ttt_decode.bench import records
+from ttt_decode.bench.records import append_jsonl, read_records
+from ttt_decode.errors import RecordWriteError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CELL = ["--model-name", "ttt-tiny", "--inner-net", "mlp_1_dual", "--batch", "1", "--genlen", "2", "--device", "cpu",
+        "--repeats", "1", "--dtype", "float32"]
+
+
+@pytest.fixture(autouse=True)
+def calibration_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTT_DECODE_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_record_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    append_jsonl(path, {"a": 1})
+    with open(path, "ab") as fh:
+        fh.write(b'{"b": ')  # a writer killed mid-line
+    append_jsonl(path, {"c": 2})
+    append_jsonl(path, {"d": 3})
+    assert read_records(path) == ([{"a": 1}, {"c": 2}, {"d": 3}], [2])
+    assert "skipped 1 unreadable line" in records.unreadable_note(path, [2])
+
+
+def test_a_line_that_is_not_an_object_is_unreadable(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"a": 1}\n[1, 2]\n\xff\xfe\n\n{"b": 2}\n')
+    assert read_records(str(path)) == ([{"a": 1}, {"b": 2}], [2, 3])
+
+
+def test_a_short_write_fails_loudly_and_the_next_record_is_whole(tmp_path, monkeypatch):
+    path = str(tmp_path / "results.jsonl")
+    append_jsonl(path, {"a": 1})
+    real_write = os.write
+
+    def half(fd, data):
+        # Only the record under test comes up short (a disk that filled up mid-line).
+        return real_write(fd, data[: len(data) // 2] if b'"short"' in data else data)
+
+    monkeypatch.setattr(records.os, "write", half)
+    with pytest.raises(RecordWriteError, match="results.jsonl: short write"):
+        append_jsonl(path, {"note": "short", "pad": "x" * 100})
+    monkeypatch.undo()
+    append_jsonl(path, {"b": 2})
+    assert read_records(path) == ([{"a": 1}, {"b": 2}], [2])
+
+
+def _limit_file_size(nbytes: int):
+    """preexec_fn: files of the process may not grow past nbytes (a disk that is full at that size).
+    Python ignores SIGXFSZ, so an over-long write comes back short or fails with EFBIG."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return limit
+
+
+def _prefill(path, nbytes: int) -> tuple[int, int]:
+    """Earlier records filling path to about nbytes: (the file's size, the number of records)."""
+    line = json.dumps({"kind": "bench", "status": "ok", "cell_id": "earlier", "pad": "x" * 400}) + "\n"
+    path.write_text(line * (nbytes // len(line)))
+    return path.stat().st_size, nbytes // len(line)
+
+
+def _run(argv, tmp_path, preexec_fn=None):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    return subprocess.run([sys.executable, "-m", "ttt_decode.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=600, preexec_fn=preexec_fn)
+
+
+def test_a_full_disk_is_an_error_exit_of_bench(tmp_path):
+    """A record that cannot be written: exit code 4 with the file named, never 0; earlier lines intact."""
+    # Room for 100 more bytes in results.jsonl: the cell's record (over 2 KB) comes back short.
+    size, n = _prefill(tmp_path / "results.jsonl", 20000)
+    r = _run(["bench", "--logdir", str(tmp_path), *CELL], tmp_path, _limit_file_size(size + 100))
+    assert r.returncode == 4, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert "results.jsonl" in err and "short write" in err and "Traceback" not in r.stderr
+    recs, bad = read_records(str(tmp_path / "results.jsonl"))
+    assert len(recs) == n and all(x["cell_id"] == "earlier" for x in recs) and bad == [n + 1]
