@@ -49,7 +49,7 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str = "ttt-tiny") 
     p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
                    help="recurrent-state dtype (default: the weight dtype for TTT and the KV cache, float32 "
                         "for Mamba)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and prompts (default 0)")
 
 
@@ -60,6 +60,27 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """--device: cpu, cuda or cuda:N, checked when the flags are parsed (tpu, mps, CPU, meta are refused)."""
+    from ttt_decode.models import parse_device
+
+    try:
+        parse_device(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 

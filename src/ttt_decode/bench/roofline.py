@@ -238,7 +238,10 @@ def floor(bytes_per_step: int, flops_per_step: int, cal: dict, dtype: torch.dtyp
 
 
 def add_arguments(p):
-    p.add_argument("--device", default=None, help="device to measure (default: cuda if available)")
+    from ttt_decode.cli import device_arg
+
+    p.add_argument("--device", type=device_arg, default=None, help="device to measure: cpu, cuda or cuda:N "
+                   "(default: cuda if available)")
     p.add_argument("--out", default=None, help="also write the calibration JSON here (e.g. exp/results/h100/"
                    "calibration.json); it is always cached per device for benchmark cells")
 

@@ -120,6 +120,8 @@ def _bench_argv(c: dict, args) -> list[str]:
         argv += ["--device", args.device]
     if args.calibration:
         argv += ["--calibration", args.calibration]
+    if args.max_memory_gb:
+        argv += ["--max-memory-gb", str(args.max_memory_gb)]
     if args.wandb:
         argv.append("--wandb")
     return argv
