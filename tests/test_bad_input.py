@@ -12,6 +12,7 @@ from ttt_decode.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model-name", "ttt-tiny", "--batch", "1", "--genlen", "2", "--device", "cpu", "--repeats", "1"]
+SWEEP = ["--models", "ttt-tiny", "--batches", "1", "--genlens", "2", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +33,10 @@ def one_line_error(capsys, argv, code=2) -> str:
 
 
 @pytest.mark.parametrize("device", ["tpu", "CPU", "mps", "xla", "meta", "cuda:x", ""])
-@pytest.mark.parametrize("command", ["generate", "bench", "calibrate", "micro"])
+@pytest.mark.parametrize("command", ["generate", "bench", "sweep", "calibrate", "micro"])
 def test_unsupported_device(tmp_path, capsys, command, device):
-    extra = {"generate": [], "bench": ["--logdir", str(tmp_path)], "calibrate": [], "micro": []}[command]
+    extra = {"generate": [], "bench": ["--logdir", str(tmp_path)], "calibrate": [], "micro": [],
+             "sweep": ["--logdir", str(tmp_path), "--models", "ttt-tiny", "--batches", "1"]}[command]
     err = one_line_error(capsys, [command, *extra, "--device", device])
     assert "unsupported device" in err and "cpu, cuda or cuda:N" in err
 
@@ -63,7 +65,9 @@ def test_triton_on_cpu_without_the_interpreter(tmp_path, capsys, monkeypatch, mo
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     for argv in (["generate", "--model-name", model, "--inner_net", inner, "--device", "cpu"],
                  ["bench", "--logdir", str(tmp_path), "--model-name", model, "--inner_net", inner, "--device", "cpu",
-                  "--batch", "1", "--genlen", "2"]):
+                  "--batch", "1", "--genlen", "2"],
+                 ["sweep", "--logdir", str(tmp_path), "--models", model, "--inner-nets", inner, "--batches", "1",
+                  "--device", "cpu"]):
         err = one_line_error(capsys, argv)
         assert "TRITON_INTERPRET=1" in err and f"--inner_net {instead}" in err
     assert not (tmp_path / "results.jsonl").exists()
@@ -75,7 +79,7 @@ def _a_file(tmp_path):
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["bench", "profile"])
+@pytest.mark.parametrize("command", ["bench", "profile", "sweep"])
 @pytest.mark.parametrize("logdir,needle", [(_a_file, "is a file, not a directory"), (lambda p: "", "is empty")],
                          ids=["file", "empty"])
 def test_bad_logdir_is_refused_before_the_cell_runs(tmp_path, capsys, monkeypatch, command, logdir, needle):
@@ -85,7 +89,8 @@ def test_bad_logdir_is_refused_before_the_cell_runs(tmp_path, capsys, monkeypatc
         raise AssertionError("the cell ran")
 
     monkeypatch.setattr(cell, "run_cell", must_not_run)
-    err = one_line_error(capsys, [command, "--logdir", logdir(tmp_path), *TINY])
+    rest = SWEEP if command == "sweep" else TINY
+    err = one_line_error(capsys, [command, "--logdir", logdir(tmp_path), *rest])
     assert needle in err
 
 
@@ -105,6 +110,21 @@ def test_micro_model_of_the_wrong_kind(tmp_path, capsys, argv, needle):
     err = one_line_error(capsys, ["micro", "--device", "cpu", "--batch", "2", "--out", str(tmp_path / "m.jsonl"),
                                   *argv])
     assert needle in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--cell-timeout", "-5"], "must be a finite number > 0"),
+    (["--cell-timeout", "0"], "must be a finite number > 0"),
+    (["--cell-timeout", "nan"], "must be a finite number > 0"),
+    (["--max-memory-gb", "-1"], "must be a finite number > 0"),
+    (["--retry", "error,crashed"], "unknown status crashed"),
+    (["--models", "ttt-9b"], "unknown model 'ttt-9b'"),
+    (["--models", "mamba-tiny", "--inner-nets", "mamba_fast"], "unknown Mamba implementation"),
+])
+def test_sweep_flags(tmp_path, capsys, argv, needle):
+    err = one_line_error(capsys, ["sweep", "--logdir", str(tmp_path), *SWEEP, *argv])
+    assert needle in err
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 def _nan_weights(load_model):

@@ -155,9 +155,16 @@ def test_sweep_over_fake_gpus_each_cell_once_none_lost(tmp_path):
     assert killed["status"] == "killed" and killed["gpu_assigned"] in ("5", "7")
     ok = [x for x in recs if x["status"] == "ok"]
     assert all(x["cuda_visible_devices"] in ("5", "7") and x["gpu_assigned"] == x["cuda_visible_devices"] for x in ok)
-    # Resume does not run anything twice.
-    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7")
-    assert "4 already recorded, 0 to run" in r.stdout
+    # Resume does not run anything twice, and exits as the run that recorded the cells did.
+    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7", check=False)
+    assert "4 already recorded, 0 to run" in r.stdout and r.returncode == 1
+    # --retry killed runs the killed cell again (no fault now); its newest record is ok: exit 0, then and after.
+    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7", "--retry", "killed,error")
+    assert "3 already recorded, 1 to run (1 retried: --retry error,killed)" in r.stdout
+    recs = read_jsonl(str(tmp_path / "results.jsonl"))
+    assert len(recs) == 5 and [x["status"] for x in recs if x["batch"] == 3] == ["killed", "ok"]
+    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7", "--retry", "killed,error")
+    assert "4 already recorded, 0 to run" in r.stdout and len(read_jsonl(str(tmp_path / "results.jsonl"))) == 5
 
 
 def test_profile_trace_is_chrome_json_with_stage_names(tmp_path):

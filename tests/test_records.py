@@ -1,4 +1,4 @@
-"""Result records are never lost or glued together: the appender and the reader."""
+"""Result records are never lost or glued together: the appender, the reader, a full disk."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ttt_decode.bench import records
-from ttt_decode.bench.records import append_jsonl, read_records
+from ttt_decode.bench.records import append_jsonl, read_jsonl, read_records
 from ttt_decode.errors import RecordWriteError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,3 +89,16 @@ def test_a_full_disk_is_an_error_exit_of_bench(tmp_path):
     assert "results.jsonl" in err and "short write" in err and "Traceback" not in r.stderr
     recs, bad = read_records(str(tmp_path / "results.jsonl"))
     assert len(recs) == n and all(x["cell_id"] == "earlier" for x in recs) and bad == [n + 1]
+
+
+def test_a_full_disk_stops_the_sweep_with_an_error_exit(tmp_path):
+    size, n = _prefill(tmp_path / "results.jsonl", 20000)
+    r = _run(["sweep", "--logdir", str(tmp_path), "--models", "ttt-tiny", "--inner-nets", "mlp_1_dual",
+              "--batches", "1,2", "--genlens", "2", "--device", "cpu", "--repeats", "1", "--dtype", "float32"],
+             tmp_path, _limit_file_size(size + 100))
+    assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "could not write its record" in r.stderr and "results.jsonl" in r.stderr
+    # The sweep stopped at the first failed write: the second cell never started.
+    assert "B=2" not in r.stdout + r.stderr
+    recs = read_jsonl(str(tmp_path / "results.jsonl"))
+    assert len(recs) == n and all(x["cell_id"] == "earlier" for x in recs)
