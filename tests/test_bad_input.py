@@ -101,6 +101,25 @@ def test_seed_script_with_a_file_as_logdir(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "building the model" not in r.stderr
 
 
+def _one_record(tmp_path):
+    assert main(["bench", "--logdir", str(tmp_path / "log"), *TINY, "--dtype", "float32"]) == 0
+
+
+def test_report_unknown_metric(tmp_path, capsys):
+    _one_record(tmp_path)
+    capsys.readouterr()
+    err = one_line_error(capsys, ["report", str(tmp_path / "log"), "--out", str(tmp_path / "rep"), "--metric",
+                                  "nonsense"])
+    assert "--metric 'nonsense' is not a number in any ok record" in err and "decode_tokens_per_s" in err
+
+
+def test_report_out_is_a_file(tmp_path, capsys):
+    _one_record(tmp_path)
+    capsys.readouterr()
+    err = one_line_error(capsys, ["report", str(tmp_path / "log"), "--out", _a_file(tmp_path)])
+    assert "--out" in err and "is a file, not a directory" in err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "mamba-tiny", "--kernels", "mlp_1_dual_triton"], "--model mamba-tiny is not a TTT config"),
     (["--model", "mamba-tiny"], "--model mamba-tiny is not a TTT config"),

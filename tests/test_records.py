@@ -1,4 +1,4 @@
-"""Result records are never lost or glued together: the appender, the reader, a full disk."""
+"""Result records are never lost, glued or double-counted: the appender, the reader and the report."""
 
 import json
 import os
@@ -11,6 +11,7 @@ import pytest
 
 from ttt_decode.bench import records
 from ttt_decode.bench.records import append_jsonl, read_jsonl, read_records
+from ttt_decode.cli import main
 from ttt_decode.errors import RecordWriteError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,3 +103,32 @@ def test_a_full_disk_stops_the_sweep_with_an_error_exit(tmp_path):
     assert "B=2" not in r.stdout + r.stderr
     recs = read_jsonl(str(tmp_path / "results.jsonl"))
     assert len(recs) == n and all(x["cell_id"] == "earlier" for x in recs)
+
+
+def _bench_record(cell, batch, status="ok", tok_s=None, inner="mlp_1_dual"):
+    rec = {"kind": "bench", "cell_id": cell, "model": "ttt-tiny", "inner_net": inner, "batch": batch,
+           "dtype": "float32", "status": status, "gpu": "cpu (x86_64)"}
+    if status == "ok":
+        rec.update(decode_tokens_per_s=tok_s, floor_ms=1.0, pct_of_roofline=50.0, step_ms={"mean": 1.0})
+    else:
+        rec["error"] = "boom"
+    return rec
+
+
+def test_report_newest_record_of_a_cell_wins_and_duplicates_are_named(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = str(tmp_path / "results.jsonl")
+    for rec in (_bench_record("c1", 1, tok_s=1000), _bench_record("c2", 2, "error"),
+                _bench_record("c3", 4, tok_s=3000), _bench_record("c1", 1, tok_s=2000),
+                _bench_record("c2", 2, tok_s=5000), _bench_record("c3", 4, "killed")):
+        append_jsonl(path, rec)
+    with open(path, "ab") as fh:
+        fh.write(b'{"kind": "bench", "cell')
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "| ttt-tiny mlp_1_dual | 2.0 k | 5.0 k | KILLED |" in md
+    assert "3 cell(s) recorded more than once" in md and "3 older record(s) are superseded" in md
+    assert "skipped 1 unreadable line" in md
+    printed = capsys.readouterr().out
+    assert "3 cells, 2 ok, 1 failed (3 superseded record(s) of re-run cells not counted)" in printed
