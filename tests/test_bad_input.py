@@ -1,6 +1,7 @@
 """Bad input is one line naming the problem and the fix, found before any expensive work; never a traceback."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -167,3 +168,49 @@ def test_nan_weights_are_reported_not_decoded(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     err = one_line_error(capsys, ["generate", "--device", "cpu", "--genlen", "3", "--dtype", "float32"])
     assert "non-finite logits" in err
+
+
+def _readme_tables():
+    """(header cells, row cells) of every Markdown table in README.md."""
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        lines = fh.read().splitlines()
+    tables, header = [], None
+    for line in lines:
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = [c.strip("`").lower() for c in cells]
+        elif not set(line) <= set("|-: "):
+            tables.append((header, cells))
+    return tables
+
+
+def test_every_model_and_inner_net_the_readme_names_exists():
+    from ttt_decode.configs import INNER_NETS, get_config
+    from ttt_decode.models import BASELINE_PREFIXES
+    from ttt_decode.models.mamba import INNER_NETS as MAMBA_INNER_NETS
+    from ttt_decode.models.transformer import ATTENTION_IMPLS
+
+    inner_nets = set(INNER_NETS) | set(MAMBA_INNER_NETS) | set(ATTENTION_IMPLS)
+    models, inners = set(), set()
+    for header, cells in _readme_tables():
+        for col, text in zip(header, cells):
+            names = re.findall(r"`([^`]+)`", text)
+            if col == "--model-name":
+                models.update(names)
+            elif col == "model" and text:
+                # Results tables: "mamba-1.4b (ours, fp32 SSM state)", "ttt-1b M1": the name is the first word.
+                models.add(text.split()[0])
+            elif col in ("--inner_net", "inner loop"):
+                inners.update(n for n in names if "*" not in n)
+    assert {"ttt-tiny-transformer-backbone", "llama-tiny", "state-spaces/mamba-1.4b"} <= models
+    for name in models:
+        prefix, sep, rest = name.partition(":")
+        if sep:
+            assert prefix in BASELINE_PREFIXES, name
+            name = rest
+        get_config(name)  # UserError for a name that does not exist
+    assert {"mlp_2_dual", "mamba_triton", "attn_ref", "mlp_2_primal_triton"} <= inners
+    assert inners <= inner_nets, inners - inner_nets
