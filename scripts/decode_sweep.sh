@@ -17,8 +17,13 @@ REPEATS=${REPEATS:-3}
 GPUS=${GPUS:-}
 PYTHON=${PYTHON:-python3}
 
+status=0
 $PYTHON -m ttt_decode.cli sweep --logdir "$LOGDIR" \
     --models state-spaces/mamba-1.4b,ttt-1b --inner-nets mlp_1_dual_triton,mlp_2_dual_triton \
     --batches "${BATCHES// /,}" --genlens "$GENLEN" --promptlen 1 --mode decode --use_compile \
-    --repeats "$REPEATS" ${GPUS:+--gpus "$GPUS"} "$@"
-$PYTHON -m ttt_decode.cli report "$LOGDIR" --out "$LOGDIR/report"
+    --repeats "$REPEATS" ${GPUS:+--gpus "$GPUS"} "$@" || status=$?
+# Exit 1 (some cells error / timeout / killed) still gets its report; a refused or stopped sweep does not.
+if [ "$status" -le 1 ]; then
+    $PYTHON -m ttt_decode.cli report "$LOGDIR" --out "$LOGDIR/report"
+fi
+exit "$status"

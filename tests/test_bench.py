@@ -48,6 +48,21 @@ def test_seed_style_command_writes_a_valid_record(tmp_path):
     assert set(rec["step_ms_by_minibatch_position"]) == {str(p) for p in range(1, 9)}
     assert 0 < rec["pct_of_roofline"] and rec["bytes_per_step"] > rec["weight_bytes"]
     assert "decode" in (logdir / "logging.log").read_text()
+    assert rec["cell_id"] and rec["memory_estimate_gb"] > 0
+
+
+def test_seed_script_says_what_it_is_doing(tmp_path):
+    """Run bare, the seed's script reports the cell, the estimate, calibration, warm-up and each timed run."""
+    r = run_script("benchmark_prefill_decode.py", "--logdir", str(tmp_path), "--model-name", "ttt-tiny", "--batch", "2",
+                   "--genlen", "4", "--device", "cpu", "--repeats", "2")
+    progress = [line for line in r.stderr.splitlines() if line.startswith(("bench:", "calibrating"))]
+    expected = ["ttt-tiny (default inner net) decode batch 2 prompt 1 genlen 4 float16 on cpu: building the model",
+                "estimated memory", "calibrating cpu", "allocating the state", "untimed run (4 steps)",
+                "2 timed run(s), about", "timed run 1/2", "timed run 2/2"]
+    for want, line in zip(expected, progress):
+        assert want in line, (want, progress)
+    assert len(progress) == len(expected), progress
+    assert "decode" in r.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("mode", ["prefill", "prefill_decode"])
@@ -106,8 +121,9 @@ def sweep(tmp_path, *extra, env=None, check=True):
 
 def test_sweep_records_oom_and_goes_on(tmp_path):
     # B=3000000: the state alone is ~200 GB; the cell's process is capped at 4 GB of address space, so
-    # its allocation really fails inside the cell. The estimate is off (no --max-memory-gb).
-    sweep(tmp_path, "--batches", "1,3000000,2", "--cell-mem-limit-gb", "4")
+    # its allocation really fails inside the cell. The estimate is told of 100 TB (--max-memory-gb), so
+    # neither the sweep nor the cell refuses the cell beforehand.
+    sweep(tmp_path, "--batches", "1,3000000,2", "--cell-mem-limit-gb", "4", "--max-memory-gb", "100000")
     recs = read_jsonl(str(tmp_path / "results.jsonl"))
     by_batch = {r["batch"]: r for r in recs}
     assert by_batch[3000000]["status"] == "oom" and "estimate" not in by_batch[3000000]["error"]
@@ -139,9 +155,16 @@ def test_sweep_over_fake_gpus_each_cell_once_none_lost(tmp_path):
     assert killed["status"] == "killed" and killed["gpu_assigned"] in ("5", "7")
     ok = [x for x in recs if x["status"] == "ok"]
     assert all(x["cuda_visible_devices"] in ("5", "7") and x["gpu_assigned"] == x["cuda_visible_devices"] for x in ok)
-    # Resume does not run anything twice.
-    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7")
-    assert "4 already recorded, 0 to run" in r.stdout
+    # Resume does not run anything twice, and exits as the run that recorded the cells did.
+    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7", check=False)
+    assert "4 already recorded, 0 to run" in r.stdout and r.returncode == 1
+    # --retry killed runs the killed cell again (no fault now); its newest record is ok: exit 0, then and after.
+    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7", "--retry", "killed,error")
+    assert "3 already recorded, 1 to run (1 retried: --retry error,killed)" in r.stdout
+    recs = read_jsonl(str(tmp_path / "results.jsonl"))
+    assert len(recs) == 5 and [x["status"] for x in recs if x["batch"] == 3] == ["killed", "ok"]
+    r = sweep(tmp_path, "--batches", "1,2,3,4", "--gpus", "5,7", "--retry", "killed,error")
+    assert "4 already recorded, 0 to run" in r.stdout and len(read_jsonl(str(tmp_path / "results.jsonl"))) == 5
 
 
 def test_profile_trace_is_chrome_json_with_stage_names(tmp_path):

@@ -1,7 +1,8 @@
 """`ttt-decode <command>`: the command-line entry point.
 
 Each command lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`;
-this file only wires them together and turns user errors into one-line messages (exit code 2).
+this file only wires them together and turns user errors into one-line messages (exit code 2) and
+failed writes of results, logs or caches into one-line messages (exit code 4).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shlex
 import sys
 
-from ttt_decode.errors import UserError
+from ttt_decode.errors import RecordWriteError, UserError
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -27,6 +28,10 @@ COMMANDS = {
     "sweep": ("ttt_decode.bench.sweep", "models x inner nets x batches x lengths, one process per cell, OOM-proof"),
     "report": ("ttt_decode.bench.report", "Markdown table and throughput plot (with the roofline) from records"),
 }
+
+
+# Exit code of every command when a result, log or cache file could not be written (disk full, ...).
+EXIT_WRITE_FAILED = 4
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str = "ttt-tiny") -> None:
@@ -44,7 +49,7 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str = "ttt-tiny") 
     p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
                    help="recurrent-state dtype (default: the weight dtype for TTT and the KV cache, float32 "
                         "for Mamba)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and prompts (default 0)")
 
 
@@ -55,6 +60,27 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """--device: cpu, cuda or cuda:N, checked when the flags are parsed (tpu, mps, CPU, meta are refused)."""
+    from ttt_decode.models import parse_device
+
+    try:
+        parse_device(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -89,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ttt-decode {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RecordWriteError as e:
+        print(f"ttt-decode {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
 
 
 if __name__ == "__main__":

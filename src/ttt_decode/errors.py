@@ -23,3 +23,21 @@ def require(condition: bool, message: str) -> None:
     """Raise UserError(message) unless condition holds."""
     if not condition:
         raise UserError(message)
+
+
+class OutOfMemoryEstimate(UserError):
+    """A run whose estimated memory is over the device's: refused before anything is allocated.
+
+    The benchmark cell records it as status `oom` (its message starts with "estimate:"); other commands
+    print it as one line."""
+
+
+class NonFiniteLogits(UserError):
+    """The model produced NaN/inf logits (NaN weights, a state that blew up): the ids decoded from them
+    would be meaningless, so the run is refused rather than timed. A benchmark cell records it as `error`."""
+
+
+class RecordWriteError(OSError):
+    """A result, log or cache file could not be written (disk full, permissions, the path is not a file).
+
+    Never a silent success: the CLI prints the one-line message (which names the file) and exits 4."""

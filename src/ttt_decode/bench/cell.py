@@ -11,6 +11,13 @@ event after every step (perf_counter on CPU), so each step has its own time; thr
 batch x genlen / (sum of the step times), i.e. computed from the mean step time. Compile counters
 and graph replays are compared before and after the timed window: a cell that recompiled, or ran
 eagerly where a graph was asked for, says so (`warnings`).
+
+Checked before anything is built: the mode, the model name, the `--calibration` file and that the
+logdir can be written. Before the prompt and the state are allocated, the memory estimate
+(decode.engine.check_memory) refuses a cell over the device's memory: recorded as `oom` with reason
+"estimate". Logits are checked for NaN/inf after the untimed run and after the timed runs (outside
+the timed windows): non-finite logits are recorded as `error`. Progress (what runs, the estimate,
+compile/warm-up, each timed run) goes to stderr, so a long cell never sits silent.
 """
 
 from __future__ import annotations
@@ -27,16 +34,22 @@ import traceback
 import torch
 
 from ttt_decode.bench import roofline
-from ttt_decode.bench.records import RESULTS, append_jsonl, log_line, provenance
-from ttt_decode.errors import UserError
+from ttt_decode.bench.records import RESULTS, append_jsonl, cell_id, gpu_name, log_line, prepare_logdir, provenance
+from ttt_decode.decode.engine import check_finite, check_memory, is_oom
+from ttt_decode.errors import NonFiniteLogits, OutOfMemoryEstimate, UserError
 
 MODES = ("prefill", "decode", "prefill_decode")
-# Fault injection for the sweep's tests: "kill:batch=N" makes a cell with that batch kill itself.
+# Fault injection for the sweep's tests: "kill:batch=N" makes a cell with that batch kill itself;
+# "hold:batch=N:PATH" makes it append its pid to PATH.started, then wait until PATH exists.
 FAULT_ENV = "TTT_DECODE_FAULT_INJECT"
+HOLD_LIMIT_S = 120
+EXIT_CODES = """exit codes: 0 ok (record written); 1 the cell failed (recorded as error); 2 bad input (nothing run,
+no record); 3 out of memory (recorded as oom: measured, or estimated over the device's memory);
+4 the record could not be written (disk full, permissions)"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ttt_decode.cli import add_model_args, positive_int
+    from ttt_decode.cli import add_model_args, positive_float, positive_int
 
     p.add_argument("--logdir", required=True, help="directory for results.jsonl, logging.log and traces")
     add_model_args(p, default_model="ttt-1b")
@@ -58,7 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "measured now if missing)")
     p.add_argument("--wandb", action="store_true", help="also log the record to wandb (offline unless WANDB_MODE says)")
     p.add_argument("--wandb-project", dest="wandb_project", default="ttt-decode", help="wandb project (default ttt-decode)")
+    p.add_argument("--max-memory-gb", dest="max_memory_gb", type=positive_float, default=None,
+                   help="memory the estimate compares against, GB (default: the GPU's total memory on CUDA, "
+                        "the machine's RAM on CPU); a cell estimated over it is recorded as oom without running")
     p.add_argument("--cell-id", dest="cell_id", default=None, help=argparse.SUPPRESS)
+    p.epilog = EXIT_CODES
 
 
 def _stats(ms: list[float]) -> dict:
@@ -76,30 +93,38 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _timed_steps(session, genlen: int, device) -> list[float]:
-    """genlen decode steps; the time of each in ms (CUDA events: no host sync between steps)."""
+def _timed_steps(session, genlen: int, device) -> tuple[list[float], torch.Tensor | None]:
+    """genlen decode steps: the time of each in ms (CUDA events: no host sync between steps) and the
+    last step's logits [B, V] (checked for NaN after timing)."""
+    logits = None
     if device.type == "cuda":
         events = [torch.cuda.Event(enable_timing=True) for _ in range(genlen + 1)]
         events[0].record()
         for i in range(genlen):
-            session.step()
+            logits = session.step()
             events[i + 1].record()
         events[-1].synchronize()
-        return [events[i].elapsed_time(events[i + 1]) for i in range(genlen)]
+        return [events[i].elapsed_time(events[i + 1]) for i in range(genlen)], logits
     times = []
     for _ in range(genlen):
         t0 = time.perf_counter()
-        session.step()
+        logits = session.step()
         times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return times, logits
 
 
-def _timed_prefill(session, prompt, device) -> float:
+def _timed_prefill(session, prompt, device) -> tuple[float, torch.Tensor]:
+    """ms of the prefill, and the logits of its last position [B, V]."""
     _sync(device)
     t0 = time.perf_counter()
-    session.prefill(prompt)
+    logits = session.prefill(prompt)
     _sync(device)
-    return (time.perf_counter() - t0) * 1e3
+    return (time.perf_counter() - t0) * 1e3, logits[:, -1]
+
+
+def _say(text: str) -> None:
+    """A progress line on stderr (stdout keeps the one summary line)."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
 def _memory(device) -> dict:
@@ -135,17 +160,65 @@ def _inject_fault(batch: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if spec.startswith("kill:batch=") and int(spec.split("=", 1)[1]) == batch:
         os.kill(os.getpid(), 9)
+    if spec.startswith("hold:batch="):
+        which, path = spec[len("hold:batch="):].split(":", 1)
+        if int(which) != batch:
+            return
+        with open(path + ".started", "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fault injection: {path} did not appear within {HOLD_LIMIT_S} s")
+            time.sleep(0.05)
+
+
+def requested_cell(args) -> dict:
+    """The cell as asked for (the fields of records.cell_key), whether run alone or by a sweep."""
+    return {"model": args.model_name, "inner_net": args.inner_net, "dtype": args.dtype,
+            "state_dtype": args.state_dtype, "mode": args.mode, "batch": args.batch, "promptlen": args.promptlen,
+            "genlen": args.genlen, "compile": bool(args.use_compile), "cuda_graph": not args.no_cg}
+
+
+def preflight(args) -> None:
+    """Everything about the flags that can be checked before a model is built: one UserError each."""
+    from ttt_decode.models import resolve_device
+    from ttt_decode.models.checkpoint import check_model_path
+    from ttt_decode.models.common import check_triton_usable
+
+    if args.mode not in MODES:
+        raise UserError(f"unknown mode {args.mode!r}; choose {', '.join(MODES)}")
+    check_model_name(args.model_name)
+    check_model_path(args.model_name)
+    device = resolve_device(args.device)
+    check_triton_usable(args.inner_net, device)
+    if args.calibration:
+        roofline.read_calibration(args.calibration, gpu_name(device))
+    prepare_logdir(args.logdir)
+    if args.cell_id is None:
+        args.cell_id = cell_id(requested_cell(args))
+
+
+def check_model_name(spec: str) -> None:
+    """A config name, hub alias, checkpoint directory or hf:/mamba-ssm: baseline; else UserError (get_config's)."""
+    from ttt_decode.configs import get_config
+    from ttt_decode.models import BASELINE_PREFIXES
+    from ttt_decode.models.checkpoint import looks_like_path
+
+    if os.path.isdir(spec) or looks_like_path(spec) or spec.partition(":")[0] in BASELINE_PREFIXES:
+        return
+    get_config(spec)
 
 
 def run_cell(args) -> dict:
     """Build, time and describe one cell; returns the record (status ok). Raises on failure."""
     from ttt_decode.decode.engine import DecodeSession
-    from ttt_decode.models import load_model, parse_dtype
+    from ttt_decode.models import load_model, parse_dtype, resolve_device
 
-    if args.mode not in MODES:
-        raise UserError(f"unknown mode {args.mode!r}; choose {', '.join(MODES)}")
     _inject_fault(args.batch)
     torch.manual_seed(args.seed)
+    _say(f"{args.model_name} {args.inner_net or '(default inner net)'} {args.mode} batch {args.batch} prompt "
+         f"{args.promptlen} genlen {args.genlen} {args.dtype} on {resolve_device(args.device)}: building the model")
     t_build = time.perf_counter()
     model = load_model(args.model_name, inner_net=args.inner_net, dtype=args.dtype, device=args.device, seed=args.seed)
     device = model.device
@@ -157,6 +230,11 @@ def run_cell(args) -> dict:
     if device.type == "cuda" and not args.no_cg and not cuda_graph:
         warnings.append(f"{type(model).__name__} cannot capture its step in a CUDA graph: ran eagerly")
     mem = {"weights": _memory(device)}
+    max_seq_len = args.promptlen + args.genlen + 1
+    limit = args.max_memory_gb * 2**30 if args.max_memory_gb else None
+    est = check_memory(model, args.batch, state_dtype, max_seq_len, args.promptlen, limit)
+    _say(f"built {getattr(model, 'inner_net', None) or type(model).__name__} on {device} in {build_s:.1f} s; "
+         f"estimated memory {est['total'] / 2**30:.3g} GB of {est['limit'] / 2**30:.3g} GB")
 
     cal, cal_source = roofline.load_or_measure(device, args.calibration)
     uses_kv = getattr(model, "uses_kv_cache", False)
@@ -183,7 +261,7 @@ def run_cell(args) -> dict:
         "weight_bytes": cost["weight_bytes"], "bytes_per_step": cost["bytes"], "flops_per_step": cost["flops"],
         "roofline": {"copy_gb_per_s": cal["copy_gb_per_s"], "matmul_tflops": roofline.matmul_rate(cal, model.dtype),
                      "source": cal_source, "calibrated": cal.get("time")},
-        **fl, "build_s": round(build_s, 3),
+        **fl, "build_s": round(build_s, 3), "memory_estimate_gb": round(est["total"] / 2**30, 4),
     }
     if uses_kv:
         record["context_for_cost"] = context
@@ -203,9 +281,11 @@ def run_cell(args) -> dict:
 
     _reset_peak(device)
     t_cold = time.perf_counter()
+    how = " + ".join(w for w, on in (("torch.compile", args.use_compile), ("CUDA-graph capture", cuda_graph)) if on)
+    _say(f"allocating the state{f' and warming up ({how})' if how else ''} ...")
     session = DecodeSession(model, args.batch, state_dtype=state_dtype, cuda_graph=cuda_graph,
-                            compile=bool(args.use_compile), max_steps=args.genlen + 1,
-                            max_seq_len=args.promptlen + args.genlen + 1)
+                            compile=bool(args.use_compile), max_steps=args.genlen + 1, max_seq_len=max_seq_len,
+                            max_memory_bytes=limit)
     _sync(device)
     record["cold_start_s"] = round(session.cold_start_s, 3)
     record["cold_start"] = session.cold_start
@@ -217,24 +297,37 @@ def run_cell(args) -> dict:
 
     def one_run():
         session.reset()
-        p = _timed_prefill(session, prompt, device)
-        steps = _timed_steps(session, args.genlen, device) if timed_decode else []
-        return p, steps
+        p, prefill_logits = _timed_prefill(session, prompt, device)
+        steps, last_logits = _timed_steps(session, args.genlen, device) if timed_decode else ([], None)
+        return p, steps, (prefill_logits, last_logits)
 
-    one_run()  # untimed: first-touch, lazy inits; nothing compiles or captures after this point
+    def check_logits(ends, when):
+        """ends: the logits of the prefill's last position and of the last decode step (None: no decode)."""
+        check_finite(ends[0], model.vocab_size, f"in the prefill ({when})")
+        if ends[1] is not None:
+            check_finite(ends[1], model.vocab_size, f"at decode step {args.genlen} ({when})")
+
+    _say(f"cold start {session.cold_start_s:.1f} s; untimed run ({args.genlen if timed_decode else 0} steps) ...")
+    t_untimed = time.perf_counter()
+    # Untimed: first-touch, lazy inits; nothing compiles or captures after this point.
+    check_logits(one_run()[2], "untimed run")
+    untimed_s = time.perf_counter() - t_untimed
+    _say(f"untimed run {untimed_s:.1f} s; {args.repeats} timed run(s), about {args.repeats * untimed_s:.0f} s")
     counters_before = _compile_counters()
     replays_before = session.graph_replays
     _reset_peak(device)
     prefill_ms, step_ms, decode_totals, e2e = [], [], [], []
-    for _ in range(args.repeats):
+    for i in range(args.repeats):
         _sync(device)
         t0 = time.perf_counter()
-        p, steps = one_run()
+        p, steps, ends = one_run()
         _sync(device)
         e2e.append(time.perf_counter() - t0)
         prefill_ms.append(p)
         step_ms.extend(steps)
         decode_totals.append(sum(steps) / 1e3)
+        _say(f"timed run {i + 1}/{args.repeats}: {e2e[-1]:.2f} s")
+    check_logits(ends, "last timed run")
     mem["decode"] = _memory(device)
     if _compile_counters() != counters_before:
         warnings.append("torch.compile counters changed inside the timed window (a recompile)")
@@ -297,20 +390,20 @@ def _finish(record, mem, device, warnings):
     return record
 
 
-def is_oom(e: BaseException) -> bool:
-    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                           or "cannot allocate memory" in text)
-
-
 def failure_record(args, status: str, message: str) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return {"kind": "bench", **provenance(device), "cell_id": args.cell_id, "status": status,
             "error": message, "model": args.model_name, "inner_net": args.inner_net, "dtype": args.dtype,
             "state_dtype": args.state_dtype, "mode": args.mode, "batch": args.batch, "promptlen": args.promptlen,
             "genlen": args.genlen, "compile": bool(args.use_compile), "cuda_graph": not args.no_cg}
+
+
+def _record_failure(args, path: str, status: str, message: str, trace: str = "") -> int:
+    record = failure_record(args, status, message)
+    append_jsonl(path, record)
+    log_line(args.logdir, summary(record) + ("\n" + trace if trace else ""))
+    print(summary(record), file=sys.stderr)
+    return 3 if status == "oom" else 1
 
 
 def summary(record: dict) -> str:
@@ -330,21 +423,21 @@ def summary(record: dict) -> str:
 
 
 def main(args) -> int:
+    """Run one cell and append its record; the exit code says how it ended (EXIT_CODES)."""
+    preflight(args)
     path = os.path.join(args.logdir, RESULTS)
     try:
         record = run_cell(args)
+    except (OutOfMemoryEstimate, NonFiniteLogits) as e:
+        # Bad input found only once the model exists: a result of the cell, so it is recorded.
+        return _record_failure(args, path, "oom" if isinstance(e, OutOfMemoryEstimate) else "error", str(e))
     except UserError:
         raise
     except BaseException as e:  # noqa: BLE001 - every failure becomes a record, then the cell exits non-zero
         if isinstance(e, KeyboardInterrupt):
             raise
-        status = "oom" if is_oom(e) else "error"
         message = " ".join(f"{type(e).__name__}: {e}".split())[:500]
-        record = failure_record(args, status, message)
-        append_jsonl(path, record)
-        log_line(args.logdir, summary(record) + "\n" + traceback.format_exc())
-        print(summary(record), file=sys.stderr)
-        return 3 if status == "oom" else 1
+        return _record_failure(args, path, "oom" if is_oom(e) else "error", message, traceback.format_exc())
     append_jsonl(path, record)
     log_line(args.logdir, summary(record) + (f" | warnings: {record['warnings']}" if record["warnings"] else ""))
     if args.wandb:

@@ -64,13 +64,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default="float16",
                    help="state and cache dtype: float16, bfloat16, float32 (default float16)")
     p.add_argument("--dtype", default="float16", help="activation dtype: float16, bfloat16, float32 (default float16)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--device", type=_device_arg, default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     p.add_argument("--out", default=None, help="JSON-lines file to append to (default exp/results/<gpu>/micro.jsonl)")
     p.add_argument("--plot-dir", default=None, help="where the PNG and CSV go (default: the --out folder)")
     p.add_argument("--replays", type=int, default=20, help="timed graph replays per cell (default 20)")
     p.add_argument("--profile", action="store_true", help="NVTX range around each variant's runs (for nsys profile)")
     p.add_argument("--commit", default=None, help="commit recorded in the results (default: git rev-parse)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _device_arg(text: str) -> str:
+    from ttt_decode.cli import device_arg
+
+    return device_arg(text)
+
+
+def _check_model_kinds(kernels: list[str], model: str, mamba_model: str) -> None:
+    """--model must name a TTT config for the mlp_* kernels, --mamba-model a Mamba one for mamba_*."""
+    from ttt_decode.configs import MambaConfig, TTTConfig, get_config
+
+    if any(k in TTT_KERNELS for k in kernels) and not isinstance(get_config(model), TTTConfig):
+        raise UserError(f"--model {model} is not a TTT config, but the mlp_* kernels take their shapes from one: "
+                        "pass --model ttt-1b (or ttt-tiny), and --mamba-model for the mamba_* kernels")
+    if any(k in MAMBA_KERNELS for k in kernels) and not isinstance(get_config(mamba_model), MambaConfig):
+        raise UserError(f"--mamba-model {mamba_model} is not a Mamba config, but the mamba_* kernels take their "
+                        "shapes from one: pass --mamba-model mamba-1.4b (or mamba-tiny)")
 
 
 # ---------------------------------------------------------------- environment
@@ -463,6 +481,7 @@ def main(args) -> int:
     for flag, value in (("--state-dtype", args.state_dtype), ("--dtype", args.dtype)):
         if value not in DTYPES:
             raise UserError(f"{flag} {value!r} is not supported; choose one of {', '.join(DTYPES)}")
+    _check_model_kinds(kernels, args.model, args.mamba_model)
     if any(k in MAMBA_KERNELS for k in kernels):
         _mamba_spec()
     for pkg in ("pandas", "matplotlib"):  # triton.testing.perf_report's table and plot
@@ -471,10 +490,11 @@ def main(args) -> int:
         except ImportError:
             raise UserError(f"micro needs {pkg} for its table and plot: pip install {pkg} "
                             "(or pip install -e '.[plot]')") from None
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu (with TRITON_INTERPRET=1)")
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1" and any(k.endswith("_triton") for k in kernels):
+    from ttt_decode.models import resolve_device
+    from ttt_decode.models.common import triton_interpreter_on
+
+    device = resolve_device(args.device)
+    if device.type == "cpu" and not triton_interpreter_on() and any(k.endswith("_triton") for k in kernels):
         raise UserError("Triton kernels on CPU need the interpreter: run with TRITON_INTERPRET=1 set in the environment")
     name = gpu_name(device)
     out = args.out or os.path.join("exp", "results", gpu_folder(name), "micro.jsonl")

@@ -6,6 +6,11 @@ row against a baseline row (`--baseline`, default the first row) as 1x. The plot
 tokens/s against batch size (log2 axis) for every row, with that row's roofline (batch / time floor
 of a step, from the bytes and FLOPs per step and the measured ceilings) dashed in the same colour, and
 the knee: the batch after which doubling the batch adds less than 10% throughput.
+
+A cell recorded more than once (a rerun, `sweep --retry`, the same cell in two logdirs) counts once:
+its newest record wins (the last one read; logdirs are read in the order given, each file in append
+order) and the superseded records are reported as such, never as separate results. Unreadable (torn)
+lines are skipped and counted.
 """
 
 from __future__ import annotations
@@ -13,22 +18,50 @@ from __future__ import annotations
 import os
 import statistics
 
-from ttt_decode.bench.records import RESULTS, read_jsonl
+from ttt_decode.bench.records import RESULTS, prepare_logdir, read_records, record_cell, unreadable_note
 from ttt_decode.errors import MissingPackageError, UserError
 
 KNEE_GAIN = 1.10
 
 
-def load_records(logdirs: list[str]) -> list[dict]:
-    records = []
+def load_records(logdirs: list[str]) -> tuple[list[dict], list[str]]:
+    """Every bench record of the logdirs in reading order, and a note per file with unreadable lines."""
+    records, notes = [], []
     for d in logdirs:
         path = d if d.endswith(".jsonl") else os.path.join(d, RESULTS)
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             raise UserError(f"no results at {path}; run `ttt-decode bench` or `ttt-decode sweep` with --logdir {d}")
-        records += [r for r in read_jsonl(path) if r.get("kind") == "bench"]
+        found, bad = read_records(path)
+        records += [r for r in found if r.get("kind") == "bench"]
+        if bad:
+            notes.append(unreadable_note(path, bad))
     if not records:
         raise UserError("no benchmark records in " + ", ".join(logdirs))
-    return records
+    return records, notes
+
+
+def latest_records(records: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The newest record of each cell (cells in order of first appearance), and {cell: its superseded records}."""
+    by_cell: dict[str, list[dict]] = {}
+    for r in records:
+        by_cell.setdefault(record_cell(r), []).append(r)
+    latest = [rs[-1] for rs in by_cell.values()]
+    superseded = {cell: rs[:-1] for cell, rs in by_cell.items() if len(rs) > 1}
+    return latest, superseded
+
+
+def check_metric(records: list[dict], metric: str) -> None:
+    """--metric must be a numeric field of at least one ok record; else the fields that are."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if any(_is_number(r.get(metric)) for r in ok):
+        return
+    numeric = sorted({k for r in ok for k, v in r.items() if _is_number(v)})
+    raise UserError(f"--metric {metric!r} is not a number in any ok record; choose one of "
+                    f"{', '.join(numeric) or '(none: no ok records)'}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _row_key(r: dict, vary: set[str]) -> str:
@@ -52,7 +85,8 @@ def build_table(records: list[dict], metric: str = "decode_tokens_per_s"):
     rows: dict[str, dict[int, dict]] = {}
     ok = [r for r in records if r.get("status") == "ok" and metric in r]
     for r in ok:
-        # A later record of the same cell replaces an earlier one (a re-run).
+        # One record per cell (latest_records); two cells on one (row, batch), differing in a field the row
+        # names do not show (mode, prompt length), leave the later one read.
         rows.setdefault(_row_key(r, vary), {})[int(r["batch"])] = r
     for r in records:
         if r.get("status") == "ok":
@@ -86,7 +120,21 @@ def knee(cells: dict[int, dict], metric: str) -> int | None:
     return None
 
 
-def markdown(records: list[dict], baseline: str | None = None, metric: str = "decode_tokens_per_s") -> str:
+def superseded_note(superseded: dict[str, list[dict]]) -> str:
+    """One line naming the cells recorded more than once ('' if none)."""
+    if not superseded:
+        return ""
+    n = sum(len(rs) for rs in superseded.values())
+    cells = [f"{rs[0].get('model')} {rs[0].get('inner_net') or ''} B={rs[0].get('batch')} ({len(rs) + 1} records)"
+             for rs in list(superseded.values())[:5]]
+    more = ", ..." if len(superseded) > 5 else ""
+    return (f"{len(superseded)} cell(s) recorded more than once; the newest record of each is shown and {n} older "
+            f"record(s) are superseded: {', '.join(' '.join(c.split()) for c in cells)}{more}")
+
+
+def markdown(records: list[dict], baseline: str | None = None, metric: str = "decode_tokens_per_s",
+             notes: list[str] = ()) -> str:
+    """records: one per cell (latest_records); notes: lines added at the end (superseded, unreadable)."""
     rows, batches, vary = build_table(records, metric)
     names = list(rows)
     base = baseline if baseline is not None else names[0]
@@ -116,6 +164,9 @@ def markdown(records: list[dict], baseline: str | None = None, metric: str = "de
         lines.append(f"| {name} | " + " | ".join(
             f"{rows[name][b]['pct_of_roofline']:.0f}%" if b in rows[name] and rows[name][b].get("status") == "ok"
             and "pct_of_roofline" in rows[name][b] else "" for b in batches) + " |")
+    notes = [n for n in notes if n]
+    if notes:
+        lines += [""] + [f"Note: {n}." for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -158,10 +209,13 @@ def plot(records: list[dict], path: str, metric: str = "decode_tokens_per_s", ti
     return path
 
 
-def summary_stats(records: list[dict]) -> str:
+def summary_stats(records: list[dict], superseded: dict[str, list[dict]] | None = None) -> str:
+    """records: one per cell (latest_records)."""
     ok = [r for r in records if r.get("status") == "ok"]
-    return f"{len(records)} records, {len(ok)} ok, {len(records) - len(ok)} failed; median step " \
-           f"{statistics.median([r['step_ms']['mean'] for r in ok if 'step_ms' in r] or [0]):.3f} ms"
+    n_old = sum(len(rs) for rs in (superseded or {}).values())
+    return f"{len(records)} cells, {len(ok)} ok, {len(records) - len(ok)} failed" + \
+           (f" ({n_old} superseded record(s) of re-run cells not counted)" if n_old else "") + \
+           f"; median step {statistics.median([r['step_ms']['mean'] for r in ok if 'step_ms' in r] or [0]):.3f} ms"
 
 
 def add_arguments(p):
@@ -172,12 +226,14 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    records = load_records(args.logdirs)
-    os.makedirs(args.out, exist_ok=True)
-    md = markdown(records, args.baseline, args.metric)
+    prepare_logdir(args.out, flag="--out", files=("report.md", "throughput.png"))
+    records, notes = load_records(args.logdirs)
+    records, superseded = latest_records(records)
+    check_metric(records, args.metric)
+    md = markdown(records, args.baseline, args.metric, notes=[superseded_note(superseded)] + notes)
     with open(os.path.join(args.out, "report.md"), "w") as fh:
         fh.write(md)
     png = plot(records, os.path.join(args.out, "throughput.png"), args.metric)
     print(md)
-    print(f"{summary_stats(records)}\nwrote {os.path.join(args.out, 'report.md')} and {png}")
+    print(f"{summary_stats(records, superseded)}\nwrote {os.path.join(args.out, 'report.md')} and {png}")
     return 0

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 from ttt_decode.cli import add_model_args, positive_int
-from ttt_decode.decode.engine import generate
+from ttt_decode.decode.engine import check_memory, generate, is_oom
 from ttt_decode.decode.sampling import Sampling
+from ttt_decode.errors import UserError
 from ttt_decode.models import load_model, parse_dtype
 
 
@@ -32,10 +33,19 @@ def main(args) -> int:
     state_dtype = parse_dtype(args.state_dtype) if args.state_dtype else None
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k)
     cuda_graph = model.device.type == "cuda" and not args.no_cg
+    # Before the prompt [B, P] and the state exist: a batch over the device's memory is one line, not a traceback.
+    check_memory(model, args.batch, state_dtype, args.promptlen + args.genlen, args.promptlen)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    prompt = torch.randint(0, model.vocab_size, (args.batch, args.promptlen), generator=gen).to(model.device)
-    out = generate(model, prompt, args.genlen, sampling=sampling, cuda_graph=cuda_graph, compile=args.use_compile,
-                   state_dtype=state_dtype)
+    try:
+        prompt = torch.randint(0, model.vocab_size, (args.batch, args.promptlen), generator=gen).to(model.device)
+        out = generate(model, prompt, args.genlen, sampling=sampling, cuda_graph=cuda_graph,
+                       compile=args.use_compile, state_dtype=state_dtype)
+    except (RuntimeError, MemoryError) as e:
+        if not is_oom(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"out of memory at batch {args.batch} on {model.device} ({first[:200]}); use a smaller "
+                        "--batch") from None
     steps = out["decode_steps"]
     tok_s = args.batch * steps / out["decode_s"] if steps and out["decode_s"] > 0 else float("nan")
     inner = f" inner_net={getattr(model, 'inner_net', '-')}" if hasattr(model, "inner_net") else ""

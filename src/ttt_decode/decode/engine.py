@@ -10,19 +10,91 @@ TTT mini-batch position lives in a device tensor that the step advances, so a si
 every position. With compile=True the step goes through torch.compile first (Triton kernels are
 torch custom ops, so it compiles as one graph) and the compiled step is what gets captured.
 Compilation, autotuning and capture all happen in the constructor; `cold_start_s` says how long.
+
+Before it allocates anything the session estimates its memory from the config (`estimate_bytes`:
+weights, state x batch, logits x batch) and refuses one that is over the device's memory
+(`OutOfMemoryEstimate`: GPU memory on CUDA, RAM on CPU), rather than letting it grow until the
+machine swaps or the allocator fails. `check_finite` refuses NaN/inf logits (one device sync: callers
+run it outside timed windows) so that NaN weights are reported instead of decoding to ids 0.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
 from ttt_decode.decode.sampling import Sampling, sample
-from ttt_decode.errors import UserError
+from ttt_decode.errors import NonFiniteLogits, OutOfMemoryEstimate, UserError
 from ttt_decode.models.common import stage
 
 WARMUP_STEPS = 2
+# Share of the device's memory the estimate may not use: the CUDA context, allocator slack and the
+# activations it does not itemise (hidden states of one step are small next to state and logits).
+MEMORY_MARGIN = 0.06
+
+
+def device_memory_bytes(device) -> int:
+    """Total memory of a device: the GPU's on CUDA, the machine's RAM on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimate_bytes(model, batch: int, state_dtype: torch.dtype | None = None, max_seq_len: int | None = None,
+                   prompt_len: int = 1) -> dict:
+    """Bytes a session of `batch` sequences needs, from the config alone (works on a meta model):
+    the weights; per sequence the recurrent state (or the KV cache of max_seq_len tokens), the float32
+    logits of a prefill of prompt_len tokens [P, V] and of one step (output and sampling: 2 x [V]),
+    and the token ids."""
+    if getattr(model, "uses_kv_cache", False):
+        state = model.state_bytes_per_seq(state_dtype, context=max_seq_len)
+    else:
+        state = model.state_bytes_per_seq(state_dtype)
+    vocab = getattr(model.config, "padded_vocab_size", model.vocab_size)
+    logits = 4 * vocab * (prompt_len + 2)
+    ids = 8 * (prompt_len + (max_seq_len or prompt_len) + 1)
+    out = {"weights": model.weight_bytes(), "state": batch * state, "activations": batch * (logits + ids)}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g}"
+
+
+def check_memory(model, batch: int, state_dtype: torch.dtype | None = None, max_seq_len: int | None = None,
+                 prompt_len: int = 1, limit_bytes: float | None = None) -> dict:
+    """The estimate (estimate_bytes plus 'limit'); OutOfMemoryEstimate if it is over the device's memory
+    (or limit_bytes, e.g. --max-memory-gb). Call it before allocating the prompt and the state."""
+    est = estimate_bytes(model, batch, state_dtype, max_seq_len, prompt_len)
+    where = "--max-memory-gb" if limit_bytes else ("GPU memory" if model.device.type == "cuda" else "RAM")
+    limit = limit_bytes or device_memory_bytes(model.device)
+    if est["total"] * (1 + MEMORY_MARGIN) > limit:
+        raise OutOfMemoryEstimate(
+            f"estimate: batch {batch} needs about {_gb(est['total'])} GB (weights {_gb(est['weights'])}, state "
+            f"{_gb(est['state'])}, logits and ids {_gb(est['activations'])}), more than the {_gb(limit)} GB of "
+            f"{where} (less a {MEMORY_MARGIN:.0%} margin); use a smaller --batch")
+    return {**est, "limit": limit}
+
+
+def check_finite(logits: torch.Tensor, vocab_size: int, where: str) -> None:
+    """NonFiniteLogits unless every real-vocabulary logit [..., :vocab_size] is finite (syncs the device)."""
+    if not bool(torch.isfinite(logits[..., :vocab_size]).all()):
+        raise NonFiniteLogits(f"the model produced non-finite logits (NaN/inf) {where}: its weights or state hold "
+                              "NaN/inf; check the checkpoint's weights (or use a wider --dtype / --state-dtype)")
+
+
+def is_oom(e: BaseException) -> bool:
+    """An allocation failure of PyTorch (CUDA or CPU) or of Python."""
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError, OutOfMemoryEstimate)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                           or "cannot allocate memory" in text)
 
 
 def _compile_seconds() -> float:
@@ -65,11 +137,12 @@ def compiled_step(model):
 class DecodeSession:
     def __init__(self, model, batch: int, *, state_dtype: torch.dtype | None = None, cuda_graph: bool | None = None,
                  compile: bool = False, sampling: Sampling = Sampling(), max_steps: int = 4096,
-                 max_seq_len: int | None = None):
+                 max_seq_len: int | None = None, max_memory_bytes: float | None = None):
         if not isinstance(batch, int) or batch < 1:
             raise UserError(f"batch must be a positive integer, got {batch!r}")
         if max_steps < 1:
             raise UserError(f"max_steps must be >= 1, got {max_steps}")
+        check_memory(model, batch, state_dtype, max_seq_len, limit_bytes=max_memory_bytes)
         device = model.device
         graphable = getattr(model, "supports_cuda_graph", True)
         if cuda_graph is None:
@@ -193,14 +266,18 @@ def generate(model, input_ids: torch.Tensor, genlen: int, *, sampling: Sampling 
     sync = torch.cuda.synchronize if input_ids.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    session.prefill(input_ids)
+    prefill_logits = session.prefill(input_ids)
     first = session.ids.clone()
     sync()
     t1 = time.perf_counter()
+    logits = None
     for _ in range(genlen - 1):
-        session.step()
+        logits = session.step()
     sync()
     t2 = time.perf_counter()
+    check_finite(prefill_logits[:, -1], model.vocab_size, "in the prefill")
+    if logits is not None:
+        check_finite(logits, model.vocab_size, f"at decode step {genlen - 1}")
     tokens = torch.cat([first.unsqueeze(1), session.tokens[:, : genlen - 1]], dim=1)
     return {"tokens": tokens, "prefill_s": t1 - t0, "decode_s": t2 - t1, "cold_start_s": session.cold_start_s,
             "decode_steps": genlen - 1}

@@ -25,10 +25,34 @@ def parse_dtype(name) -> torch.dtype:
     return DTYPES[name]
 
 
+# What --device accepts. "meta" (shapes only, no data) is for memory estimates inside the toolkit.
+DEVICE_HELP = "cpu, cuda or cuda:N"
+
+
+def parse_device(text: str, allow_meta: bool = False) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' -> torch.device; anything else (tpu, mps, xla, CPU, meta, ...) is a UserError."""
+    types = ("cpu", "cuda", "meta") if allow_meta else ("cpu", "cuda")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    # torch.device accepts "cpu:0" and "cuda:0"; the exact spelling keeps "CPU" from passing as cpu.
+    if device is None or device.type not in types or str(text).split(":")[0] != device.type:
+        raise UserError(f"unknown or unsupported device {text!r}; ttt-decode runs on {DEVICE_HELP} "
+                        "(e.g. --device cpu)")
+    return device
+
+
 def resolve_device(device) -> torch.device:
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif not isinstance(device, torch.device):
+        device = parse_device(str(device), allow_meta=True)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {device} was asked for but only {torch.cuda.device_count()} GPU(s) are visible; "
+                        "use cuda:0 or set CUDA_VISIBLE_DEVICES")
     return device
 
 

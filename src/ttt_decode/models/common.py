@@ -13,12 +13,37 @@ many columns are real tokens. The residual stream is kept in float32 (float64 fo
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
 
 from ttt_decode.ops.conv_ring import ring_prefill, ring_step
 from torch import nn
+
+from ttt_decode.errors import UserError
+
+
+def triton_interpreter_on() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET, read the way Triton reads it)."""
+    try:
+        from triton import knobs
+
+        return bool(knobs.runtime.interpret)
+    except (ImportError, AttributeError):
+        return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_triton_usable(inner_net: str | None, device) -> None:
+    """Refuse, before any weight is allocated, Triton kernels (inner nets named *_triton) on a CPU without
+    the interpreter: they would fail at their first launch, deep in Triton ("0 active drivers")."""
+    device = torch.device(device if device is not None else "cpu")
+    if not inner_net or not inner_net.endswith("_triton") or device.type != "cpu" or triton_interpreter_on():
+        return
+    instead = {"mamba_triton": "mamba_ref", "attn_triton": "attn_ref"}.get(inner_net, inner_net.removesuffix("_triton"))
+    raise UserError(f"inner net {inner_net!r} runs Triton kernels, which on CPU need the Triton interpreter: set "
+                    f"TRITON_INTERPRET=1 in the environment (e.g. TRITON_INTERPRET=1 ttt-decode ...), or use "
+                    f"--inner_net {instead}")
 
 
 _PROFILING = False

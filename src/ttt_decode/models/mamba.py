@@ -31,7 +31,7 @@ from torch import nn
 
 from ttt_decode.configs import MambaConfig
 from ttt_decode.errors import UserError
-from ttt_decode.models.common import CausalConv1d, DecodeLM, RMSNorm, residual_dtype, stage
+from ttt_decode.models.common import CausalConv1d, DecodeLM, RMSNorm, check_triton_usable, residual_dtype, stage
 from ttt_decode.ops import mamba as mamba_ops
 from ttt_decode.ops.mamba import conv_step_flops, ssm_step_flops
 
@@ -173,6 +173,7 @@ class MambaLM(DecodeLM):
         self.config = config
         self.inner_net = check_inner_net(inner_net or default_inner_net(device))
         self.impl = INNER_NETS[self.inner_net]
+        check_triton_usable(self.inner_net, device)
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.d_model, **kw)
         nn.init.normal_(self.embed.weight, std=INIT_STD)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ttt_decode.configs import TransformerConfig
 from ttt_decode.errors import UserError
-from ttt_decode.models.common import DecodeLM, RMSNorm, SwiGLU, residual_dtype, stage
+from ttt_decode.models.common import DecodeLM, RMSNorm, SwiGLU, check_triton_usable, residual_dtype, stage
 from ttt_decode.ops.attention import decode_attention
 
 INIT_STD = 0.02
@@ -111,6 +111,7 @@ class TransformerLM(DecodeLM):
         if inner_net not in ATTENTION_IMPLS:
             raise UserError(f"unknown attention implementation {inner_net!r} for {config.name!r}; "
                             f"choose {', '.join(ATTENTION_IMPLS)}")
+        check_triton_usable(inner_net, device)
         self.config, self.inner_net = config, inner_net
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.hidden_size, **kw)

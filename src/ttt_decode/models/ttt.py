@@ -25,7 +25,9 @@ from torch import nn
 
 from ttt_decode.configs import TTTConfig, parse_inner_net
 from ttt_decode.errors import UserError
-from ttt_decode.models.common import CausalConv1d, DecodeLM, RMSNorm, SwiGLU, residual_dtype, stage
+from ttt_decode.models.common import (
+    CausalConv1d, DecodeLM, RMSNorm, SwiGLU, check_triton_usable, residual_dtype, stage,
+)
 from ttt_decode.ops import ttt_linear, ttt_mlp
 from ttt_decode.ops.ttt_common import (
     DualCache,
@@ -218,6 +220,7 @@ class TTTLM(DecodeLM):
     def __init__(self, config: TTTConfig, inner_net: str = "mlp_2_dual", dtype=torch.float16, device=None):
         super().__init__()
         kind, form, impl = parse_inner_net(inner_net)
+        check_triton_usable(inner_net, device)
         if config.ttt_layer_type is not None and config.ttt_layer_type != kind:
             raise UserError(f"inner net {inner_net!r} is TTT-{kind.capitalize()} but the model {config.name!r} "
                             f"was built as TTT-{config.ttt_layer_type.capitalize()}; pick an inner net "
