@@ -86,6 +86,10 @@ class TTTInferenceState:
     batch: int
     state_dtype: torch.dtype
     conv_pos: torch.Tensor | None = None
+    # Rotary factors of the b mini-batch positions (q and k rotate by t mod b), float32 [b, f/2]: a
+    # step looks its row up instead of computing cos/sin every token.
+    rope_cos: torch.Tensor | None = None
+    rope_sin: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors().values())
@@ -232,12 +236,6 @@ class TTTLM(DecodeLM):
         nn.init.normal_(self.embed.weight, std=INIT_STD)
         self.layers = nn.ModuleList(TTTBlock(config, kind == "mlp", form, impl, **kw) for _ in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
-        # Rotary factors of the b mini-batch positions (q and k rotate by t mod b): a decode step looks
-        # its row up instead of computing cos/sin every token. Not saved in checkpoints.
-        cos, sin = rotary_cos_sin(torch.arange(config.mini_batch_size, device=device), config.head_dim,
-                                  config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [b, f/2], float32
-        self.register_buffer("rope_sin", sin, persistent=False)
         if not config.tie_word_embeddings:
             self.lm_head_weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.hidden_size, **kw) * INIT_STD)
         for name, module in self.named_modules():
@@ -267,8 +265,10 @@ class TTTLM(DecodeLM):
                 ttt=ttt, cache=cache_cls.empty_like_state(ttt, c.mini_batch_size, pos=pos),
                 conv_pre=conv() if c.pre_conv else None,
                 conv_q=conv() if c.share_qk else None, conv_k=conv() if c.share_qk else None))
+        cos, sin = rotary_cos_sin(torch.arange(c.mini_batch_size, device=self.device), c.head_dim, c.rope_theta)
         return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype,
-                                 conv_pos=torch.zeros(1, dtype=torch.int64, device=self.device))
+                                 conv_pos=torch.zeros(1, dtype=torch.int64, device=self.device),
+                                 rope_cos=cos, rope_sin=sin)
 
     @torch.no_grad()
     def reset_state(self, state: TTTInferenceState) -> None:
@@ -318,7 +318,7 @@ class TTTLM(DecodeLM):
         start = int(state.pos.item())
         N = input_ids.shape[1]
         positions = (start + torch.arange(N, device=input_ids.device)) % b
-        cos, sin = self.rope_cos.index_select(0, positions), self.rope_sin.index_select(0, positions)  # [N, f/2]
+        cos, sin = state.rope_cos.index_select(0, positions), state.rope_sin.index_select(0, positions)  # [N, f/2]
         h = self.embed(input_ids).to(residual_dtype(self.dtype))
         for block, ls in zip(self.layers, state.layers):
             h = block.prefill(h, ls, state.conv_pos, cos, sin)
@@ -330,7 +330,7 @@ class TTTLM(DecodeLM):
     def step(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
         """input_ids [B] -> logits [B, V]; one token. No host sync: safe to capture in a CUDA graph."""
         with stage("embed"):
-            cos, sin = self.rope_cos.index_select(0, state.pos), self.rope_sin.index_select(0, state.pos)  # [1, f/2]
+            cos, sin = state.rope_cos.index_select(0, state.pos), state.rope_sin.index_select(0, state.pos)  # [1, f/2]
             h = self.embed(input_ids).to(residual_dtype(self.dtype))
         for block, ls in zip(self.layers, state.layers):
             h = block.step(h, ls, state.conv_pos, cos, sin)
