@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from ttt_decode.bench.records import append_jsonl, gpu_slug, read_jsonl
+from ttt_decode.bench.records import append_jsonl, read_jsonl
 from ttt_decode.cli import main
+from ttt_decode.provenance import gpu_slug
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("time", "git_commit", "gpu", "torch", "triton", "model", "inner_net", "dtype", "state_dtype", "batch",

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from ttt_decode.bench import roofline
-from ttt_decode.bench.records import gpu_name, read_jsonl
+from ttt_decode.bench.records import read_jsonl
 from ttt_decode.cli import main
+from ttt_decode.provenance import gpu_name
 
 CPU = torch.device("cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

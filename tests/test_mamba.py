@@ -6,15 +6,20 @@ import os
 
 import pytest
 import torch
-
 from conftest import rel_err
+
 from ttt_decode.configs import get_config
 from ttt_decode.decode import DecodeSession, teacher_force
 from ttt_decode.errors import MissingPackageError, UserError
 from ttt_decode.models import build, load_model, randomize_
 from ttt_decode.models.mamba import MambaLM, mamba_decode_cost
-from ttt_decode.models.mamba_checkpoint import (is_mamba_config, load_mamba_checkpoint, published_state_dict,
-                                                save_mamba_checkpoint, state_spaces_config)
+from ttt_decode.models.mamba_checkpoint import (
+    is_mamba_config,
+    load_mamba_checkpoint,
+    published_state_dict,
+    save_mamba_checkpoint,
+    state_spaces_config,
+)
 from ttt_decode.ops import mamba as mops
 from ttt_decode.ops.mamba import naive
 

@@ -3,8 +3,8 @@ equals transformers' LlamaForCausalLM with the same weights."""
 
 import pytest
 import torch
-
 from conftest import rel_err
+
 from ttt_decode.configs import get_config
 from ttt_decode.decode import teacher_force
 from ttt_decode.errors import UserError

@@ -12,9 +12,9 @@ import importlib
 
 import pytest
 import torch
-
 from conftest import rel_err
 from ttt_inputs import make_case
+
 from ttt_decode.errors import UserError
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
 
@@ -211,9 +211,9 @@ def test_custom_op_schema_and_fake(kernel):
 @pytest.mark.parametrize("B,H,f", [(16, 32, 64), (64, 32, 64), (16, 8, 128)], ids=["B16-H32-f64", "B64-H32-f64",
                                                                                    "B16-H8-f128"])
 def test_gpu_kernel_matches_reference(kernel, key, B, H, f):
+    import ttt_decode.configs as configs
     from ttt_decode.bench.micro import check_ttt_variant
     from ttt_decode.configs import TTTConfig
-    import ttt_decode.configs as configs
 
     mlp, form = KERNELS[kernel]
     name = f"mlp_{2 if mlp else 1}_{form}_triton"

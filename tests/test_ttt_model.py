@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import rel_err
+
 from ttt_decode import models
 from ttt_decode.decode import DecodeSession, generate, teacher_force
 from ttt_decode.errors import UserError

@@ -21,8 +21,13 @@ import time
 
 import torch
 
-from ttt_decode.bench.micro import check_ttt_variant, copy_bandwidth, time_calls, ttt_micro_case
-from ttt_decode.bench.records import git_commit, gpu_name
+from ttt_decode.bench.micro import (
+    check_ttt_variant,
+    copy_bandwidth,
+    time_calls,
+    ttt_micro_case,
+)
+from ttt_decode.provenance import git_commit, gpu_name
 
 RECIPES = {
     # The dispatchers' own configurations (config None): the per-position times and compiled resources

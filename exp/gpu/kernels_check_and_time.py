@@ -139,7 +139,7 @@ def st_check(args):
 
 
 def _time_cfg(args, kernel, cfg, batch, positions=None):
-    from ttt_decode.bench.micro import ttt_micro_case, time_calls
+    from ttt_decode.bench.micro import time_calls, ttt_micro_case
 
     fns, nbytes, flops, n_sets = ttt_micro_case(kernel, batch, torch.float16, args.device, args.model, torch.float16,
                                                 config=cfg)
@@ -222,7 +222,7 @@ def st_batch(args):
 
 
 def st_compiled(args):
-    from ttt_decode.bench.micro import check_ttt_variant, ttt_micro_case, time_calls
+    from ttt_decode.bench.micro import check_ttt_variant, time_calls, ttt_micro_case
 
     kernel = "mlp_2_dual_compiled"
     t0 = time.time()

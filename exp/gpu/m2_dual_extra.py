@@ -11,9 +11,14 @@ import time
 
 import torch
 
-from ttt_decode.bench.micro import check_ttt_variant, copy_bandwidth, time_calls, ttt_micro_case
-from ttt_decode.bench.records import git_commit
+from ttt_decode.bench.micro import (
+    check_ttt_variant,
+    copy_bandwidth,
+    time_calls,
+    ttt_micro_case,
+)
 from ttt_decode.ops.ttt_mlp.triton_decode import dual_config
+from ttt_decode.provenance import git_commit
 
 K = "mlp_2_dual_triton"
 

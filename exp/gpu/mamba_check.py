@@ -162,9 +162,9 @@ def rel(a, b):
 
 
 def st_kernel(args):
+    from ttt_decode.configs import get_config
     from ttt_decode.ops import mamba as mops
     from ttt_decode.ops.mamba.bench_spec import make_inputs
-    from ttt_decode.configs import get_config
 
     cfg = get_config(args.model_big)
     B = 37

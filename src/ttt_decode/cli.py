@@ -24,7 +24,7 @@ COMMANDS = {
     "convert": ("ttt_decode.models.cli_convert", "write a TTT checkpoint in ttt.py's published layout"),
     "bench": ("ttt_decode.bench.cell", "one benchmark cell (seed-compatible flags): time prefill/decode, append a record"),
     "calibrate": ("ttt_decode.bench.roofline", "measure copy bandwidth and matmul rate of this device (the roofline)"),
-    "profile": ("ttt_decode.bench.profiler", "profiler trace (Perfetto) and step-time breakdown by stage"),
+    "profile": ("ttt_decode.bench.profile_cmd", "profiler trace (Perfetto) and step-time breakdown by stage"),
     "sweep": ("ttt_decode.bench.sweep", "models x inner nets x batches x lengths, one process per cell, OOM-proof"),
     "report": ("ttt_decode.bench.report", "Markdown table and throughput plot (with the roofline) from records"),
 }
@@ -32,56 +32,6 @@ COMMANDS = {
 
 # Exit code of every command when a result, log or cache file could not be written (disk full, ...).
 EXIT_WRITE_FAILED = 4
-
-
-def add_model_args(p: argparse.ArgumentParser, default_model: str = "ttt-tiny") -> None:
-    """Flags shared by every command that builds a model."""
-    p.add_argument("--model-name", "--model_name", dest="model_name", default=default_model,
-                   help="config name (ttt-1b, ttt-tiny, mamba-1.4b, state-spaces/mamba-1.4b, llama-1.3b, ...), "
-                        "a checkpoint directory, or an outside baseline hf:mamba-1.4b / mamba-ssm:mamba-1.4b "
-                        f"(default: {default_model})")
-    p.add_argument("--inner_net", "--inner-net", dest="inner_net", default=None,
-                   help="implementation: TTT inner loop mlp_1_dual, mlp_2_dual, mlp_1_dual_triton, "
-                        "mlp_2_dual_triton, mlp_1_primal, mlp_2_primal (+ _triton), default mlp_2_dual (M2); "
-                        "Mamba: mamba_triton (default on CUDA) or mamba_ref; Transformer: attn_triton or attn_ref")
-    p.add_argument("--dtype", default="float16", help="weight dtype: float16, bfloat16, float32, float64 "
-                   "(default float16)")
-    p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
-                   help="recurrent-state dtype (default: the weight dtype for TTT and the KV cache, float32 "
-                        "for Mamba)")
-    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and prompts (default 0)")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def device_arg(text: str) -> str:
-    """--device: cpu, cuda or cuda:N, checked when the flags are parsed (tpu, mps, CPU, meta are refused)."""
-    from ttt_decode.models import parse_device
-
-    try:
-        parse_device(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ttt_decode.bench import records  # the command line every result record carries
+    from ttt_decode import provenance  # the command line every result record carries
 
     given = sys.argv[1:] if argv is None else list(argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "ttt-decode"
     if prog in ("cli.py", "__main__.py", "-c"):
         prog = "ttt-decode"
-    records.INVOCATION = " ".join(shlex.quote(a) for a in [prog, *given])
+    provenance.INVOCATION = " ".join(shlex.quote(a) for a in [prog, *given])
     try:
         return importlib.import_module(args._module).main(args) or 0
     except UserError as e:

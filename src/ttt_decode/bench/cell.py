@@ -34,9 +34,16 @@ import traceback
 import torch
 
 from ttt_decode.bench import roofline
-from ttt_decode.bench.records import RESULTS, append_jsonl, cell_id, gpu_name, log_line, prepare_logdir, provenance
+from ttt_decode.bench.records import (
+    RESULTS,
+    append_jsonl,
+    cell_id,
+    log_line,
+    prepare_logdir,
+)
 from ttt_decode.decode.engine import check_finite, check_memory, is_oom
 from ttt_decode.errors import NonFiniteLogits, OutOfMemoryEstimate, UserError
+from ttt_decode.provenance import gpu_name, provenance
 
 MODES = ("prefill", "decode", "prefill_decode")
 # Fault injection for the sweep's tests: "kill:batch=N" makes a cell with that batch kill itself;
@@ -49,7 +56,7 @@ no record); 3 out of memory (recorded as oom: measured, or estimated over the de
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ttt_decode.cli import add_model_args, positive_float, positive_int
+    from ttt_decode.cli_args import add_model_args, positive_float, positive_int
 
     p.add_argument("--logdir", required=True, help="directory for results.jsonl, logging.log and traces")
     add_model_args(p, default_model="ttt-1b")
@@ -182,7 +189,7 @@ def requested_cell(args) -> dict:
 
 def preflight(args) -> None:
     """Everything about the flags that can be checked before a model is built: one UserError each."""
-    from ttt_decode.models import resolve_device
+    from ttt_decode.dtypes import resolve_device
     from ttt_decode.models.checkpoint import check_model_path
     from ttt_decode.models.common import check_triton_usable
 
@@ -213,7 +220,8 @@ def check_model_name(spec: str) -> None:
 def run_cell(args) -> dict:
     """Build, time and describe one cell; returns the record (status ok). Raises on failure."""
     from ttt_decode.decode.engine import DecodeSession
-    from ttt_decode.models import load_model, parse_dtype, resolve_device
+    from ttt_decode.dtypes import parse_dtype, resolve_device
+    from ttt_decode.models import load_model
 
     _inject_fault(args.batch)
     torch.manual_seed(args.seed)
@@ -359,7 +367,7 @@ def run_cell(args) -> dict:
         from ttt_decode.bench.profiler import profile_cell
 
         record["profile"] = profile_cell(model, args, state_dtype, prompt)
-    del session
+    session = None  # the state is freed before the record is finished
     return _finish(record, mem, device, warnings)
 
 

@@ -40,9 +40,9 @@ import time
 
 import torch
 
-from ttt_decode.bench.records import git_commit, gpu_name  # one naming of commits and GPUs for all records
-from ttt_decode.bench.records import gpu_slug as gpu_folder  # 'NVIDIA H100 80GB HBM3' -> 'h100'
 from ttt_decode.errors import UserError
+from ttt_decode.provenance import git_commit, gpu_name
+from ttt_decode.provenance import gpu_slug as gpu_folder
 
 TTT_KERNELS = {f"mlp_{n}_{form}_{impl}": (n == 2, form, impl)
                for n in (1, 2) for form in ("dual", "primal") for impl in ("triton", "compiled")}
@@ -74,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _device_arg(text: str) -> str:
-    from ttt_decode.cli import device_arg
+    from ttt_decode.cli_args import device_arg
 
     return device_arg(text)
 
@@ -170,7 +170,7 @@ def copy_bandwidth(device: torch.device) -> dict:
             times.append(e0.elapsed_time(e1) * 1e3)
         ways["memcpy_eager"] = statistics.median(times)
     gbs = {k: 2 * n / us / 1e3 for k, us in ways.items()}
-    del src, dst
+    src = dst = None  # 2 GiB freed before returning
     return {"gb_per_s": max(gbs.values()), "ways": {k: round(v, 1) for k, v in gbs.items()}}
 
 
@@ -490,7 +490,7 @@ def main(args) -> int:
         except ImportError:
             raise UserError(f"micro needs {pkg} for its table and plot: pip install {pkg} "
                             "(or pip install -e '.[plot]')") from None
-    from ttt_decode.models import resolve_device
+    from ttt_decode.dtypes import resolve_device
     from ttt_decode.models.common import triton_interpreter_on
 
     device = resolve_device(args.device)
@@ -500,7 +500,7 @@ def main(args) -> int:
     out = args.out or os.path.join("exp", "results", gpu_folder(name), "micro.jsonl")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     plot_dir = args.plot_dir or (os.path.dirname(out) or ".")
-    from ttt_decode.bench.records import command_line
+    from ttt_decode.provenance import command_line
 
     command = command_line()
     records, ok = run_micro(kernels, batches, args.model, args.mamba_model, DTYPES[args.state_dtype],

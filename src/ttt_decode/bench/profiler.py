@@ -179,21 +179,3 @@ def profile_cell(model, args, state_dtype, prompt, steps: int | None = None) -> 
         fh.write(md)
     print(md)
     return bd
-
-
-def add_arguments(p):
-    from ttt_decode.bench.cell import add_arguments as cell_arguments
-
-    cell_arguments(p)
-    p.set_defaults(mode="decode", genlen=8, no_cg=True, profile=True, repeats=1)
-
-
-def main(args) -> int:
-    """`ttt-decode profile`: a decode cell with --profile (eager steps, or with --use_compile the compiled
-    step's CUDA-graph replays; trace + breakdown)."""
-    from ttt_decode.bench.cell import main as cell_main
-
-    args.profile = True
-    if args.use_compile:
-        args.no_cg = False
-    return cell_main(args)

@@ -18,7 +18,13 @@ from __future__ import annotations
 import os
 import statistics
 
-from ttt_decode.bench.records import RESULTS, prepare_logdir, read_records, record_cell, unreadable_note
+from ttt_decode.bench.records import (
+    RESULTS,
+    prepare_logdir,
+    read_records,
+    record_cell,
+    unreadable_note,
+)
 from ttt_decode.errors import MissingPackageError, UserError
 
 KNEE_GAIN = 1.10

@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from ttt_decode.bench.records import gpu_name, gpu_slug, now, provenance
 from ttt_decode.errors import RecordWriteError, UserError
+from ttt_decode.provenance import gpu_name, gpu_slug, now, provenance
 
 # A rate outside these is a broken measurement or a damaged file, never a device: a CPU under full load
 # still copies more than 0.01 GB/s and multiplies faster than 1e-5 TFLOP/s (10 MFLOP/s); no device copies
@@ -238,7 +238,7 @@ def floor(bytes_per_step: int, flops_per_step: int, cal: dict, dtype: torch.dtyp
 
 
 def add_arguments(p):
-    from ttt_decode.cli import device_arg
+    from ttt_decode.cli_args import device_arg
 
     p.add_argument("--device", type=device_arg, default=None, help="device to measure: cpu, cuda or cuda:N "
                    "(default: cuda if available)")
@@ -247,7 +247,7 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    from ttt_decode.models import resolve_device
+    from ttt_decode.dtypes import resolve_device
 
     device = resolve_device(args.device)
     if args.out:

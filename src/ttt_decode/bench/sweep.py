@@ -42,9 +42,16 @@ import threading
 import time
 
 from ttt_decode.bench.records import (
-    RESULTS, append_jsonl, cell_id, log_line, prepare_logdir, provenance, read_records, unreadable_note,
+    RESULTS,
+    append_jsonl,
+    cell_id,
+    log_line,
+    prepare_logdir,
+    read_records,
+    unreadable_note,
 )
 from ttt_decode.errors import RecordWriteError, UserError
+from ttt_decode.provenance import provenance
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_WRITE_FAILED = 0, 1, 2, 3, 4
 EXIT_CODES = """exit codes, computed from the latest record of every cell (the same on a first run and on a
@@ -140,7 +147,8 @@ def check_cells(cells: list[dict], device) -> dict:
 def estimate_memory_gb(c: dict, models: dict | None = None) -> float | None:
     """decode.engine.estimate_bytes of a cell, GB, on its meta model; None for checkpoints and baselines."""
     from ttt_decode.decode.engine import estimate_bytes
-    from ttt_decode.models import load_model, parse_dtype
+    from ttt_decode.dtypes import parse_dtype
+    from ttt_decode.models import load_model
 
     if not _is_config_name(c["model"]):
         return None
@@ -249,7 +257,7 @@ def lock_logdir(logdir: str) -> int:
         raise LogdirBusy(f"another sweep (pid {holder.get('pid', '?')}, started {holder.get('time', '?')}) is "
                          f"running in {logdir}; wait for it to finish (rerunning then resumes) or give another "
                          "--logdir")
-    from ttt_decode.bench.records import now
+    from ttt_decode.provenance import now
 
     _write_holder(fd, {"pid": os.getpid(), "time": now()})
     return fd
@@ -562,7 +570,7 @@ def _tail(path: str, lines: int = 40) -> str:
 
 
 def add_arguments(p):
-    from ttt_decode.cli import device_arg, positive_float, positive_int
+    from ttt_decode.cli_args import device_arg, positive_float, positive_int
 
     p.add_argument("--logdir", required=True, help="results.jsonl, logging.log and traces go here; rerun to resume "
                    "(one sweep at a time: a second one into the same logdir is refused, exit code 3)")
@@ -611,8 +619,8 @@ def _dry_run(args, cells: list[dict], retry: set[str]) -> int:
 
 
 def main(args) -> int:
-    from ttt_decode.bench.records import gpu_name
-    from ttt_decode.models import resolve_device
+    from ttt_decode.dtypes import resolve_device
+    from ttt_decode.provenance import gpu_name
 
     cells = plan(args)
     retry = parse_retry(args.retry)

@@ -25,10 +25,9 @@ import time
 
 import torch
 
-from ttt_decode.bench.records import command_line, git_commit
-
 from ttt_decode.decode.engine import teacher_force
 from ttt_decode.errors import UserError
+from ttt_decode.provenance import command_line, git_commit
 
 CHECKS = ("decode_vs_forward", "prefill_decode_vs_forward", "graph_vs_eager", "compiled_vs_eager",
           "batch_vs_single", "repeat", "fidelity", "state_fidelity")
@@ -186,7 +185,7 @@ def format_row(row: dict) -> str:
 
 
 def add_arguments(p):
-    from ttt_decode.cli import add_model_args, positive_int
+    from ttt_decode.cli_args import add_model_args, positive_int
 
     add_model_args(p)
     p.add_argument("--batch", type=positive_int, default=4, help="sequences (default 4)")
@@ -206,7 +205,8 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    from ttt_decode.models import load_model, parse_dtype
+    from ttt_decode.dtypes import parse_dtype
+    from ttt_decode.models import load_model
 
     checks = CHECKS if args.checks == "all" else tuple(c.strip() for c in args.checks.split(",") if c.strip())
     model = load_model(args.model_name, inner_net=args.inner_net, dtype=args.dtype, device=args.device, seed=args.seed)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from ttt_decode.cli import add_model_args, positive_int
+from ttt_decode.cli_args import add_model_args, positive_int
 from ttt_decode.decode.engine import check_memory, generate, is_oom
 from ttt_decode.decode.sampling import Sampling
+from ttt_decode.dtypes import parse_dtype
 from ttt_decode.errors import UserError
-from ttt_decode.models import load_model, parse_dtype
+from ttt_decode.models import load_model
 
 
 def add_arguments(p):

@@ -246,7 +246,8 @@ def _require(prefix: str) -> None:
 def load_baseline(prefix: str, name: str, inner_net: str | None = None, dtype="float16", device=None,
                   seed: int | None = 0) -> DecodeLM:
     """'hf' or 'mamba-ssm' + a Mamba config name, alias or checkpoint directory -> an adapter DecodeLM."""
-    from ttt_decode.models import build, parse_dtype, resolve_device
+    from ttt_decode.dtypes import parse_dtype, resolve_device
+    from ttt_decode.models.factory import build
 
     if prefix not in PREFIXES:
         raise UserError(f"unknown baseline prefix {prefix!r}; choose one of {', '.join(p + ':' for p in PREFIXES)}")

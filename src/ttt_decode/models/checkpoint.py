@@ -30,7 +30,11 @@ import torch
 
 from ttt_decode.configs import ALIASES, CONFIGS, TTTConfig, parse_inner_net
 from ttt_decode.errors import MissingPackageError, UserError
-from ttt_decode.models.ttt_convert import expected_published_keys, ours_to_published, published_to_ours
+from ttt_decode.models.ttt_convert import (
+    expected_published_keys,
+    ours_to_published,
+    published_to_ours,
+)
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE, BIN_FILE = "model.safetensors", "pytorch_model.bin"
@@ -322,7 +326,7 @@ def from_pretrained(path, inner_net: str | None = None, dtype="float16", device=
     """A model from a checkpoint directory in the published layout; config.json decides the kind.
 
     dtype=None keeps a TTT checkpoint's own dtype (that of its embedding); a Mamba one then loads in float32."""
-    from ttt_decode.models import parse_dtype, resolve_device
+    from ttt_decode.dtypes import parse_dtype, resolve_device
     from ttt_decode.models.ttt import TTTLM
 
     path = os.path.abspath(os.fspath(path))

@@ -16,8 +16,14 @@ import torch
 
 from ttt_decode.configs import get_config
 from ttt_decode.errors import UserError
-from ttt_decode.models.checkpoint import (CONFIG_FILE, check_model_path, from_pretrained, is_mamba_checkpoint,
-                                          read_config, save_pretrained)
+from ttt_decode.models.checkpoint import (
+    CONFIG_FILE,
+    check_model_path,
+    from_pretrained,
+    is_mamba_checkpoint,
+    read_config,
+    save_pretrained,
+)
 
 # Random weights are drawn in float32 (models.build), so that is what a config name is written in by default.
 RANDOM_DTYPE = "float32"

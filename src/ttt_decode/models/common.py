@@ -17,11 +17,10 @@ import os
 
 import torch
 import torch.nn.functional as F
-
-from ttt_decode.ops.conv_ring import ring_prefill, ring_step
 from torch import nn
 
 from ttt_decode.errors import UserError
+from ttt_decode.ops.conv_ring import ring_prefill, ring_step
 
 
 def triton_interpreter_on() -> bool:

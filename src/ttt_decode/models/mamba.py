@@ -31,7 +31,14 @@ from torch import nn
 
 from ttt_decode.configs import MambaConfig
 from ttt_decode.errors import UserError
-from ttt_decode.models.common import CausalConv1d, DecodeLM, RMSNorm, check_triton_usable, residual_dtype, stage
+from ttt_decode.models.common import (
+    CausalConv1d,
+    DecodeLM,
+    RMSNorm,
+    check_triton_usable,
+    residual_dtype,
+    stage,
+)
 from ttt_decode.ops import mamba as mamba_ops
 from ttt_decode.ops.mamba import conv_step_flops, ssm_step_flops
 

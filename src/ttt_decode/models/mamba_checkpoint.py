@@ -260,7 +260,7 @@ def _convert(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], 
 
 def load_mamba_checkpoint(path, dtype="float16", device=None, inner_net=None):
     """A MambaLM from a local checkpoint directory (either published layout); nothing is downloaded."""
-    from ttt_decode.models import parse_dtype, resolve_device
+    from ttt_decode.dtypes import parse_dtype, resolve_device
     from ttt_decode.models.mamba import MambaLM, check_inner_net, default_inner_net
 
     path = os.path.abspath(os.fspath(path))

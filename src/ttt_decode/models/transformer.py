@@ -21,7 +21,14 @@ from torch import nn
 
 from ttt_decode.configs import TransformerConfig
 from ttt_decode.errors import UserError
-from ttt_decode.models.common import DecodeLM, RMSNorm, SwiGLU, check_triton_usable, residual_dtype, stage
+from ttt_decode.models.common import (
+    DecodeLM,
+    RMSNorm,
+    SwiGLU,
+    check_triton_usable,
+    residual_dtype,
+    stage,
+)
 from ttt_decode.ops.attention import decode_attention
 
 INIT_STD = 0.02

@@ -26,7 +26,13 @@ from torch import nn
 from ttt_decode.configs import TTTConfig, parse_inner_net
 from ttt_decode.errors import UserError
 from ttt_decode.models.common import (
-    CausalConv1d, DecodeLM, RMSNorm, SwiGLU, check_triton_usable, residual_dtype, stage,
+    CausalConv1d,
+    DecodeLM,
+    RMSNorm,
+    SwiGLU,
+    check_triton_usable,
+    residual_dtype,
+    stage,
 )
 from ttt_decode.ops import ttt_linear, ttt_mlp
 from ttt_decode.ops.ttt_common import (

@@ -8,8 +8,14 @@ form. `impl` picks the implementation: "naive" (PyTorch reference, naive.py, any
 or "triton" (triton_decode.py / triton_primal.py; CUDA, or TRITON_INTERPRET=1 on CPU).
 """
 
+from ttt_decode.ops.ttt_common import (
+    DualCache,
+    PrimalCache,
+    TTTState,
+    chunked_prefill,
+    pick_step,
+)
 from ttt_decode.ops.ttt_linear import naive
-from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState, chunked_prefill, pick_step
 
 __all__ = ["decode_step", "prefill", "DualCache", "PrimalCache", "TTTState", "naive"]
 

@@ -26,12 +26,12 @@ import triton.language as tl
 from ttt_decode.ops.kernel_op import step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, PrimalCache, TTTState
 from ttt_decode.ops.ttt_triton_common import (
-    load_token_inputs,
     advance_pos,
     check_kernel_inputs,
     launch_options,
     ln_fused_l2_bwd,
     ln_fwd,
+    load_token_inputs,
     pow2,
     rne,
 )

@@ -40,8 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
 from ttt_decode.ops.kernel_op import step_op
+from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
 from ttt_decode.ops.ttt_mlp.triton_tiles import load_w2, z2k_chunked
 from ttt_decode.ops.ttt_triton_common import (
     advance_pos,

@@ -31,7 +31,12 @@ import triton.language as tl
 
 from ttt_decode.ops.kernel_op import step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, PrimalCache, TTTState
-from ttt_decode.ops.ttt_mlp.triton_tiles import load_w1, load_w2, w1_products, z2k_chunked
+from ttt_decode.ops.ttt_mlp.triton_tiles import (
+    load_w1,
+    load_w2,
+    w1_products,
+    z2k_chunked,
+)
 from ttt_decode.ops.ttt_triton_common import (
     advance_pos,
     check_kernel_inputs,
