@@ -139,7 +139,7 @@ def test_micro_model_of_the_wrong_kind(tmp_path, capsys, argv, needle):
     (["--max-memory-gb", "-1"], "must be a finite number > 0"),
     (["--retry", "error,crashed"], "unknown status crashed"),
     (["--models", "ttt-9b"], "unknown model 'ttt-9b'"),
-    (["--models", "mamba-tiny", "--inner-nets", "mamba_fast"], "unknown Mamba implementation"),
+    (["--models", "mamba-tiny", "--inner-nets", "mamba_fast"], "unknown inner net 'mamba_fast' for a Mamba model"),
 ])
 def test_sweep_flags(tmp_path, capsys, argv, needle):
     err = one_line_error(capsys, ["sweep", "--logdir", str(tmp_path), *SWEEP, *argv])
@@ -188,12 +188,11 @@ def _readme_tables():
 
 
 def test_every_model_and_inner_net_the_readme_names_exists():
-    from ttt_decode.configs import INNER_NETS, get_config
+    from ttt_decode import registry
+    from ttt_decode.configs import get_config
     from ttt_decode.models import BASELINE_PREFIXES
-    from ttt_decode.models.mamba import INNER_NETS as MAMBA_INNER_NETS
-    from ttt_decode.models.transformer import ATTENTION_IMPLS
 
-    inner_nets = set(INNER_NETS) | set(MAMBA_INNER_NETS) | set(ATTENTION_IMPLS)
+    inner_nets = set(registry.names())
     models, inners = set(), set()
     for header, cells in _readme_tables():
         for col, text in zip(header, cells):

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from ttt_decode.cli import main
+from ttt_decode.errors import UserError
 
 
 def test_generate_demo_runs(capsys):
@@ -40,3 +41,22 @@ def test_nonpositive_sizes_rejected(flag):
     assert r.returncode == 2
     assert "must be >= 1" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_registry_is_the_one_table_of_implementations():
+    """Every implementation name the package accepts is in the registry with a reference that is
+    itself a reference of the same family and part; the CLI's help names them all."""
+    from ttt_decode import registry
+
+    for name, impl in registry.IMPLEMENTATIONS.items():
+        ref = registry.IMPLEMENTATIONS[impl.reference]
+        assert ref.impl == registry.REFERENCE and (ref.family, ref.part) == (impl.family, impl.part), name
+        assert impl.op_impl in ("naive", "triton")
+    assert registry.reference_of("mlp_2_dual_triton") == "mlp_2_dual"
+    assert registry.reference_of("mamba_triton") == "mamba_ref" and registry.reference_of("attn_ref") == "attn_ref"
+    assert registry.default("ttt", "cuda", "linear") == "mlp_1_dual"
+    assert registry.default("mamba", "cpu") == "mamba_ref" and registry.default("mamba", "cuda") == "mamba_triton"
+    with pytest.raises(UserError, match="unknown inner net 'mamba_ref' for a TTT model"):
+        registry.get("mamba_ref", "ttt")
+    with pytest.raises(UserError, match="unknown inner net 'mlp_2_dual_compiled'"):
+        registry.get("mlp_2_dual_compiled")  # a micro-benchmark variant, not a model's inner net

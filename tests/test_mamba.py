@@ -340,13 +340,13 @@ def test_bad_checkpoint_files(tmp_path):
     with pytest.raises(UserError, match="only Mamba-1"):
         load_mamba_checkpoint(d, device="cpu")
     d = _write(tmp_path, _good(model))
-    with pytest.raises(UserError, match="unknown Mamba implementation 'mamba_fast'"):
+    with pytest.raises(UserError, match="unknown inner net 'mamba_fast' for a Mamba model"):
         load_mamba_checkpoint(d, device="cpu", inner_net="mamba_fast")
     assert not is_mamba_config({"model_type": "llama", "hidden_size": 8}) and not is_mamba_config([])
 
 
 def test_unknown_impl_and_bad_state_get_clear_errors():
-    with pytest.raises(UserError, match="unknown Mamba implementation 'mlp_2_dual'; choose one of mamba_ref"):
+    with pytest.raises(UserError, match="unknown inner net 'mlp_2_dual' for a Mamba model; choose one of mamba_ref"):
         build("mamba-tiny", inner_net="mlp_2_dual", device="cpu")
     with pytest.raises(UserError, match="unknown Mamba op implementation"):
         mops.pick_steps("cuda")

@@ -84,7 +84,7 @@ def test_capacity_is_checked():
     state = model.allocate_state(1, max_seq_len=8)
     with pytest.raises(UserError, match="capacity"):
         model.prefill(torch.zeros(1, 9, dtype=torch.long), state)
-    with pytest.raises(UserError, match="attention implementation"):
+    with pytest.raises(UserError, match="unknown inner net 'attn_flash' for a Transformer model"):
         TransformerLM(get_config("llama-tiny"), "attn_flash", device="cpu")
 
 

@@ -15,13 +15,13 @@ import torch
 from conftest import rel_err
 from ttt_inputs import make_case
 
+from ttt_decode import registry
 from ttt_decode.errors import UserError
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
 
-KERNELS = {  # name -> (mlp, form)
-    "M1-dual": (False, "dual"), "M1-primal": (False, "primal"),
-    "M2-dual": (True, "dual"), "M2-primal": (True, "primal"),
-}
+# The Triton TTT kernels of the registry, as readable ids: "M2-dual" -> (mlp, form).
+KERNELS = {f"M{2 if i.part == 'ttt_mlp' else 1}-{i.form}": (i.part == "ttt_mlp", i.form)
+           for i in registry.IMPLEMENTATIONS.values() if i.family == "ttt" and i.impl == registry.TRITON}
 STATE_ACT = {"fp32": (torch.float32, torch.float32), "fp16": (torch.float16, torch.float16),
              "bf16": (torch.bfloat16, torch.bfloat16)}
 

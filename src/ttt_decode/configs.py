@@ -184,15 +184,6 @@ CONFIGS: dict[str, TTTConfig | MambaConfig | TransformerConfig] = {c.name: c for
 # checkpoint directory is given).
 ALIASES = {f"state-spaces/{c.name}": c.name for c in _MAMBA if not c.name.endswith("tiny")}
 
-# inner_net name -> (ttt_layer_type, form, implementation)
-INNER_NETS = {
-    f"mlp_{n}_{form}{suffix}": (kind, form, impl)
-    for n, kind in ((1, "linear"), (2, "mlp"))
-    for form in ("dual", "primal")
-    for suffix, impl in (("", "naive"), ("_triton", "triton"))
-}
-
-
 def list_configs(kind: str | None = None) -> list[str]:
     return [n for n, c in CONFIGS.items() if kind is None or c.kind == kind]
 
@@ -211,10 +202,3 @@ def get_config(name: str, **overrides):
             raise UserError(f"config {key!r} has no field(s) {', '.join(bad)}")
         cfg = replace(cfg, **overrides)
     return cfg
-
-
-def parse_inner_net(inner_net: str) -> tuple[str, str, str]:
-    """'mlp_2_dual_triton' -> ('mlp', 'dual', 'triton')."""
-    if inner_net not in INNER_NETS:
-        raise UserError(f"unknown inner net {inner_net!r}; choose one of {', '.join(INNER_NETS)}")
-    return INNER_NETS[inner_net]

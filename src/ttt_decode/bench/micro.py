@@ -40,13 +40,16 @@ import time
 
 import torch
 
+from ttt_decode import registry
 from ttt_decode.errors import UserError
 from ttt_decode.provenance import git_commit, gpu_name
 from ttt_decode.provenance import gpu_slug as gpu_folder
 
-TTT_KERNELS = {f"mlp_{n}_{form}_{impl}": (n == 2, form, impl)
-               for n in (1, 2) for form in ("dual", "primal") for impl in ("triton", "compiled")}
-MAMBA_KERNELS = ("mamba_step_triton", "mamba_step_ref")
+# The variants `--kernels` takes (registry): the TTT Triton kernels and torch.compile of the references,
+# and the Mamba step; kernel -> (M2?, form, "triton" | "compiled").
+TTT_KERNELS = {i.name: (i.part == "ttt_mlp", i.form, i.impl) for i in registry.IMPLEMENTATIONS.values()
+               if i.family == "ttt" and i.impl in (registry.TRITON, registry.COMPILED)}
+MAMBA_KERNELS = tuple(n for n, i in registry.IMPLEMENTATIONS.items() if i.part == "mamba_step" and not i.selectable)
 DEFAULT_KERNELS = "mlp_2_dual_triton,mlp_2_primal_triton,mlp_2_dual_compiled,mlp_1_dual_triton,mlp_1_primal_triton"
 DEFAULT_BATCHES = "16,32,64,128,256,512,1024"
 L2_ROTATIONS = 4  # state sets rotated until one pass over them touches 4x the GPU's L2

@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 
+from ttt_decode import registry
 from ttt_decode.bench.records import (
     RESULTS,
     append_jsonl,
@@ -98,15 +99,16 @@ def parse_retry(text: str | None) -> set[str]:
 
 
 def _inner_nets_for(model: str, inner_nets: list[str]) -> list[str | None]:
-    """Inner nets that apply to a model: mlp_* for TTT, mamba_* for Mamba, attn_* for Transformers."""
+    """Inner nets that apply to a model: those of its family in the registry (TTT, Mamba, Transformer)."""
     from ttt_decode.configs import ALIASES, CONFIGS
 
     name = model.split(":", 1)[1] if ":" in model and not os.path.isdir(model) else model
     kind = CONFIGS[ALIASES.get(name, name)].kind if ALIASES.get(name, name) in CONFIGS else None
     if model.startswith(("hf:", "mamba-ssm:")):
         return [None]
-    prefix = {"ttt": "mlp_", "mamba": "mamba_", "transformer": "attn_"}.get(kind)
-    chosen = [n for n in inner_nets if prefix and n.startswith(prefix)] if kind else inner_nets
+    # A name of no family is a user error (not silently dropped); another family's are for other models.
+    families = {n: registry.get(n, None if n in registry.IMPLEMENTATIONS else kind).family for n in inner_nets}
+    chosen = [n for n in inner_nets if families[n] == kind] if kind else inner_nets
     return chosen or [None]
 
 

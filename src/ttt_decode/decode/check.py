@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from ttt_decode import registry
 from ttt_decode.decode.engine import teacher_force
 from ttt_decode.errors import UserError
 from ttt_decode.provenance import command_line, git_commit
@@ -54,12 +55,9 @@ def tv_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def reference_inner_net(inner_net: str | None) -> str | None:
-    """The PyTorch reference of an implementation: mlp_2_dual_triton -> mlp_2_dual, mamba_triton ->
-    mamba_ref, attn_triton -> attn_ref; a reference stays itself."""
-    if inner_net is None or not inner_net.endswith("_triton"):
-        return inner_net
-    base = inner_net[: -len("_triton")]
-    return base if base.startswith("mlp_") else f"{base}_ref"
+    """The PyTorch reference of an implementation (registry): mlp_2_dual_triton -> mlp_2_dual,
+    mamba_triton -> mamba_ref, attn_triton -> attn_ref; a reference stays itself."""
+    return registry.reference_of(inner_net)
 
 
 def reference_model(model, inner_net: str | None, dtype: torch.dtype):

@@ -28,7 +28,8 @@ from dataclasses import replace
 
 import torch
 
-from ttt_decode.configs import ALIASES, CONFIGS, TTTConfig, parse_inner_net
+from ttt_decode import registry
+from ttt_decode.configs import ALIASES, CONFIGS, TTTConfig
 from ttt_decode.errors import MissingPackageError, UserError
 from ttt_decode.models.ttt_convert import (
     expected_published_keys,
@@ -345,7 +346,7 @@ def from_pretrained(path, inner_net: str | None = None, dtype="float16", device=
     cfg = config_from_published(raw, name=os.path.basename(path), where=cfg_path)
     mlp = cfg.ttt_layer_type == "mlp"
     default_net = "mlp_2_dual" if mlp else "mlp_1_dual"
-    if inner_net is not None and parse_inner_net(inner_net)[0] != cfg.ttt_layer_type:
+    if inner_net is not None and registry.get(inner_net, "ttt").ttt_layer_type != cfg.ttt_layer_type:
         raise UserError(f"inner net {inner_net!r} is for TTT-{'Linear' if mlp else 'MLP'} but {cfg_path} has "
                         f"ttt_layer_type {cfg.ttt_layer_type!r}; pick {default_net} or another "
                         f"{default_net[:6]}* implementation")

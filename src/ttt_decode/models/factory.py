@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ttt_decode import registry
 from ttt_decode.configs import MambaConfig, TransformerConfig, TTTConfig, get_config
 from ttt_decode.dtypes import parse_dtype, resolve_device
 from ttt_decode.errors import UserError
@@ -28,8 +29,8 @@ def build(name_or_config, inner_net: str | None = None, dtype="float16", device=
     if isinstance(cfg, TTTConfig):
         from ttt_decode.models.ttt import TTTLM
 
-        default = "mlp_1_dual" if cfg.ttt_layer_type == "linear" else "mlp_2_dual"
-        model = TTTLM(cfg, inner_net or default, dtype=init_dtype, device=device)
+        model = TTTLM(cfg, inner_net or registry.default("ttt", device.type, cfg.ttt_layer_type), dtype=init_dtype,
+                      device=device)
     elif isinstance(cfg, MambaConfig):
         from ttt_decode.models.mamba import MambaLM, check_inner_net, default_inner_net
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ttt_decode import registry
 from ttt_decode.configs import MambaConfig
 from ttt_decode.errors import UserError
 from ttt_decode.models.common import (
@@ -42,7 +43,6 @@ from ttt_decode.models.common import (
 from ttt_decode.ops import mamba as mamba_ops
 from ttt_decode.ops.mamba import conv_step_flops, ssm_step_flops
 
-INNER_NETS = {"mamba_ref": "naive", "mamba_triton": "triton"}
 INIT_STD = 0.02
 # Published initialisation of dt: softplus(dt_bias) log-uniform in [DT_MIN, DT_MAX].
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
@@ -50,13 +50,12 @@ STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def default_inner_net(device) -> str:
-    return "mamba_triton" if torch.device(device).type == "cuda" else "mamba_ref"
+    return registry.default("mamba", torch.device(device).type)
 
 
 def check_inner_net(inner_net: str) -> str:
-    if inner_net not in INNER_NETS:
-        raise UserError(f"unknown Mamba implementation {inner_net!r}; choose one of {', '.join(INNER_NETS)}")
-    return inner_net
+    """The name, if it is a Mamba implementation (a UserError listing them otherwise)."""
+    return registry.get(inner_net, "mamba").name
 
 
 def _item(dtype: torch.dtype) -> int:
@@ -179,7 +178,7 @@ class MambaLM(DecodeLM):
         device = torch.device(device if device is not None else "cpu")
         self.config = config
         self.inner_net = check_inner_net(inner_net or default_inner_net(device))
-        self.impl = INNER_NETS[self.inner_net]
+        self.impl = registry.get(self.inner_net).op_impl
         check_triton_usable(self.inner_net, device)
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.d_model, **kw)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ttt_decode import registry
 from ttt_decode.configs import TransformerConfig
 from ttt_decode.errors import UserError
 from ttt_decode.models.common import (
@@ -32,7 +33,6 @@ from ttt_decode.models.common import (
 from ttt_decode.ops.attention import decode_attention
 
 INIT_STD = 0.02
-ATTENTION_IMPLS = {"attn_ref": "naive", "attn_triton": "triton"}
 
 
 def llama_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -114,15 +114,13 @@ class TransformerLM(DecodeLM):
 
     def __init__(self, config: TransformerConfig, inner_net: str | None = None, dtype=torch.float16, device=None):
         super().__init__()
-        inner_net = inner_net or ("attn_triton" if torch.device(device or "cpu").type == "cuda" else "attn_ref")
-        if inner_net not in ATTENTION_IMPLS:
-            raise UserError(f"unknown attention implementation {inner_net!r} for {config.name!r}; "
-                            f"choose {', '.join(ATTENTION_IMPLS)}")
+        inner_net = inner_net or registry.default("transformer", torch.device(device or "cpu").type)
+        attention = registry.get(inner_net, "transformer")
         check_triton_usable(inner_net, device)
         self.config, self.inner_net = config, inner_net
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.hidden_size, **kw)
-        self.layers = nn.ModuleList(TransformerBlock(config, ATTENTION_IMPLS[inner_net], **kw)
+        self.layers = nn.ModuleList(TransformerBlock(config, attention.op_impl, **kw)
                                     for _ in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         for module in self.modules():

@@ -13,7 +13,7 @@ TTT layer on x = RMSNorm(h):
     z = inner_loop(q, k, v, eta)                   ops.ttt_linear / ops.ttt_mlp: q + LN(f_W(q))
     out = o_proj(gelu_tanh(g) * LayerNorm(z))
 Transformer backbone (all three flags off): separate q and k projections, no convs, no gate.
-The inner loop implementation is chosen by `inner_net` (configs.INNER_NETS).
+The inner loop implementation is chosen by `inner_net` (ttt_decode.registry).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ttt_decode.configs import TTTConfig, parse_inner_net
+from ttt_decode import registry
+from ttt_decode.configs import TTTConfig
 from ttt_decode.errors import UserError
 from ttt_decode.models.common import (
     CausalConv1d,
@@ -229,7 +230,8 @@ class TTTLM(DecodeLM):
 
     def __init__(self, config: TTTConfig, inner_net: str = "mlp_2_dual", dtype=torch.float16, device=None):
         super().__init__()
-        kind, form, impl = parse_inner_net(inner_net)
+        chosen = registry.get(inner_net, "ttt")
+        kind, form, impl = chosen.ttt_layer_type, chosen.form, chosen.op_impl
         check_triton_usable(inner_net, device)
         if config.ttt_layer_type is not None and config.ttt_layer_type != kind:
             raise UserError(f"inner net {inner_net!r} is TTT-{kind.capitalize()} but the model {config.name!r} "
