@@ -58,3 +58,15 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def add_decode_args(p: argparse.ArgumentParser, batch: int, promptlen: int, genlen: int, genlen_help: str) -> None:
+    """Flags of every command that runs a decode: batch, prompt and generation lengths, CUDA graph, compile."""
+    p.add_argument("--batch", type=positive_int, default=batch, help=f"sequences decoded together (default {batch})")
+    p.add_argument("--promptlen", type=positive_int, default=promptlen,
+                   help=f"prompt tokens (random ids; default {promptlen})")
+    p.add_argument("--genlen", type=positive_int, default=genlen, help=f"{genlen_help} (default {genlen})")
+    p.add_argument("--use_compile", "--use-compile", dest="use_compile", action="store_true",
+                   help="torch.compile the decode step (before the CUDA graph is captured)")
+    p.add_argument("--no_cg", "--no-cg", dest="no_cg", action="store_true",
+                   help="run each decode step eagerly instead of replaying one CUDA graph")

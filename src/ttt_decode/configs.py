@@ -21,8 +21,16 @@ def padded_vocab(vocab_size: int, multiple: int = PAD_VOCAB_MULTIPLE) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+class _VocabMixin:
+    """The LM head's vocabulary, padded to a multiple for the matmul (every config kind has one)."""
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return padded_vocab(self.vocab_size, self.pad_vocab_multiple)
+
+
 @dataclass(frozen=True)
-class TTTConfig:
+class TTTConfig(_VocabMixin):
     """The published TTT language model (ttt.py's TTTConfig, Mamba backbone by default)."""
 
     name: str
@@ -66,13 +74,9 @@ class TTTConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
-    @property
-    def padded_vocab_size(self) -> int:
-        return padded_vocab(self.vocab_size, self.pad_vocab_multiple)
-
 
 @dataclass(frozen=True)
-class MambaConfig:
+class MambaConfig(_VocabMixin):
     """Mamba-1 language model (state-spaces/mamba-* layout)."""
 
     name: str
@@ -103,13 +107,9 @@ class MambaConfig:
     def d_inner(self) -> int:
         return self.expand * self.d_model
 
-    @property
-    def padded_vocab_size(self) -> int:
-        return padded_vocab(self.vocab_size, self.pad_vocab_multiple)
-
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(_VocabMixin):
     """Llama-style Transformer: the baseline whose decode cost grows with context."""
 
     name: str
@@ -136,10 +136,6 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return padded_vocab(self.vocab_size, self.pad_vocab_multiple)
 
 
 def _check_positive(cfg, names):

@@ -56,19 +56,18 @@ no record); 3 out of memory (recorded as oom: measured, or estimated over the de
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ttt_decode.cli_args import add_model_args, positive_float, positive_int
+    from ttt_decode.cli_args import (
+        add_decode_args,
+        add_model_args,
+        positive_float,
+        positive_int,
+    )
 
     p.add_argument("--logdir", required=True, help="directory for results.jsonl, logging.log and traces")
     add_model_args(p, default_model="ttt-1b")
     p.add_argument("--mode", choices=MODES, default="decode",
                    help="what to time: prefill only, decode only (prefill untimed), or both (default decode)")
-    p.add_argument("--batch", type=positive_int, default=16, help="sequences decoded together (default 16)")
-    p.add_argument("--promptlen", type=positive_int, default=1, help="prompt tokens (random ids; default 1)")
-    p.add_argument("--genlen", type=positive_int, default=128, help="decode steps timed (default 128)")
-    p.add_argument("--use_compile", "--use-compile", dest="use_compile", action="store_true",
-                   help="torch.compile the decode step (before the CUDA graph is captured)")
-    p.add_argument("--no_cg", "--no-cg", dest="no_cg", action="store_true",
-                   help="run each decode step eagerly instead of replaying one CUDA graph")
+    add_decode_args(p, batch=16, promptlen=1, genlen=128, genlen_help="decode steps timed")
     p.add_argument("--profile", action="store_true",
                    help="also write a torch.profiler trace (.json, opens in ui.perfetto.dev) of a few eager "
                         "decode steps with stage names, and a breakdown of step time by stage")

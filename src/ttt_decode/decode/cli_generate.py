@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ttt_decode.cli_args import add_model_args, positive_int
+from ttt_decode.cli_args import add_decode_args, add_model_args
 from ttt_decode.decode.engine import check_memory, generate, is_oom
 from ttt_decode.decode.sampling import Sampling
 from ttt_decode.dtypes import parse_dtype
@@ -17,13 +17,7 @@ from ttt_decode.models import load_model
 
 def add_arguments(p):
     add_model_args(p)
-    p.add_argument("--batch", type=positive_int, default=4, help="sequences decoded together (default 4)")
-    p.add_argument("--promptlen", type=positive_int, default=16, help="random prompt length (default 16)")
-    p.add_argument("--genlen", type=positive_int, default=32, help="new tokens per sequence (default 32)")
-    p.add_argument("--no_cg", "--no-cg", dest="no_cg", action="store_true",
-                   help="run each decode step eagerly instead of replaying one CUDA graph")
-    p.add_argument("--use_compile", "--use-compile", dest="use_compile", action="store_true",
-                   help="compile the decode step with torch.compile before capturing it")
+    add_decode_args(p, batch=4, promptlen=16, genlen=32, genlen_help="new tokens per sequence")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=0, help="sample from the k most likely (0 = all)")
     p.add_argument("--show", type=int, default=8, help="how many generated ids of the first sequence to print")

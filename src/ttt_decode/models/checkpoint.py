@@ -36,6 +36,7 @@ from ttt_decode.models.ttt_convert import (
     ours_to_published,
     published_to_ours,
 )
+from ttt_decode.models.weight_files import load_weight_file
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE, BIN_FILE = "model.safetensors", "pytorch_model.bin"
@@ -177,31 +178,6 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or type(e).__name__
 
 
-def _load_file(fp: str) -> dict[str, torch.Tensor]:
-    if not os.access(fp, os.R_OK):
-        raise UserError(f"cannot read {fp} (permission denied); check the file's permissions")
-    if fp.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise MissingPackageError("safetensors", f"reading {os.path.basename(fp)}") from None
-        try:
-            return load_file(fp, device="cpu")
-        except Exception as e:  # truncated or foreign file: say which one
-            detail = " ".join(str(e).split())[:120]
-            raise UserError(f"{fp} could not be read as safetensors ({type(e).__name__}: {detail}); "
-                            "re-download or re-save the checkpoint") from None
-    try:
-        data = torch.load(fp, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{fp} could not be read with torch.load(weights_only=True) ({type(e).__name__}); it must "
-                        "be a plain state dict of tensors") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                             for k, v in data.items()):
-        raise UserError(f"{fp} must hold a flat state dict: tensor name -> tensor")
-    return data
-
-
 def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of checkpoint directory path, and the file each came from (single or sharded)."""
     for source in WEIGHT_SOURCES:
@@ -209,7 +185,7 @@ def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         if not os.path.isfile(fp):
             continue
         if not source.endswith(".index.json"):
-            tensors = _load_file(fp)
+            tensors = load_weight_file(fp)
             return tensors, dict.fromkeys(tensors, fp)
         return _read_sharded(path, fp)
     raise UserError(f"no weights in {path}: expected {SAFETENSORS_FILE} or {BIN_FILE} (or a sharded checkpoint "
@@ -231,7 +207,7 @@ def _read_sharded(path: str, index_path: str):
         fp = os.path.join(path, shard)
         if os.path.basename(shard) != shard or not os.path.isfile(fp):
             raise UserError(f"shard {shard!r} listed in {index_path} is not a file in {path}")
-        for name, t in _load_file(fp).items():
+        for name, t in load_weight_file(fp).items():
             if weight_map.get(name) != shard:
                 raise UserError(f"{fp}: tensor {name!r} is not listed for this shard in "
                                 f"{os.path.basename(index_path)}; the index does not match the shards")

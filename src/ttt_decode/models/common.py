@@ -214,3 +214,14 @@ class DecodeLM(nn.Module):
     def weight_bytes(self) -> int:
         """Bytes of parameters one decode step reads (every weight once; the tied embedding once, as LM head)."""
         return sum(p.numel() * p.element_size() for p in self.parameters())
+
+
+def check_ids(input_ids, ndim: int, batch: int) -> None:
+    """Token ids given to prefill (ndim 2: [B, N]) or step (ndim 1: [B]) of a state for `batch` sequences."""
+    if input_ids.dim() != ndim or input_ids.dtype not in (torch.int64, torch.int32):
+        raise UserError(f"input_ids must be an integer tensor of {ndim} dims, got {input_ids.dtype} "
+                        f"{tuple(input_ids.shape)}")
+    if input_ids.shape[0] != batch:
+        raise UserError(f"input_ids has batch {input_ids.shape[0]} but the state was allocated for {batch}")
+    if ndim == 2 and input_ids.shape[1] < 1:
+        raise UserError("the prompt must hold at least one token")

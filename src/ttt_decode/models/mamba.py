@@ -36,6 +36,7 @@ from ttt_decode.models.common import (
     CausalConv1d,
     DecodeLM,
     RMSNorm,
+    check_ids,
     check_triton_usable,
     residual_dtype,
     stage,
@@ -226,7 +227,7 @@ class MambaLM(DecodeLM):
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, state: MambaInferenceState) -> torch.Tensor:
         """input_ids [B, N] -> logits [B, N, V]; advances the state by N tokens (any N >= 1)."""
-        _check_ids(input_ids, 2, state.batch)
+        check_ids(input_ids, 2, state.batch)
         h = self.embed(input_ids).to(residual_dtype(self.dtype))  # [B, N, d_model]
         for block, conv, ssm in zip(self.layers, state.conv, state.ssm):
             h = h + block.mixer.prefill(block.norm(h), conv, state.conv_pos, ssm).to(h.dtype)
@@ -253,13 +254,3 @@ class MambaLM(DecodeLM):
         with stage("lm_head"):
             weight = self.head_weight if self.head_weight is not None else self.embed.weight
             return F.linear(x, weight).to(residual_dtype(self.dtype))
-
-
-def _check_ids(input_ids, ndim, batch):
-    if input_ids.dim() != ndim or input_ids.dtype not in (torch.int64, torch.int32):
-        raise UserError(f"input_ids must be an integer tensor of {ndim} dims, got {input_ids.dtype} "
-                        f"{tuple(input_ids.shape)}")
-    if input_ids.shape[0] != batch:
-        raise UserError(f"input_ids has batch {input_ids.shape[0]} but the state was allocated for {batch}")
-    if ndim == 2 and input_ids.shape[1] < 1:
-        raise UserError("the prompt must hold at least one token")

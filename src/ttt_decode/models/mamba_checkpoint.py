@@ -26,6 +26,7 @@ import torch
 
 from ttt_decode.configs import MambaConfig
 from ttt_decode.errors import MissingPackageError, UserError
+from ttt_decode.models.weight_files import load_weight_file
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -177,27 +178,6 @@ def _read_json(path: str) -> dict:
     return data
 
 
-def _load_file(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise MissingPackageError("safetensors", f"reading {os.path.basename(path)}") from None
-        try:
-            return load_file(path, device="cpu")
-        except Exception as e:  # a truncated or foreign file: say which one
-            raise UserError(f"{path} could not be read as safetensors ({type(e).__name__}: {e}); "
-                            "re-download or re-save the checkpoint") from None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} could not be read with torch.load(weights_only=True) ({type(e).__name__}); "
-                        "it must be a plain state dict of tensors") from None
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise UserError(f"{path} must hold a flat state dict name -> tensor")
-    return data
-
-
 def read_tensors(path: str) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory (single file or sharded with an index)."""
     for index in INDEX_FILES:
@@ -211,7 +191,7 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
                 sp = os.path.join(path, shard)
                 if not os.path.isfile(sp):
                     raise UserError(f"shard {shard} listed in {index} is missing from {path}")
-                tensors.update(_load_file(sp))
+                tensors.update(load_weight_file(sp))
             missing = sorted(set(weight_map) - set(tensors))
             if missing:
                 raise UserError(f"tensor {missing[0]} is listed in {index} but not found in its shard")
@@ -219,7 +199,7 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
     for fname in WEIGHT_FILES:
         fp = os.path.join(path, fname)
         if os.path.isfile(fp):
-            return _load_file(fp)
+            return load_weight_file(fp)
     raise UserError(f"no weights in {path}: expected {' or '.join(WEIGHT_FILES)} (or a sharded *.index.json)")
 
 

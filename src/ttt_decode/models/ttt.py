@@ -31,6 +31,7 @@ from ttt_decode.models.common import (
     DecodeLM,
     RMSNorm,
     SwiGLU,
+    check_ids,
     check_triton_usable,
     residual_dtype,
     stage,
@@ -321,7 +322,7 @@ class TTTLM(DecodeLM):
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
         """input_ids [B, N] -> logits [B, N, V]; advances the state by N tokens."""
-        _check_ids(input_ids, 2, state.batch)
+        check_ids(input_ids, 2, state.batch)
         b = self.config.mini_batch_size
         start = int(state.pos.item())
         N = input_ids.shape[1]
@@ -346,13 +347,3 @@ class TTTLM(DecodeLM):
         state.conv_pos.copy_((state.conv_pos + 1) % self.config.conv_kernel)
         with stage("lm_head"):
             return self.lm_head(h)
-
-
-def _check_ids(input_ids, ndim, batch):
-    if input_ids.dim() != ndim or input_ids.dtype not in (torch.int64, torch.int32):
-        raise UserError(f"input_ids must be an integer tensor of {ndim} dims, got {input_ids.dtype} "
-                        f"{tuple(input_ids.shape)}")
-    if input_ids.shape[0] != batch:
-        raise UserError(f"input_ids has batch {input_ids.shape[0]} but the state was allocated for {batch}")
-    if ndim == 2 and input_ids.shape[1] < 1:
-        raise UserError("the prompt must hold at least one token")

@@ -273,3 +273,23 @@ def inner_step_cost(mlp: bool, form: str, heads: int, head_dim: int, mini_batch_
         flops += 2 * f * F * (2 if mlp else 1) * 2  # rank-1 W_grad update and W - c W_grad
     return {"bytes": int(heads * (state_moves * state_itemsize + io)), "flops": int(heads * flops),
             "state_bytes": int(heads * state * state_itemsize)}
+
+
+def op_api(package: str, dual_mini_batch):
+    """The functional op API of a TTT inner-loop package (DESIGN section 4): (decode_step, prefill).
+
+    The form follows the cache: a DualCache runs the dual form, a PrimalCache the published primal
+    form. impl picks the implementation: "naive" (PyTorch reference, <package>.naive, any dtype incl.
+    float64) or "triton" (<package>.triton_decode / triton_primal; CUDA, or TRITON_INTERPRET=1 on CPU)."""
+
+    def decode_step(q, k, v, eta, c, gamma, beta, state, cache, impl="naive", advance=True):
+        """One token. Mutates cache (and state at the last mini-batch position); see naive.py."""
+        step = pick_step(package, impl, isinstance(cache, DualCache))
+        return step(q, k, v, eta, c, gamma, beta, state, cache, advance=advance)
+
+    def prefill(q, k, v, eta, c, gamma, beta, state, cache=None, impl="naive", advance=True):
+        """Any number of tokens: whole mini-batches as matrices (PyTorch), the rest through decode_step."""
+        return chunked_prefill(lambda dual: pick_step(package, impl, dual), dual_mini_batch,
+                               q, k, v, eta, c, gamma, beta, state, cache, advance)
+
+    return decode_step, prefill

@@ -35,20 +35,24 @@ def _inner_grad(k, v, W1, b1, gamma, beta):
     return ln_fused_l2_bwd(Z1, v - k, gamma, beta)
 
 
+def _token_grad(q, k, v, eta, gamma, beta, state: TTTState, cache):
+    """What both decode forms start from: the compute dtype, b, pos, the token and state in it, and
+    the token's scaled gradient eta * g [B,H,F] at the mini-batch start state."""
+    acc = compute_dtype(q, state.W1)
+    q_, k_, v_ = q.to(acc), k.to(acc), v.to(acc)
+    W1, b1 = state.W1.to(acc), state.b1.to(acc)
+    gam, bet = gamma.to(acc), beta.to(acc)
+    g = _inner_grad(k_, v_, W1, b1, gam, bet) * eta.to(acc).unsqueeze(-1)  # [B,H,F]
+    return acc, cache.mini_batch_size, cache.pos, q_, k_, W1, b1, gam, bet, g
+
+
 def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualCache, advance: bool = True):
     """One token, dual form. q, k, v [B,H,f]; eta [B,H]; c [b]; gamma, beta [H,f] -> out [B,H,f].
 
     Mutates: cache (row `pos` written, pos advanced unless advance=False) and, at the last position
     of the mini-batch, state.
     """
-    acc = compute_dtype(q, state.W1)
-    b = cache.mini_batch_size
-    i = cache.pos
-    q_, k_, v_ = q.to(acc), k.to(acc), v.to(acc)
-    W1, b1 = state.W1.to(acc), state.b1.to(acc)
-    gam, bet = gamma.to(acc), beta.to(acc)
-
-    g = _inner_grad(k_, v_, W1, b1, gam, bet) * eta.to(acc).unsqueeze(-1)  # [B,H,F]
+    acc, b, i, q_, k_, W1, b1, gam, bet, g = _token_grad(q, k, v, eta, gamma, beta, state, cache)
     cache.k.index_copy_(2, i, k.unsqueeze(2).to(cache.k.dtype))
     cache.g1.index_copy_(2, i, g.unsqueeze(2).to(cache.g1.dtype))
 
@@ -74,14 +78,7 @@ def decode_step_primal(q, k, v, eta, c, gamma, beta, state: TTTState, cache: Pri
 
     Mutates: cache (W1_grad, b1_grad, pos) and, at the last position of the mini-batch, state.
     """
-    acc = compute_dtype(q, state.W1)
-    b = cache.mini_batch_size
-    i = cache.pos
-    q_, k_, v_ = q.to(acc), k.to(acc), v.to(acc)
-    W1, b1 = state.W1.to(acc), state.b1.to(acc)
-    gam, bet = gamma.to(acc), beta.to(acc)
-
-    g = _inner_grad(k_, v_, W1, b1, gam, bet) * eta.to(acc).unsqueeze(-1)  # [B,H,F]
+    acc, b, i, q_, k_, W1, b1, gam, bet, g = _token_grad(q, k, v, eta, gamma, beta, state, cache)
     W1_grad = cache.W1_grad.to(acc) + k_.unsqueeze(-1) * g.unsqueeze(-2)  # [B,H,f,F]
     b1_grad = cache.b1_grad.to(acc) + g
     c_i = c.to(acc).index_select(0, i)

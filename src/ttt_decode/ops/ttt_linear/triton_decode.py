@@ -27,20 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
-from ttt_decode.ops.ttt_triton_common import (
-    advance_pos,
-    check_kernel_inputs,
-    launch_options,
-    ln_fused_l2_bwd,
-    ln_fwd,
-    load_token_inputs,
-    pow2,
-    rne,
-    update_bias,
-    update_tile,
-)
 
 
 @triton.jit
@@ -75,15 +64,15 @@ def _m1_dual_kernel(
     b_kc = tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)  # [BMB, BD]
     b_gc = tl.load(p_cg + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)
     b_b1 = tl.load(p_b1 + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_q, b_k, b_v, eta, c_i, gam, bet = load_token_inputs(
+    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
         q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
         stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
 
     b_w1f = b_w1.to(tl.float32)  # [BD, BD]
     z1k = tl.sum(b_w1f * b_k[:, None], 0) + b_b1
     z1q = tl.sum(b_w1f * b_q[:, None], 0) + b_b1
-    gt = rne(ln_fused_l2_bwd(z1k, b_v - b_k, gam, bet, m_d, D, EPS) * eta, CACHE_DT)
-    k_r = rne(b_k, CACHE_DT)
+    gt = tc.rne(tc.ln_fused_l2_bwd(z1k, b_v - b_k, gam, bet, m_d, D, EPS) * eta, CACHE_DT)
+    k_r = tc.rne(b_k, CACHE_DT)
     tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
     tl.store(p_cg + pos * D + o_d, gt, mask=m_d)
     k_r = k_r.to(tl.float32)
@@ -93,16 +82,16 @@ def _m1_dual_kernel(
     b_gc = tl.where(m_cur[:, None], gt[None, :], b_gc.to(tl.float32))
     a1 = tl.where(m_rows, tl.sum(b_kc * b_q[None, :], 1) + 1.0, 0.0)  # [BMB]
     z = z1q - c_i * tl.sum(a1[:, None] * b_gc, 0)
-    out = b_q + ln_fwd(z, gam, bet, m_d, D, EPS)
-    tl.store(out_ptr + pid * D + o_d, rne(out, out_ptr.dtype.element_ty), mask=m_d)
+    out = b_q + tc.ln_fwd(z, gam, bet, m_d, D, EPS)
+    tl.store(out_ptr + pid * D + o_d, tc.rne(out, out_ptr.dtype.element_ty), mask=m_d)
 
     # End of the mini-batch (c_i is c_{b-1} here): the rank-b update from the cache rows, which then
     # become stale. This token's row was stored by other threads: the barrier makes it visible.
     if pos == MB - 1:
         tl.debug_barrier()
         m_all = o_s < MB
-        update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
-        update_bias(p_b1, p_cg, o_d, m_d, o_s, m_all, D, c_i)
+        tc.update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
+        tc.update_bias(p_b1, p_cg, o_d, m_d, o_s, m_all, D, c_i)
 
 
 def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
@@ -126,8 +115,8 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None)
     _m1_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        D=f, MB=ck.shape[2], BLOCK_D=pow2(f), BLOCK_MB=max(16, pow2(ck.shape[2])), EPS=TTT_NORM_EPS,
-        UPDATE_DOT=cfg["UPDATE_DOT"], **launch_options(cfg))
+        D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])), EPS=TTT_NORM_EPS,
+        UPDATE_DOT=cfg["UPDATE_DOT"], **tc.launch_options(cfg))
     return out
 
 
@@ -139,9 +128,9 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     """One token, dual form; same arguments and semantics as naive.decode_step_dual. -> out [B, H, f].
 
     Mutates: cache rows at pos (and pos itself if advance), state at the last mini-batch position."""
-    check_kernel_inputs("ttt_linear dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False, dual=True)
+    tc.check_kernel_inputs("ttt_linear dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False, dual=True)
     out = torch.ops.ttt_decode.ttt_linear_dual_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                     cache.k, cache.g1)
     if advance:
-        advance_pos(cache.pos, cache.mini_batch_size)
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out

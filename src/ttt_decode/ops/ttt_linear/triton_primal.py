@@ -23,18 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, PrimalCache, TTTState
-from ttt_decode.ops.ttt_triton_common import (
-    advance_pos,
-    check_kernel_inputs,
-    launch_options,
-    ln_fused_l2_bwd,
-    ln_fwd,
-    load_token_inputs,
-    pow2,
-    rne,
-)
 
 
 @triton.jit
@@ -60,25 +51,25 @@ def _m1_primal_kernel(
     b_gw1 = tl.load(p_gw1 + o_dd, mask=m_dd, other=0.0).to(tl.float32)
     b_b1 = tl.load(b1_ptr + pid * D + o_d, mask=m_d, other=0.0).to(tl.float32)
     b_gb1 = tl.load(gb1_ptr + pid * D + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_q, b_k, b_v, eta, c_i, gam, bet = load_token_inputs(
+    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
         q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
         stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
 
     z1k = tl.sum(b_w1 * b_k[:, None], 0) + b_b1
-    g = ln_fused_l2_bwd(z1k, b_v - b_k, gam, bet, m_d, D, EPS) * eta  # [BD]
+    g = tc.ln_fused_l2_bwd(z1k, b_v - b_k, gam, bet, m_d, D, EPS) * eta  # [BD]
     b_gw1 = b_gw1 + b_k[:, None] * g[None, :]
     b_gb1 = b_gb1 + g
     w_bar = b_w1 - c_i * b_gw1
     bias_bar = b_b1 - c_i * b_gb1
     z = tl.sum(w_bar * b_q[:, None], 0) + bias_bar
-    out = b_q + ln_fwd(z, gam, bet, m_d, D, EPS)
-    tl.store(out_ptr + pid * D + o_d, rne(out, out_ptr.dtype.element_ty), mask=m_d)
+    out = b_q + tc.ln_fwd(z, gam, bet, m_d, D, EPS)
+    tl.store(out_ptr + pid * D + o_d, tc.rne(out, out_ptr.dtype.element_ty), mask=m_d)
 
     # Gradients restart at the end of the mini-batch, where W_bar becomes the state.
-    tl.store(p_gw1 + o_dd, rne(tl.where(last, 0.0, b_gw1), gw1_ptr.dtype.element_ty), mask=m_dd)
-    tl.store(gb1_ptr + pid * D + o_d, rne(tl.where(last, 0.0, b_gb1), gb1_ptr.dtype.element_ty), mask=m_d)
-    tl.store(p_w1 + o_dd, rne(w_bar, w1_ptr.dtype.element_ty), mask=m_dd & last)
-    tl.store(b1_ptr + pid * D + o_d, rne(bias_bar, b1_ptr.dtype.element_ty), mask=m_d & last)
+    tl.store(p_gw1 + o_dd, tc.rne(tl.where(last, 0.0, b_gw1), gw1_ptr.dtype.element_ty), mask=m_dd)
+    tl.store(gb1_ptr + pid * D + o_d, tc.rne(tl.where(last, 0.0, b_gb1), gb1_ptr.dtype.element_ty), mask=m_d)
+    tl.store(p_w1 + o_dd, tc.rne(w_bar, w1_ptr.dtype.element_ty), mask=m_dd & last)
+    tl.store(b1_ptr + pid * D + o_d, tc.rne(bias_bar, b1_ptr.dtype.element_ty), mask=m_d & last)
 
 
 def primal_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
@@ -100,7 +91,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out, config=None
     _m1_primal_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        D=f, MB=c.shape[0], BLOCK_D=pow2(f), EPS=TTT_NORM_EPS, **launch_options(cfg))
+        D=f, MB=c.shape[0], BLOCK_D=tc.pow2(f), EPS=TTT_NORM_EPS, **tc.launch_options(cfg))
     return out
 
 
@@ -112,9 +103,9 @@ def decode_step_primal(q, k, v, eta, c, gamma, beta, state: TTTState, cache: Pri
     """One token, primal form; same arguments and semantics as naive.decode_step_primal. -> out [B, H, f].
 
     Mutates: cache gradients (and pos if advance), state at the last mini-batch position."""
-    check_kernel_inputs("ttt_linear primal decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False, dual=False)
+    tc.check_kernel_inputs("ttt_linear primal decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False, dual=False)
     out = torch.ops.ttt_decode.ttt_linear_primal_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                       cache.W1_grad, cache.b1_grad)
     if advance:
-        advance_pos(cache.pos, cache.mini_batch_size)
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out

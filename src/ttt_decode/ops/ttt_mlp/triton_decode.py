@@ -40,23 +40,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
-from ttt_decode.ops.ttt_mlp.triton_tiles import load_w2, z2k_chunked
-from ttt_decode.ops.ttt_triton_common import (
-    advance_pos,
-    check_kernel_inputs,
-    gelu,
-    gelu_and_grad,
-    launch_options,
-    ln_fused_l2_bwd,
-    ln_fwd,
-    load_token_inputs,
-    pow2,
-    rne,
-    update_bias,
-    update_tile,
-)
+from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
 
 
 @triton.jit
@@ -66,13 +53,13 @@ def _chunk_b(b_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, b_g1, b_x2, p_cg1, p_
     W2 / X2_s products. b_g1, b_x2 [BMB, BF]: the earlier rows of the chunk (0 at s >= pos); a1 [BMB]:
     q . k_s + 1 for s <= pos, 0 elsewhere. Returns (X2' W2 partial [BD], X2' . X2_s partial [BMB])."""
     b_w2f = b_w2.to(tl.float32)  # [BF, BD]
-    g1t = rne(tl.sum(b_w2f * g2[None, :], 1) * dx2k * eta, CACHE_DT)
-    x2k_r = rne(x2k, CACHE_DT)
+    g1t = tc.rne(tl.sum(b_w2f * g2[None, :], 1) * dx2k * eta, CACHE_DT)
+    x2k_r = tc.rne(x2k, CACHE_DT)
     tl.store(p_cg1 + pos * FH + o_f, g1t, mask=m_f)
     tl.store(p_cx2 + pos * FH + o_f, x2k_r, mask=m_f)
     cur = (o_s == pos)[:, None]
     b_g1 = tl.where(cur, g1t.to(tl.float32)[None, :], b_g1.to(tl.float32))
-    x2q = gelu(z1q0 - tl.sum(a1[:, None] * b_g1, 0) * c_i)  # [BF]
+    x2q = tc.gelu(z1q0 - tl.sum(a1[:, None] * b_g1, 0) * c_i)  # [BF]
     b_x2 = tl.where(cur, x2k_r.to(tl.float32)[None, :], b_x2.to(tl.float32))
     return tl.sum(x2q[:, None] * b_w2f, 0), tl.sum(b_x2 * x2q[None, :], 1)
 
@@ -116,26 +103,26 @@ def _m2_dual_kernel(
     p_cg2 = cg2_ptr + pid * (MB * D)
     p_z1 = z1_ptr + pid * (2 * FH)  # k W1 + b1 and q W1 + b1 of pass A, float32
 
-    b_q, b_k, b_v, eta, c_i, gam, bet = load_token_inputs(
+    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
         q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
         stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
     b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
     b_kc = _load_rows(p_ck, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
 
     # Weights of the rows s <= pos in Z1': q . k_s + 1 (this token's row as stored).
-    k_r = rne(b_k, CACHE_DT)
+    k_r = tc.rne(b_k, CACHE_DT)
     tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
     b_kc = tl.where(m_cur[:, None], k_r.to(tl.float32)[None, :], b_kc.to(tl.float32))
     a1 = tl.where(m_rows, tl.sum(b_kc * b_q[None, :], 1) + 1.0, 0.0)  # [BMB]
 
-    # Pass A: Z2k = gelu(k W1 + b1) W2 + b2 needs every column of W1 before g2 exists.
+    # Pass A: Z2k = tc.gelu(k W1 + b1) W2 + b2 needs every column of W1 before g2 exists.
     # L2_HINTS: W1 is read once (evict first), W2 again in pass B (evict last there, first after).
     EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
     EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
-    z2k = z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
+    z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
                       EV_ONCE, EV_AGAIN)
-    g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
-    g2t = rne(g2 * eta, CACHE_DT)
+    g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
+    g2t = tc.rne(g2 * eta, CACHE_DT)
     tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)
 
     # Pass B: g1, Z1', X2' and the X2' products, chunk by chunk; pass A's Z1 comes back from the
@@ -148,12 +135,12 @@ def _m2_dual_kernel(
         ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
         o_f = ci * BLOCK_F + o_f0
         m_f = o_f < FH
-        c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
+        c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
         c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)
         c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)
         z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
         z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
-        x2k, dx2k = gelu_and_grad(z1k)
+        x2k, dx2k = tc.gelu_and_grad(z1k)
         zc, dc = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f, m_f, o_s,
                           FH, CACHE_DT)
         z2q += zc
@@ -164,8 +151,8 @@ def _m2_dual_kernel(
     b_g2c = tl.where(m_cur[:, None], g2t.to(tl.float32)[None, :], b_g2c.to(tl.float32))
     a2 = tl.where(m_rows, dots + 1.0, 0.0)
     z2 = z2q + b_b2 - tl.sum(a2[:, None] * b_g2c, 0) * c_i
-    out = b_q + ln_fwd(z2, gam, bet, m_d, D, EPS)
-    tl.store(out_ptr + pid * D + o_d, rne(out, out_ptr.dtype.element_ty), mask=m_d)
+    out = b_q + tc.ln_fwd(z2, gam, bet, m_d, D, EPS)
+    tl.store(out_ptr + pid * D + o_d, tc.rne(out, out_ptr.dtype.element_ty), mask=m_d)
 
     # End of the mini-batch: the rank-b update from the cache rows, which this program's other threads
     # just completed (the barrier makes them visible), in column slices of at most 64.
@@ -177,10 +164,10 @@ def _m2_dual_kernel(
         for ci in range((FH + UPD_F - 1) // UPD_F):
             o_u = ci * UPD_F + o_u0
             m_u = o_u < FH
-            update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, True, True)
-            update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
-            update_bias(p_b1, p_cg1, o_u, m_u, o_s, m_all, FH, c_i)
-        update_bias(p_b2, p_cg2, o_d, m_d, o_s, m_all, D, c_i)
+            tc.update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, True, True)
+            tc.update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
+            tc.update_bias(p_b1, p_cg1, o_u, m_u, o_s, m_all, FH, c_i)
+        tc.update_bias(p_b2, p_cg2, o_d, m_d, o_s, m_all, D, c_i)
 
 
 # ---------------------------------------------------------------- launch
@@ -209,9 +196,9 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        D=f, FH=F, MB=ck.shape[2], BLOCK_D=pow2(f), BLOCK_F=min(cfg["BLOCK_F"], pow2(F)), BLOCK_MB=max(16, pow2(ck.shape[2])),
+        D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)), BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
-        **launch_options(cfg))
+        **tc.launch_options(cfg))
     return out
 
 
@@ -224,9 +211,9 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     """One token, dual form; same arguments and semantics as naive.decode_step_dual. -> out [B, H, f].
 
     Mutates: cache rows at pos (and pos itself if advance), state at the last mini-batch position."""
-    check_kernel_inputs("ttt_mlp dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=True)
+    tc.check_kernel_inputs("ttt_mlp dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=True)
     out = torch.ops.ttt_decode.ttt_mlp_dual_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                  state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2)
     if advance:
-        advance_pos(cache.pos, cache.mini_batch_size)
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out

@@ -29,26 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, PrimalCache, TTTState
-from ttt_decode.ops.ttt_mlp.triton_tiles import (
-    load_w1,
-    load_w2,
-    w1_products,
-    z2k_chunked,
-)
-from ttt_decode.ops.ttt_triton_common import (
-    advance_pos,
-    check_kernel_inputs,
-    gelu,
-    gelu_and_grad,
-    launch_options,
-    ln_fused_l2_bwd,
-    ln_fwd,
-    load_token_inputs,
-    pow2,
-    rne,
-)
+from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
 
 
 @triton.jit
@@ -63,20 +47,20 @@ def _chunk_b(b_w2, b_gw1, b_gw2, x2k, dx2k, z1q0, g2, g2e, eta, c_i, b_q, b_k, l
     o_w2 = o_f[:, None] * D + o_d[None, :]
     gw1 = b_gw1.to(tl.float32) + b_k[:, None] * g1e[None, :]  # [BD, BF]
     gb1 = tl.load(p_b1g + o_f, mask=m_f, other=0.0).to(tl.float32) + g1e
-    x2q = gelu(z1q0 - c_i * (tl.sum(gw1 * b_q[:, None], 0) + gb1))
+    x2q = tc.gelu(z1q0 - c_i * (tl.sum(gw1 * b_q[:, None], 0) + gb1))
     gw2 = b_gw2.to(tl.float32) + x2k[:, None] * g2e[None, :]  # [BF, BD]
     w2_bar = b_w2f - c_i * gw2
     z2q = tl.sum(x2q[:, None] * w2_bar, 0)  # [BD]
     # Gradients restart at the end of the mini-batch, where W_bar becomes the state.
-    tl.store(p_w1g + o_w1, rne(tl.where(last, 0.0, gw1), p_w1g.dtype.element_ty), mask=m_w1)
-    tl.store(p_b1g + o_f, rne(tl.where(last, 0.0, gb1), p_b1g.dtype.element_ty), mask=m_f)
-    tl.store(p_w2g + o_w2, rne(tl.where(last, 0.0, gw2), p_w2g.dtype.element_ty), mask=m_w2)
-    tl.store(p_w2 + o_w2, rne(w2_bar, p_w2.dtype.element_ty), mask=m_w2 & last)
+    tl.store(p_w1g + o_w1, tc.rne(tl.where(last, 0.0, gw1), p_w1g.dtype.element_ty), mask=m_w1)
+    tl.store(p_b1g + o_f, tc.rne(tl.where(last, 0.0, gb1), p_b1g.dtype.element_ty), mask=m_f)
+    tl.store(p_w2g + o_w2, tc.rne(tl.where(last, 0.0, gw2), p_w2g.dtype.element_ty), mask=m_w2)
+    tl.store(p_w2 + o_w2, tc.rne(w2_bar, p_w2.dtype.element_ty), mask=m_w2 & last)
     # W1 is not held past pass A: at the last position it is read again (L2) for W1_bar.
     b_w1 = tl.load(p_w1 + o_w1, mask=m_w1 & last, other=0.0).to(tl.float32)
-    tl.store(p_w1 + o_w1, rne(b_w1 - c_i * gw1, p_w1.dtype.element_ty), mask=m_w1 & last)
+    tl.store(p_w1 + o_w1, tc.rne(b_w1 - c_i * gw1, p_w1.dtype.element_ty), mask=m_w1 & last)
     b_b1 = tl.load(p_b1 + o_f, mask=m_f & last, other=0.0).to(tl.float32)
-    tl.store(p_b1 + o_f, rne(b_b1 - c_i * gb1, p_b1.dtype.element_ty), mask=m_f & last)
+    tl.store(p_b1 + o_f, tc.rne(b_b1 - c_i * gb1, p_b1.dtype.element_ty), mask=m_f & last)
     return z2q
 
 
@@ -112,19 +96,19 @@ def _m2_primal_kernel(
     if ONE_CHUNK:
         # Every tile requested at once (one memory latency), held together: small heads only.
         m_f = o_f0 < FH
-        b_w1 = load_w1(p_w1, o_d, m_d, o_f0, m_f, FH)
-        b_w2 = load_w2(p_w2, o_d, m_d, o_f0, m_f, D)
-        b_gw1 = load_w1(p_w1g, o_d, m_d, o_f0, m_f, FH)
-        b_gw2 = load_w2(p_w2g, o_d, m_d, o_f0, m_f, D)
-    b_q, b_k, b_v, eta, c_i, gam, bet = load_token_inputs(
+        b_w1 = tiles.load_w1(p_w1, o_d, m_d, o_f0, m_f, FH)
+        b_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f0, m_f, D)
+        b_gw1 = tiles.load_w1(p_w1g, o_d, m_d, o_f0, m_f, FH)
+        b_gw2 = tiles.load_w2(p_w2g, o_d, m_d, o_f0, m_f, D)
+    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
         q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
         stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
     b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
 
-    # Pass A: Z2k = gelu(k W1 + b1) W2 + b2 at the mini-batch start state.
+    # Pass A: Z2k = tc.gelu(k W1 + b1) W2 + b2 at the mini-batch start state.
     if ONE_CHUNK:
-        z1k, z1q0 = w1_products(b_w1, p_b1, o_f0, m_f, b_k, b_q)
-        x2k, dx2k = gelu_and_grad(z1k)
+        z1k, z1q0 = tiles.w1_products(b_w1, p_b1, o_f0, m_f, b_k, b_q)
+        x2k, dx2k = tc.gelu_and_grad(z1k)
         z2k = tl.sum(x2k[:, None] * b_w2.to(tl.float32), 0) + b_b2
     else:
         # p_z1 unused without the scratch (p_b1 stands in).
@@ -132,9 +116,9 @@ def _m2_primal_kernel(
         # for the last time (evict first).
         EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
         EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
-        z2k = z2k_chunked(p_w1, p_b1, p_w2, p_b1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, False,
+        z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_b1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, False,
                           EV_AGAIN, EV_AGAIN)
-    g2 = ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
+    g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2e = g2 * eta
 
     # Pass B: gradients, W_bar and the output's products, chunk by chunk.
@@ -148,21 +132,21 @@ def _m2_primal_kernel(
             ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
             o_f = ci * BLOCK_F + o_f0
             m_f = o_f < FH
-            c_w1 = load_w1(p_w1, o_d, m_d, o_f, m_f, FH, EV_ONCE)
-            c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
-            c_gw1 = load_w1(p_w1g, o_d, m_d, o_f, m_f, FH, EV_ONCE)
-            c_gw2 = load_w2(p_w2g, o_d, m_d, o_f, m_f, D, EV_ONCE)
-            z1k, z1q0 = w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
-            x2k, dx2k = gelu_and_grad(z1k)
+            c_w1 = tiles.load_w1(p_w1, o_d, m_d, o_f, m_f, FH, EV_ONCE)
+            c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
+            c_gw1 = tiles.load_w1(p_w1g, o_d, m_d, o_f, m_f, FH, EV_ONCE)
+            c_gw2 = tiles.load_w2(p_w2g, o_d, m_d, o_f, m_f, D, EV_ONCE)
+            z1k, z1q0 = tiles.w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
+            x2k, dx2k = tc.gelu_and_grad(z1k)
             z2q += _chunk_b(c_w2, c_gw1, c_gw2, x2k, dx2k, z1q0, g2, g2e, eta, c_i, b_q, b_k, last, p_w1, p_b1, p_w2,
                             p_b1g, p_w1g, p_w2g, o_d, m_d, o_f, m_f, D, FH)
 
     gb2 = tl.load(p_b2g + o_d, mask=m_d, other=0.0).to(tl.float32) + g2e
     b2_bar = b_b2 - c_i * gb2
-    out = b_q + ln_fwd(z2q + b2_bar, gam, bet, m_d, D, EPS)
-    tl.store(out_ptr + pid * D + o_d, rne(out, out_ptr.dtype.element_ty), mask=m_d)
-    tl.store(p_b2g + o_d, rne(tl.where(last, 0.0, gb2), gb2_ptr.dtype.element_ty), mask=m_d)
-    tl.store(p_b2 + o_d, rne(b2_bar, b2_ptr.dtype.element_ty), mask=m_d & last)
+    out = b_q + tc.ln_fwd(z2q + b2_bar, gam, bet, m_d, D, EPS)
+    tl.store(out_ptr + pid * D + o_d, tc.rne(out, out_ptr.dtype.element_ty), mask=m_d)
+    tl.store(p_b2g + o_d, tc.rne(tl.where(last, 0.0, gb2), gb2_ptr.dtype.element_ty), mask=m_d)
+    tl.store(p_b2 + o_d, tc.rne(b2_bar, b2_ptr.dtype.element_ty), mask=m_d & last)
 
 
 def primal_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
@@ -186,8 +170,8 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, gW1, gb1, gW2, gb2
     _m2_primal_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, gW1, gb1, gW2, gb2, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        D=f, FH=F, MB=c.shape[0], BLOCK_D=pow2(f), BLOCK_F=min(cfg["BLOCK_F"], pow2(F)), EPS=TTT_NORM_EPS,
-        L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False), **launch_options(cfg))
+        D=f, FH=F, MB=c.shape[0], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)), EPS=TTT_NORM_EPS,
+        L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False), **tc.launch_options(cfg))
     return out
 
 
@@ -200,10 +184,10 @@ def decode_step_primal(q, k, v, eta, c, gamma, beta, state: TTTState, cache: Pri
     """One token, primal form; same arguments and semantics as naive.decode_step_primal. -> out [B, H, f].
 
     Mutates: cache gradients (and pos if advance), state at the last mini-batch position."""
-    check_kernel_inputs("ttt_mlp primal decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=False)
+    tc.check_kernel_inputs("ttt_mlp primal decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=False)
     out = torch.ops.ttt_decode.ttt_mlp_primal_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                    state.W2, state.b2, cache.W1_grad, cache.b1_grad, cache.W2_grad,
                                                    cache.b2_grad)
     if advance:
-        advance_pos(cache.pos, cache.mini_batch_size)
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out

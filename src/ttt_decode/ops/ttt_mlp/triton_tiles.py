@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ttt_decode.ops.ttt_triton_common import gelu
+from ttt_decode.ops import ttt_triton_common as tc
 
 
 @triton.jit
@@ -41,7 +41,7 @@ def load_w2(p_w2, o_d, m_d, o_f, m_f, D: tl.constexpr, EVICT: tl.constexpr = "")
 def z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.constexpr, D: tl.constexpr,
                 BLOCK_F: tl.constexpr, NUM_CHUNKS: tl.constexpr, Z1_SCRATCH: tl.constexpr,
                 EVICT_W1: tl.constexpr = "", EVICT_W2: tl.constexpr = ""):
-    """Pass A over F in BLOCK_F chunks: Z2k = gelu(k W1 + b1) W2 + b2 [BD]. Each chunk's tiles are loaded
+    """Pass A over F in BLOCK_F chunks: Z2k = tc.gelu(k W1 + b1) W2 + b2 [BD]. Each chunk's tiles are loaded
     when it is reached: other resident programs hide the latency, and a second chunk requested ahead
     would cost registers, hence residency (exp/NOTES.md, "H200 kernel sweeps"). With Z1_SCRATCH,
     k W1 + b1 and q W1 + b1 are also stored at p_z1 (F floats each) for pass B. EVICT_W1 / EVICT_W2: L2
@@ -56,5 +56,5 @@ def z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.c
         if Z1_SCRATCH:
             tl.store(p_z1 + o_f, z1k, mask=m_f)
             tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
-        z2k += tl.sum(gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
+        z2k += tl.sum(tc.gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
     return z2k
