@@ -411,7 +411,7 @@ def test_decode_cost_of_mamba_1_4b():
 
 @pytest.mark.parametrize("kernel", ["mamba_step_triton", "mamba_step_ref"])
 def test_micro_case_runs_and_counts_bytes(kernel):
-    from ttt_decode.ops.mamba.bench_spec import micro_case
+    from ttt_decode.bench.mamba_micro import micro_case
 
     fn, nbytes, flops = micro_case(kernel, 3, torch.float32, "cpu", model="mamba-tiny")
     y = fn()

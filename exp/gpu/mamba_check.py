@@ -164,7 +164,7 @@ def rel(a, b):
 def st_kernel(args):
     from ttt_decode.configs import get_config
     from ttt_decode.ops import mamba as mops
-    from ttt_decode.ops.mamba.bench_spec import make_inputs
+    from ttt_decode.bench.mamba_micro import make_inputs
 
     cfg = get_config(args.model_big)
     B = 37
@@ -250,7 +250,7 @@ def st_fidelity(args):
 
 
 def _micro_sets(cfg, B, sd, args, n_sets):
-    from ttt_decode.ops.mamba.bench_spec import make_inputs
+    from ttt_decode.bench.mamba_micro import make_inputs
 
     sets = []
     for i in range(n_sets):

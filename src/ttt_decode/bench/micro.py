@@ -19,7 +19,7 @@ drawn as its own line. Per cell:
 
 Kernels (--kernels): mlp_{1,2}_{dual,primal}_triton (the Triton kernels), mlp_{1,2}_{dual,primal}_compiled
 (torch.compile of the PyTorch reference step), and mamba_step_triton / mamba_step_ref through
-ttt_decode.ops.mamba.bench_spec.micro_case (the Mamba-1 decode step at --mamba-model's shapes).
+ttt_decode.bench.mamba_micro.micro_case (the Mamba-1 decode step at --mamba-model's shapes).
 
 DESIGN sections 11, 12.3 and 13.3: the bytes and GB/s, the record fields, the method.
 
@@ -41,6 +41,8 @@ import time
 import torch
 
 from ttt_decode import registry
+from ttt_decode.decode.engine import capture_graph
+from ttt_decode.dtypes import parse_dtype
 from ttt_decode.errors import UserError
 from ttt_decode.provenance import git_commit, gpu_name
 from ttt_decode.provenance import gpu_slug as gpu_folder
@@ -54,7 +56,8 @@ DEFAULT_KERNELS = "mlp_2_dual_triton,mlp_2_primal_triton,mlp_2_dual_compiled,mlp
 DEFAULT_BATCHES = "16,32,64,128,256,512,1024"
 L2_ROTATIONS = 4  # state sets rotated until one pass over them touches 4x the GPU's L2
 MAX_SETS = 8
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# The state and activation dtypes the kernels take.
+DTYPES = ("float16", "bfloat16", "float32")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,16 +128,11 @@ def time_calls(fns, device: torch.device, replays: int = 20, nvtx: str | None = 
             fn()
         us = (time.perf_counter() - t0) * 1e6 / len(fns)
         return {"us": us, "p10": us, "p90": us, "replays": 1}
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
+    def all_calls():
         for fn in fns:
             fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
+
+    graph, _ = capture_graph(all_calls, all_calls)
     graph.replay()
     torch.cuda.synchronize(device)
     times = []
@@ -343,15 +341,15 @@ def check_ttt_variant(kernel: str, state_dtype, device, model: str = "ttt-1b", a
 # ---------------------------------------------------------------- Mamba cases
 def _mamba_spec():
     try:
-        from ttt_decode.ops.mamba import bench_spec
+        from ttt_decode.bench import mamba_micro as bench_spec
     except ImportError as e:
-        raise UserError(f"mamba_* kernels need ttt_decode.ops.mamba.bench_spec, which cannot be imported ({e}); "
+        raise UserError(f"mamba_* kernels need ttt_decode.bench.mamba_micro, which cannot be imported ({e}); "
                         "leave them out of --kernels") from None
     return bench_spec
 
 
 def check_mamba_variant(kernel: str, state_dtype, device, model: str) -> dict:
-    """mamba_step_triton vs mamba_step_ref on the same seeded inputs (bench_spec makes them identical)."""
+    """mamba_step_triton vs mamba_step_ref on the same seeded inputs (mamba_micro makes them identical)."""
     spec = _mamba_spec()
     outs = {}
     for k in (kernel, "mamba_step_ref"):
@@ -506,8 +504,8 @@ def main(args) -> int:
     from ttt_decode.provenance import command_line
 
     command = command_line()
-    records, ok = run_micro(kernels, batches, args.model, args.mamba_model, DTYPES[args.state_dtype],
-                            DTYPES[args.dtype], device, out, plot_dir, args.replays, args.profile,
+    records, ok = run_micro(kernels, batches, args.model, args.mamba_model, parse_dtype(args.state_dtype),
+                            parse_dtype(args.dtype), device, out, plot_dir, args.replays, args.profile,
                             args.commit or git_commit(), command, args.seed)
     print(f"records appended to {out}; plot {os.path.join(plot_dir, f'micro_{args.model}_{args.state_dtype}.png')}")
     print(format_table(records))
