@@ -191,7 +191,8 @@ def test_report_table_and_png(tmp_path):
             assert main(["bench", "--logdir", str(logdir), "--model-name", "ttt-tiny", "--inner-net", inner,
                          "--batch", str(b), "--genlen", "3", "--device", "cpu", "--repeats", "1",
                          "--dtype", "float32"]) == 0
-    append_jsonl(str(logdir / "results.jsonl"), {"kind": "bench", "status": "oom", "error": "estimate", "model": "ttt-tiny",
+    append_jsonl(str(logdir / "results.jsonl"), {"kind": "bench", "status": "oom", "error": "estimate",
+                                                 "model": "ttt-tiny",
                                                  "inner_net": "mlp_2_dual", "batch": 4096, "dtype": "float32"})
     out = tmp_path / "report"
     assert main(["report", str(logdir), "--out", str(out), "--baseline", "ttt-tiny mlp_1_dual"]) == 0

@@ -12,8 +12,8 @@ import types
 
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from ttt_decode import models
 from ttt_decode.cli import main
 from ttt_decode.configs import get_config

@@ -6,8 +6,8 @@ import os
 
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from ttt_decode.configs import get_config
 from ttt_decode.decode import DecodeSession, teacher_force
 from ttt_decode.errors import MissingPackageError, UserError
@@ -33,7 +33,8 @@ def op_case(Bsz=3, N=11, D=40, S=16, W=4, R=5, dtype=torch.float64, state_dtype=
 
     xz, dbc = r(Bsz, N, 2 * D), r(Bsz, N, R + 2 * S)
     return {
-        "x": xz[..., :D], "z": xz[..., D:], "dt": r(Bsz, N, D, scale=0.7), "B": dbc[..., R:R + S], "C": dbc[..., R + S:],
+        "x": xz[..., :D], "z": xz[..., D:], "dt": r(Bsz, N, D, scale=0.7), "B": dbc[..., R:R + S], "C": dbc[...,
+                                                                                                            R + S:],
         "A_log": (torch.rand(D, S, generator=g, dtype=torch.float64) * 2.5).to(dtype), "D": r(D),
         "dt_bias": r(D, scale=0.5) - 1.0, "w": r(D, W, scale=0.5), "bias": r(D, scale=0.3),
         "conv_state": r(Bsz, W, D), "conv_pos": torch.tensor([pos]), "ssm_state": r(Bsz, D, S).to(state_dtype or dtype),
@@ -139,7 +140,8 @@ def test_triton_step_matches_reference(act, state, Bsz, D, S):
     assert torch.equal(outs["triton"][2], expect)
 
 
-@pytest.mark.parametrize("config", [{"BLOCK_D": 16, "ROWS": 4, "num_warps": 2}, {"BLOCK_D": 32, "ROWS": 2, "num_warps": 4}],
+@pytest.mark.parametrize("config", [{"BLOCK_D": 16, "ROWS": 4, "num_warps": 2}, {"BLOCK_D": 32, "ROWS": 2,
+                                                                                 "num_warps": 4}],
                          ids=["D16-rows4", "D32-rows2"])
 def test_triton_step_other_launch_configs(config):
     """The multi-row tiles (timed in the sweep, not the default) compute the same step; B=5 leaves partial tiles."""
@@ -151,7 +153,8 @@ def test_triton_step_other_launch_configs(config):
     conv_a, st_a = c["conv_state"].clone(), c["ssm_state"].clone()
     conv_b, st_b = c["conv_state"].clone(), c["ssm_state"].clone()
     want = naive.ssm_step(*args, conv_a, c["conv_pos"], st_a)
-    got = triton_decode._launch_ssm_step(*args, conv_b, c["conv_pos"], st_b, torch.full_like(want, float("nan")), config)
+    got = triton_decode._launch_ssm_step(*args, conv_b, c["conv_pos"], st_b, torch.full_like(want, float("nan")),
+                                         config)
     assert rel_err(got, want) < 1e-5 and rel_err(st_b, st_a) < 1e-5 and torch.equal(conv_b, conv_a)
 
 
@@ -191,7 +194,8 @@ def test_custom_ops_registered_for_compile():
     torch.library.opcheck(torch.ops.ttt_decode.mamba_ssm_step.default, ssm_args,
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.ttt_decode.mamba_add_rms_norm.default,
-                          (c["x"][:, 0].float(), c["z"][:, 0], c["D"], 1e-5), test_utils=("test_schema", "test_faketensor"))
+                          (c["x"][:, 0].float(), c["z"][:, 0], c["D"], 1e-5), test_utils=("test_schema",
+                                                                                          "test_faketensor"))
 
 
 def tiny(dtype="float64", inner_net="mamba_ref", seed=1):
@@ -210,7 +214,8 @@ def test_prefill_in_pieces_equals_one_prefill_float64():
     model = tiny()
     ids = torch.randint(0, 500, (2, 14), generator=torch.Generator().manual_seed(5))
     state = model.allocate_state(2)
-    a = torch.cat([model.prefill(ids[:, :3], state), model.prefill(ids[:, 3:4], state), model.prefill(ids[:, 4:], state)], 1)
+    a = torch.cat([model.prefill(ids[:, :3], state), model.prefill(ids[:, 3:4], state), model.prefill(ids[:, 4:],
+                                                                                                      state)], 1)
     assert rel_err(a, model(ids)) < 1e-9
     assert state.conv_pos.item() == 14 % 4
 
@@ -302,12 +307,16 @@ L0 = "backbone.layers.0.mixer."
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda t: _rename(t, L0 + "in_proj.weight", L0 + "inproj.weight"), "unexpected tensor 'backbone.layers.0.mixer.inproj"),
+    (lambda t: _rename(t, L0 + "in_proj.weight", L0 + "inproj.weight"),
+     "unexpected tensor 'backbone.layers.0.mixer.inproj"),
     (lambda t: _drop(t, "backbone.layers.1.mixer.A_log"), "missing tensor 'backbone.layers.1.mixer.A_log'"),
-    (lambda t: _swap(t, L0 + "in_proj.weight", L0 + "out_proj.weight"), "backbone.layers.0.mixer.in_proj.weight' has shape"),
-    (lambda t: t.update({L0 + "x_proj.weight": t[L0 + "x_proj.weight"].t().contiguous()}) or t, "x_proj.weight' has shape"),
+    (lambda t: _swap(t, L0 + "in_proj.weight", L0 + "out_proj.weight"),
+     "backbone.layers.0.mixer.in_proj.weight' has shape"),
+    (lambda t: t.update({L0 + "x_proj.weight": t[L0 + "x_proj.weight"].t().contiguous()}) or t,
+     "x_proj.weight' has shape"),
     (lambda t: t.update({L0 + "conv1d.weight": t[L0 + "conv1d.weight"].squeeze(1)}) or t, "conv1d.weight' has shape"),
-    (lambda t: t.update({"backbone.layers.2.norm.weight": torch.ones(64)}) or t, "unexpected tensor 'backbone.layers.2"),
+    (lambda t: t.update({"backbone.layers.2.norm.weight": torch.ones(64)}) or t,
+     "unexpected tensor 'backbone.layers.2"),
     (lambda t: t.update({"lm_head.weight": t["lm_head.weight"] + 1}) or t, "lm_head.weight differs from the embedding"),
     (lambda t: t.update({L0 + "D": t[L0 + "D"].long()}) or t, "has dtype torch.int64"),
 ], ids=["renamed", "missing", "shuffled", "transposed", "conv-2d", "extra-layer", "untied-head", "int-dtype"])

@@ -37,7 +37,8 @@ def test_micro_cli_writes_records_and_plot(tmp_path, capsys):
     from ttt_decode.ops.ttt_common import inner_step_cost
     cfg = get_config("ttt-tiny")
     dual = next(r for r in recs if r["kernel"] == "mlp_1_dual_triton" and r["batch"] == 3)
-    assert dual["bytes"] == 3 * inner_step_cost(False, "dual", cfg.num_heads, cfg.head_dim, cfg.mini_batch_size, 2)["bytes"]
+    assert dual["bytes"] == 3 * inner_step_cost(False, "dual", cfg.num_heads, cfg.head_dim, cfg.mini_batch_size,
+                                                2)["bytes"]
     png = tmp_path / "res" / "micro_ttt-tiny_float16.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out.strip().splitlines()

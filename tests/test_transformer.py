@@ -3,8 +3,8 @@ equals transformers' LlamaForCausalLM with the same weights."""
 
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from ttt_decode.configs import get_config
 from ttt_decode.decode import teacher_force
 from ttt_decode.errors import UserError
@@ -57,7 +57,7 @@ def test_equals_transformers_llama():
                                       tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     sd = model.state_dict()
-    D, I = c.hidden_size, c.intermediate_size
+    D, I = c.hidden_size, c.intermediate_size  # noqa: E741 (the MLP width, as in the equations)
     mapped = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm_f.weight"],
               "lm_head.weight": sd["embed.weight"]}
     for i in range(c.num_layers):

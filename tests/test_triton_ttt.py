@@ -12,12 +12,12 @@ import importlib
 
 import pytest
 import torch
-from conftest import rel_err
-from ttt_inputs import make_case
 
+from conftest import rel_err
 from ttt_decode import registry
 from ttt_decode.errors import UserError
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
+from ttt_inputs import make_case
 
 # The Triton TTT kernels of the registry, as readable ids: "M2-dual" -> (mlp, form).
 KERNELS = {f"M{2 if i.part == 'ttt_mlp' else 1}-{i.form}": (i.part == "ttt_mlp", i.form)

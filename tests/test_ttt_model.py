@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from ttt_decode import models
 from ttt_decode.decode import DecodeSession, generate, teacher_force
 from ttt_decode.errors import UserError
@@ -107,7 +107,8 @@ def test_sampling_is_seeded_and_in_vocab():
     runs = []
     for _ in range(2):
         torch.manual_seed(123)
-        runs.append(generate(model, prompt, 10, sampling=Sampling(temperature=1.0, top_k=5), cuda_graph=False)["tokens"])
+        runs.append(generate(model, prompt, 10, sampling=Sampling(temperature=1.0, top_k=5),
+                             cuda_graph=False)["tokens"])
     assert torch.equal(runs[0], runs[1])
     assert int(runs[0].max()) < model.vocab_size
 
@@ -121,7 +122,8 @@ def test_sampling_is_seeded_and_in_vocab():
     lambda: DecodeSession(models.build("ttt-tiny", device="cpu"), 2, cuda_graph=True),
     lambda: teacher_force(models.build("ttt-tiny", device="cpu"), ids(1, 4), 0),
     lambda: generate(models.build("ttt-tiny", device="cpu"), ids(1, 4), 0, cuda_graph=False),
-    lambda: models.build("ttt-tiny", device="cpu").prefill(ids(2, 4), models.build("ttt-tiny", device="cpu").allocate_state(3)),
+    lambda: models.build("ttt-tiny", device="cpu").prefill(ids(2, 4), models.build("ttt-tiny",
+                                                                                   device="cpu").allocate_state(3)),
 ], ids=["unknown-model", "unknown-inner-net", "bad-dtype", "batch0", "session-batch0", "graph-on-cpu",
         "n_prompt0", "genlen0", "batch-mismatch"])
 def test_bad_input_raises_user_error(bad):

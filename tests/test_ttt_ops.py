@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import rel_err
-from ttt_inputs import make_case
 
+from conftest import rel_err
 from ttt_decode.ops import ttt_linear, ttt_mlp
 from ttt_decode.ops.ttt_common import gelu_tanh, gelu_tanh_bwd, ln_fused_l2_bwd, ln_fwd
+from ttt_inputs import make_case
 
 OPS = {"M1": (ttt_linear, False), "M2": (ttt_mlp, True)}
 

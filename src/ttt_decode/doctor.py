@@ -59,9 +59,11 @@ def _triton_line() -> tuple[bool, str]:
         _add_one[(1,)](x, N=16)
         ok = bool((x == 1).all())
         mode = "compiled for the GPU" if device == "cuda" else "interpreter (TRITON_INTERPRET=1)"
-        return ok, f"triton {triton.__version__}: a test kernel ran, {mode}" + ("" if ok else " but gave a wrong result")
+        verdict = "" if ok else " but gave a wrong result"
+        return ok, f"triton {triton.__version__}: a test kernel ran, {mode}{verdict}"
     except Exception as e:  # noqa: BLE001
-        return False, f"triton {triton.__version__}: a test kernel failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+        first = str(e).splitlines()[0] if str(e) else ""
+        return False, f"triton {triton.__version__}: a test kernel failed ({type(e).__name__}: {first})"
 
 
 def report() -> list[tuple[bool, str]]:

@@ -103,5 +103,6 @@ def provenance(device: torch.device | str | None = None) -> dict:
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)
-        info.update(gpu_index=idx, gpu_memory_gb=round(props.total_memory / 2**30, 2), sm_count=props.multi_processor_count)
+        info.update(gpu_index=idx, gpu_memory_gb=round(props.total_memory / 2**30, 2),
+                    sm_count=props.multi_processor_count)
     return info

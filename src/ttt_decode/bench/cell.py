@@ -76,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="roofline JSON from `ttt-decode calibrate` (default: the cached one for this device, "
                         "measured now if missing)")
     p.add_argument("--wandb", action="store_true", help="also log the record to wandb (offline unless WANDB_MODE says)")
-    p.add_argument("--wandb-project", dest="wandb_project", default="ttt-decode", help="wandb project (default ttt-decode)")
+    p.add_argument("--wandb-project", dest="wandb_project", default="ttt-decode",
+                   help="wandb project (default ttt-decode)")
     p.add_argument("--max-memory-gb", dest="max_memory_gb", type=positive_float, default=None,
                    help="memory the estimate compares against, GB (default: the GPU's total memory on CUDA, "
                         "the machine's RAM on CPU); a cell estimated over it is recorded as oom without running")
@@ -246,7 +247,8 @@ def run_cell(args) -> dict:
     cal, cal_source = roofline.load_or_measure(device, args.calibration)
     uses_kv = getattr(model, "uses_kv_cache", False)
     context = args.promptlen + args.genlen // 2
-    cost = model.decode_cost(args.batch, state_dtype, context=context) if uses_kv else model.decode_cost(args.batch, state_dtype)
+    cost = model.decode_cost(args.batch, state_dtype, context=context) if uses_kv else model.decode_cost(args.batch,
+                                                                                                         state_dtype)
     fl = roofline.floor(cost["bytes"], cost["flops"], cal, model.dtype)
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -281,7 +283,8 @@ def run_cell(args) -> dict:
         runs = [native(prompt, args.genlen) for _ in range(args.repeats)]
         decode_s = statistics.fmean(r["decode_s"] for r in runs)
         steps = runs[0]["decode_steps"]
-        record.update(decode_s=decode_s, decode_steps=steps, prefill_ms=statistics.fmean(r["prefill_s"] for r in runs) * 1e3,
+        record.update(decode_s=decode_s, decode_steps=steps,
+                      prefill_ms=statistics.fmean(r["prefill_s"] for r in runs) * 1e3,
                       step_ms={"mean": decode_s / steps * 1e3, "n": steps * len(runs)})
         _throughput(record, args.batch, steps, decode_s)
         return _finish(record, mem, device, warnings)

@@ -25,7 +25,8 @@ ACT_DTYPE = torch.float16
 
 
 def make_inputs(cfg: MambaConfig, batch: int, state_dtype: torch.dtype, device, act_dtype=ACT_DTYPE, seed: int = 0):
-    """Random inputs of one layer's ssm_step, laid out as the model makes them (x, z views of xz; B, C of x_proj's out)."""
+    """Random inputs of one layer's ssm_step, laid out as the model makes them (x, z views of xz; B, C of
+    x_proj's output)."""
     D, S, W, R = cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
     gen = torch.Generator(device=device).manual_seed(seed)
 

@@ -429,7 +429,8 @@ def run_micro(kernels: list[str], batches: list[int], model: str, mamba_model: s
 
     os.makedirs(plot_dir, exist_ok=True)
     cell.run(save_path=plot_dir, print_data=False, show_plots=False)
-    failed = [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta, "kernel": k, "model": model, "status": "check_failed",
+    failed = [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta, "kernel": k, "model": model,
+               "status": "check_failed",
                "check": checks[k]} for k in kernels if not checks[k]["passed"]]
     for rec in failed:
         with open(out_path, "a") as fh:
@@ -455,7 +456,8 @@ def format_table(records: list[dict], copy_gbs: float | None = None) -> str:
         cells = []
         for b in batches:
             r = by.get((k, b))
-            cells.append(f"{r['us_per_layer']:>8.1f} {r['gb_per_s']:>6.0f} {r['pct_copy_bw']:>4.0f}%" if r else f"{'-':>22s}")
+            cell = f"{r['us_per_layer']:>8.1f} {r['gb_per_s']:>6.0f} {r['pct_copy_bw']:>4.0f}%" if r else f"{'-':>22s}"
+            cells.append(cell)
         lines.append(f"{k:24s}" + "".join(f"{c:>22s}" for c in cells))
     return "\n".join(lines)
 
@@ -496,7 +498,8 @@ def main(args) -> int:
 
     device = resolve_device(args.device)
     if device.type == "cpu" and not triton_interpreter_on() and any(k.endswith("_triton") for k in kernels):
-        raise UserError("Triton kernels on CPU need the interpreter: run with TRITON_INTERPRET=1 set in the environment")
+        raise UserError("Triton kernels on CPU need the interpreter: run with TRITON_INTERPRET=1 set in the "
+                        "environment")
     name = gpu_name(device)
     out = args.out or os.path.join("exp", "results", gpu_folder(name), "micro.jsonl")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -142,7 +142,8 @@ def breakdown_markdown(bd: dict, title: str) -> str:
             lines.append(f"| {r['group']} | {r['ms_per_step']:.3f} | {r['pct']:.1f} | {r['launches_per_step']:.0f} |")
         lines += ["", "| heaviest kernels | group | ms / step | launches / step |", "|---|---|---|---|"]
         for k in bd["top_kernels"]:
-            lines.append(f"| `{k['name'][:80]}` | {k['group']} | {k['ms_per_step']:.3f} | {k['launches_per_step']:.0f} |")
+            lines.append(f"| `{k['name'][:80]}` | {k['group']} | {k['ms_per_step']:.3f} "
+                         f"| {k['launches_per_step']:.0f} |")
         return "\n".join(lines) + "\n"
     lines = [f"### {title}", "", f"step: {bd['step_ms']:.3f} ms ({bd['time_base']} time, {bd['steps']} steps profiled)",
              "", "| stage | ms / step | % of step | calls / step |", "|---|---|---|---|"]
@@ -166,7 +167,8 @@ def profile_cell(model, args, state_dtype, prompt, steps: int | None = None) -> 
     session = DecodeSession(model, args.batch, state_dtype=state_dtype, cuda_graph=compiled, compile=compiled,
                             max_steps=steps + 2, max_seq_len=args.promptlen + steps + 2)
     session.prefill(prompt)
-    tag = f"{os.path.basename(str(args.model_name).rstrip('/'))}_{getattr(model, 'inner_net', None) or 'default'}_B{args.batch}"
+    name = os.path.basename(str(args.model_name).rstrip("/"))
+    tag = f"{name}_{getattr(model, 'inner_net', None) or 'default'}_B{args.batch}"
     tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tag)
     if compiled:
         tag += "_compiled"

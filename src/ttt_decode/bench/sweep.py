@@ -582,11 +582,13 @@ def add_arguments(p):
                    help="comma list; each model runs the ones of its kind (mlp_* for TTT, mamba_* for Mamba, "
                         "attn_* for Transformers), its default if none applies")
     p.add_argument("--batches", "--batch", dest="batches", required=True, help="comma list of batch sizes")
-    p.add_argument("--genlens", "--genlen", dest="genlens", default="128", help="comma list of decode lengths (default 128)")
+    p.add_argument("--genlens", "--genlen", dest="genlens", default="128",
+                   help="comma list of decode lengths (default 128)")
     p.add_argument("--promptlen", type=positive_int, default=1, help="prompt tokens (default 1)")
     p.add_argument("--mode", choices=("prefill", "decode", "prefill_decode"), default="decode")
     p.add_argument("--dtype", default="float16", help="weight dtype (default float16)")
-    p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None, help="state dtype (model default)")
+    p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
+                   help="state dtype (model default)")
     p.add_argument("--use_compile", "--use-compile", dest="use_compile", action="store_true")
     p.add_argument("--no_cg", "--no-cg", dest="no_cg", action="store_true")
     p.add_argument("--repeats", type=positive_int, default=3)

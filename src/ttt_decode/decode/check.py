@@ -129,7 +129,8 @@ def run_checks(model, *, batch: int = 4, steps: int = 32, promptlen: int = 1, ch
         elif name == "graph_vs_eager":
             row = _summary(name, per_step_rel_err(tf(cuda_graph=True)[:, decode], eager()[:, decode]), tol)
         elif name == "compiled_vs_eager":
-            row = _summary(name, per_step_rel_err(tf(cuda_graph=True, compile=True)[:, decode], eager()[:, decode]), tol)
+            row = _summary(name, per_step_rel_err(tf(cuda_graph=True, compile=True)[:, decode], eager()[:, decode]),
+                           tol)
         elif name == "batch_vs_single":
             single = tf(x=ids[:1], cuda_graph=on_cuda)
             row = _summary(name, per_step_rel_err(single, eager()[:1]), tol)

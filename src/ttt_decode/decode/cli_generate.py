@@ -19,7 +19,8 @@ def add_arguments(p):
     add_model_args(p)
     add_decode_args(p, batch=4, promptlen=16, genlen=32, genlen_help="new tokens per sequence")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=0, help="sample from the k most likely (0 = all)")
+    p.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=0,
+                   help="sample from the k most likely (0 = all)")
     p.add_argument("--show", type=int, default=8, help="how many generated ids of the first sequence to print")
 
 

@@ -222,7 +222,8 @@ class DecodeSession:
         self.graph, self._logits = capture_graph(self._body, lambda: self._warm_up_steps(torch.cuda.synchronize))
         self.reset()
         torch.cuda.synchronize()
-        self.cold_start["capture_s"] = time.perf_counter() - t - self.cold_start["first_step_s"] - self.cold_start["warmup_s"]
+        warm = self.cold_start["first_step_s"] + self.cold_start["warmup_s"]
+        self.cold_start["capture_s"] = time.perf_counter() - t - warm
 
     def reset(self) -> None:
         """Back to an empty context, in place (the graph stays valid)."""

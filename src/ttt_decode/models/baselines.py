@@ -261,7 +261,8 @@ def load_baseline(prefix: str, name: str, inner_net: str | None = None, dtype="f
     else:
         cfg = get_config(name)
         if not isinstance(cfg, MambaConfig):
-            raise UserError(f"{prefix}: baselines exist for Mamba models only (mamba-130m ... mamba-2.8b), not {name!r}")
+            raise UserError(f"{prefix}: baselines exist for Mamba models only (mamba-130m ... mamba-2.8b), "
+                            f"not {name!r}")
     _require(prefix)
     if prefix == "mamba-ssm" and device.type != "cuda":
         raise UserError("the mamba-ssm:* baseline needs a CUDA GPU (its kernels are CUDA only); use hf:<name> on CPU")

@@ -87,18 +87,21 @@ def config_from_dict(cfg: dict, name: str, where: str = CONFIG_FILE) -> MambaCon
             d_conv=_get(cfg, "conv_kernel", int, where, 4),
             dt_rank=_rank(cfg.get("time_step_rank", "auto"), where, "time_step_rank"),
             rms_norm_eps=float(_get(cfg, "layer_norm_epsilon", float, where, 1e-5)),
-            conv_bias=_get(cfg, "use_conv_bias", bool, where, True), proj_bias=_get(cfg, "use_bias", bool, where, False),
+            conv_bias=_get(cfg, "use_conv_bias", bool, where, True), proj_bias=_get(cfg, "use_bias", bool, where,
+                                                                                    False),
             tie_word_embeddings=_get(cfg, "tie_word_embeddings", bool, where, True))
     ssm = cfg.get("ssm_cfg") or {}
     if not isinstance(ssm, dict):
         raise UserError(f"{where}: ssm_cfg must be an object, got {ssm!r}")
     if ssm.get("layer", "Mamba1") != "Mamba1":
         raise UserError(f"{where}: ssm_cfg.layer {ssm['layer']!r} is not supported; only Mamba-1 checkpoints load")
-    unknown = sorted(set(ssm) - {"layer", "d_state", "d_conv", "expand", "dt_rank", "conv_bias", "bias"} - _SSM_INIT_KEYS)
+    unknown = sorted(set(ssm) - {"layer", "d_state", "d_conv", "expand", "dt_rank", "conv_bias",
+                                 "bias"} - _SSM_INIT_KEYS)
     if unknown:
         raise UserError(f"{where}: unsupported ssm_cfg key(s) {', '.join(unknown)}")
     if cfg.get("d_intermediate", 0) or cfg.get("attn_layer_idx"):
-        raise UserError(f"{where}: hybrid models (d_intermediate / attn_layer_idx) are not supported; only pure Mamba-1")
+        raise UserError(f"{where}: hybrid models (d_intermediate / attn_layer_idx) are not supported; only pure "
+                        "Mamba-1")
     if not cfg.get("rms_norm", True):
         raise UserError(f"{where}: rms_norm false (LayerNorm blocks) is not supported; Mamba-1 here uses RMSNorm")
     return MambaConfig(
@@ -141,7 +144,8 @@ def _ours_to_published(name: str, layout: str) -> str:
     return "backbone." + name  # layers.N.norm.weight, layers.N.mixer.*, norm_f.weight
 
 
-_PUBLISHED = re.compile(r"^backbone\.(layers\.\d+\.(norm\.weight|mixer\.(" + "|".join(re.escape(p) for p in _MIXER_PARAMS)
+_MIXER_NAMES = "|".join(re.escape(p) for p in _MIXER_PARAMS)
+_PUBLISHED = re.compile(r"^backbone\.(layers\.\d+\.(norm\.weight|mixer\.(" + _MIXER_NAMES
                         + r"))|norm_f\.weight)$")
 
 
@@ -232,7 +236,8 @@ def _convert(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], 
         raise UserError(f"missing tensor {_ours_to_published(missing[0], layout)!r} in the checkpoint "
                         f"({len(missing)} missing in all)")
     head = tensors.get("lm_head.weight")
-    if "lm_head_weight" not in expected and head is not None and not torch.equal(head, ours["embed.weight"].to(head.dtype)):
+    if "lm_head_weight" not in expected and head is not None and not torch.equal(head,
+                                                                                 ours["embed.weight"].to(head.dtype)):
         raise UserError("lm_head.weight differs from the embedding but config.json says the embeddings are tied; "
                         "set tie_embeddings / tie_word_embeddings to false")
     return ours

@@ -127,7 +127,8 @@ class TransformerLM(DecodeLM):
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=INIT_STD)
 
-    def allocate_state(self, batch: int, state_dtype: torch.dtype | None = None, max_seq_len: int | None = None) -> KVState:
+    def allocate_state(self, batch: int, state_dtype: torch.dtype | None = None,
+                       max_seq_len: int | None = None) -> KVState:
         if not isinstance(batch, int) or batch < 1:
             raise UserError(f"batch must be a positive integer, got {batch!r}")
         c = self.config

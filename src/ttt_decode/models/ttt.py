@@ -246,7 +246,8 @@ class TTTLM(DecodeLM):
         self.layers = nn.ModuleList(TTTBlock(config, kind == "mlp", form, impl, **kw) for _ in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         if not config.tie_word_embeddings:
-            self.lm_head_weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.hidden_size, **kw) * INIT_STD)
+            self.lm_head_weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.hidden_size,
+                                                           **kw) * INIT_STD)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=INIT_STD)

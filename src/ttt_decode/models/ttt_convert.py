@@ -35,7 +35,8 @@ def _proj_names(config: TTTConfig):
 
 def expected_published_keys(config: TTTConfig, mlp: bool) -> dict[str, tuple[int, ...]]:
     """Every tensor name of ttt.py's TTTForCausalLM for this config, with its shape."""
-    D, H, f, W, I = config.hidden_size, config.num_heads, config.head_dim, config.conv_kernel, config.intermediate_size
+    D, H, f, W = config.hidden_size, config.num_heads, config.head_dim, config.conv_kernel
+    I = config.intermediate_size  # noqa: E741 (ttt.py's letter for the MLP width)
     F_ = 4 * f if mlp else f
     shapes = {"model.embed_tokens.weight": (config.vocab_size, D), "model.norm.weight": (D,)}
     if not config.tie_word_embeddings:

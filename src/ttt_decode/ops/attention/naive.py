@@ -13,7 +13,8 @@ import math
 import torch
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     n_valid: torch.Tensor) -> torch.Tensor:
     """q [B,H,f]; k_cache, v_cache [B,H,T,f]; n_valid [1] int64 in [1, T] -> out [B,H,f] (q's dtype)."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     T = k_cache.shape[2]

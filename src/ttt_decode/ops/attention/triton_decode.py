@@ -73,7 +73,8 @@ def launch(q, k_cache, v_cache, n_valid, out):
 step_op("decode_attention", ("q", "k_cache", "v_cache", "n_valid"), (), launch)
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     n_valid: torch.Tensor) -> torch.Tensor:
     """q [B,H,f]; k_cache, v_cache [B,H,T,f]; n_valid [1] int64 -> out [B,H,f]."""
     _check(q, k_cache, v_cache, n_valid)
     check_interpreter()

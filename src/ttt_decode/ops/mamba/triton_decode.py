@@ -195,7 +195,8 @@ def _check_ssm(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm
     _rows_ok(C, "C", Bsz, S)
     assert tuple(A_log.shape) == (Dm, S) and A_log.is_contiguous(), "A_log must be contiguous [D, S]"
     assert tuple(D.shape) == (Dm,) and D.is_contiguous() and tuple(dt_bias.shape) == (Dm,) and dt_bias.is_contiguous()
-    assert tuple(conv_state.shape) == (Bsz, W, Dm) and conv_state.is_contiguous(), "conv_state must be contiguous [B, W, D]"
+    assert tuple(conv_state.shape) == (Bsz, W,
+                                       Dm) and conv_state.is_contiguous(), "conv_state must be contiguous [B, W, D]"
     assert ssm_state.is_contiguous(), "ssm_state must be contiguous [B, D, S]"
     assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, "conv_pos must be a [1] int64 tensor"
 
@@ -249,7 +250,8 @@ kernel_op("mamba_ssm_step", [f"Tensor {n}" for n in _SSM_ARGS], ("conv_state", "
 kernel_op("mamba_conv_step", ["Tensor x", "Tensor conv_state", "Tensor conv_pos", "Tensor weight", "Tensor? bias"], (),
           _conv_step_impl, lambda x, *rest: torch.empty(x.shape, dtype=x.dtype, device=x.device))
 kernel_op("mamba_add_rms_norm", ["Tensor h", "Tensor delta", "Tensor weight", "float eps"], (), _add_rms_norm_impl,
-          lambda h, delta, weight, eps: (h.new_empty(h.shape), torch.empty(h.shape, dtype=weight.dtype, device=h.device)),
+          lambda h, delta, weight, eps: (h.new_empty(h.shape), torch.empty(h.shape, dtype=weight.dtype,
+                                                                           device=h.device)),
           returns="(Tensor, Tensor)")
 
 

@@ -103,7 +103,8 @@ def decode_step_primal(q, k, v, eta, c, gamma, beta, state: TTTState, cache: Pri
     """One token, primal form; same arguments and semantics as naive.decode_step_primal. -> out [B, H, f].
 
     Mutates: cache gradients (and pos if advance), state at the last mini-batch position."""
-    tc.check_kernel_inputs("ttt_linear primal decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False, dual=False)
+    tc.check_kernel_inputs("ttt_linear primal decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False,
+                           dual=False)
     out = torch.ops.ttt_decode.ttt_linear_primal_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                       cache.W1_grad, cache.b1_grad)
     if advance:

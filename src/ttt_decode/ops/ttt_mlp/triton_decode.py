@@ -196,7 +196,8 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)), BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
+        D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
+        BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
         **tc.launch_options(cfg))
     return out
