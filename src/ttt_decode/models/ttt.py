@@ -36,7 +36,8 @@ from ttt_decode.models.common import (
     residual_dtype,
     stage,
 )
-from ttt_decode.ops import ttt_linear, ttt_mlp
+from ttt_decode.ops import ttt_block, ttt_linear, ttt_mlp
+from ttt_decode.ops.ttt_block import apply_rotary, eta_of
 from ttt_decode.ops.ttt_common import (
     DualCache,
     PrimalCache,
@@ -50,19 +51,18 @@ from ttt_decode.ops.ttt_common import (
 INIT_STD = 0.02
 
 
+def ttt_block_triton():
+    """ops.ttt_block_triton, imported where a model asks for it (it needs Triton at import)."""
+    from ttt_decode.ops import ttt_block_triton as module
+
+    return module
+
+
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
     """cos, sin [N, f/2] in float32 for integer positions [N] (computed in float32, as ttt.py does)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
     angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2j], x[2j+1]) by angle j. x [..., N, f]; cos, sin [N, f/2]."""
-    pairs = x.unflatten(-1, (-1, 2))  # [..., N, f/2, 2]
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
 
 
 @dataclass
@@ -145,8 +145,13 @@ class TTTLayer(nn.Module):
         return out
 
     def _eta(self, lr):
-        acc = residual_dtype(lr.dtype)
-        return self.config.ttt_base_lr * torch.sigmoid(lr.to(acc) + self.lr_bias.to(acc)) / self.config.head_dim
+        return eta_of(lr, self.lr_bias, self.config.ttt_base_lr, self.config.head_dim)
+
+    def _columns(self, name: str) -> slice:
+        """The columns of the fused projection's output that hold `name` (q, k, v, g or lr)."""
+        D = self.config.hidden_size
+        i = self.proj_names.index(name) if name != "lr" else len(self.proj_names)
+        return slice(i * D, i * D + (D if name != "lr" else self.config.num_heads))
 
     def _heads(self, x):
         """[B, N, D] -> [B, H, N, f]."""
@@ -175,26 +180,30 @@ class TTTLayer(nn.Module):
                             impl=self.impl, advance=False)  # [B, H, N, f]
         return self._finish(z.transpose(1, 2).flatten(2), p, x.dtype)
 
-    def step(self, x, ls: TTTLayerState, conv_pos, cos, sin):
-        """x [B, D] normed input; cos, sin [1, f/2] at the current position. Returns [B, D]."""
+    def step(self, x, ls: TTTLayerState, conv_pos, pos, rope_cos, rope_sin, fused):
+        """x [B, D] normed input; pos [1] the mini-batch position, rope_cos/sin [b, f/2] its rotary table;
+        fused: the module of the elementwise steps (ops.ttt_block or its Triton kernels). Returns [B, D]."""
+        c = self.config
+        H, f = c.num_heads, c.head_dim
         with stage("ttt.proj"):
-            p = {n: t.squeeze(1) for n, t in self._project(x.unsqueeze(1)).items()}
+            p = self.in_proj(x)  # [B, n D + H]
+        cols = {n: self._columns(n) for n in (*self.proj_names, "lr")}
         with stage("ttt.conv_qk"):
-            if self.config.share_qk:
-                q, k = self.conv_q.step(p["q"], ls.conv_q, conv_pos), self.conv_k.step(p["q"], ls.conv_k, conv_pos)
+            if c.share_qk:
+                q, k, eta, cc = fused.qk_prep(
+                    p, ls.conv_q, ls.conv_k, conv_pos, self.conv_q.weight, self.conv_q.bias, self.conv_k.weight,
+                    self.conv_k.bias, rope_cos, rope_sin, pos, self.lr_bias, self.learnable_token_idx,
+                    c.ttt_base_lr, H, cols["lr"].start)
             else:
-                q, k = p["q"], p["k"]
-        with stage("ttt.rotary_eta"):
-            H, f = self.config.num_heads, self.config.head_dim
-            q = apply_rotary(q.view(-1, H, 1, f), cos, sin).squeeze(2)  # [B, H, f]
-            k = apply_rotary(k.view(-1, H, 1, f), cos, sin).squeeze(2)
-            v = p["v"].view(-1, H, f)
-            eta = self._eta(p["lr"])  # [B, H]
-            c = token_coeffs(self.learnable_token_idx)  # [b]
+                cos, sin = rope_cos.index_select(0, pos), rope_sin.index_select(0, pos)  # [1, f/2]
+                q = apply_rotary(p[:, cols["q"]].view(-1, H, 1, f), cos, sin).squeeze(2)  # [B, H, f]
+                k = apply_rotary(p[:, cols["k"]].view(-1, H, 1, f), cos, sin).squeeze(2)
+                eta, cc = self._eta(p[:, cols["lr"]]), token_coeffs(self.learnable_token_idx)  # [B, H], [b]
+        v = p[:, cols["v"]].view(-1, H, f)
         with stage("ttt.inner_loop"):
-            z = self.decode_step(q, k, v, eta, c, self.ttt_norm_weight, self.ttt_norm_bias,
+            z = self.decode_step(q, k, v, eta, cc, self.ttt_norm_weight, self.ttt_norm_bias,
                                  ls.ttt, ls.cache, advance=False)  # [B, H, f]
-        return self._finish(z.flatten(1), p, x.dtype)
+        return self._finish(z.flatten(1), {"g": p[:, cols["g"]]} if c.use_gate else {}, x.dtype)
 
 
 class TTTBlock(nn.Module):
@@ -210,6 +219,9 @@ class TTTBlock(nn.Module):
         self.ttt = TTTLayer(config, mlp, form, impl, **kw)
         self.ffn_norm = RMSNorm(D, eps, **kw)
         self.mlp = SwiGLU(D, config.intermediate_size, **kw)
+        # The elementwise steps of a token (ops.ttt_block): fused Triton kernels where the inner loop runs
+        # Triton kernels too (CUDA, or the interpreter in tests), the PyTorch reference otherwise.
+        self.fused = ttt_block_triton() if impl == "triton" else ttt_block
 
     def prefill(self, h, ls, conv_pos, cos, sin):
         if self.pre_conv:
@@ -217,13 +229,20 @@ class TTTBlock(nn.Module):
         h = h + self.ttt.prefill(self.seq_norm(h), ls, conv_pos, cos, sin).to(h.dtype)
         return h + self.mlp(self.ffn_norm(h)).to(h.dtype)
 
-    def step(self, h, ls, conv_pos, cos, sin):
-        if self.pre_conv:
-            with stage("pre_conv"):
-                h = h + self.conv.step(self.conv_norm(h), ls.conv_pre, conv_pos).to(h.dtype)
-        h = h + self.ttt.step(self.seq_norm(h), ls, conv_pos, cos, sin).to(h.dtype)
+    def step(self, h, delta, ls, conv_pos, pos, rope_cos, rope_sin):
+        """h [B, D] residual stream, delta [B, D] the previous block's MLP output not yet added (None for
+        the first block) -> (h, this block's MLP output): the add lands in the next block's first kernel."""
+        with stage("pre_conv"):
+            if self.pre_conv:
+                h, x = self.fused.pre_conv_step(h, delta, self.conv_norm.weight, ls.conv_pre, conv_pos,
+                                                self.conv.weight, self.conv.bias, self.seq_norm.weight,
+                                                self.seq_norm.eps)
+            else:
+                h = h if delta is None else h + delta.to(h.dtype)
+                x = self.seq_norm(h)
+        h = h + self.ttt.step(x, ls, conv_pos, pos, rope_cos, rope_sin, self.fused).to(h.dtype)
         with stage("mlp"):
-            return h + self.mlp(self.ffn_norm(h)).to(h.dtype)
+            return h, self.mlp(self.ffn_norm(h))
 
 
 class TTTLM(DecodeLM):
@@ -340,10 +359,10 @@ class TTTLM(DecodeLM):
     def step(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
         """input_ids [B] -> logits [B, V]; one token. No host sync: safe to capture in a CUDA graph."""
         with stage("embed"):
-            cos, sin = state.rope_cos.index_select(0, state.pos), state.rope_sin.index_select(0, state.pos)  # [1, f/2]
-            h = self.embed(input_ids).to(residual_dtype(self.dtype))
+            h, delta = self.embed(input_ids).to(residual_dtype(self.dtype)), None
         for block, ls in zip(self.layers, state.layers):
-            h = block.step(h, ls, state.conv_pos, cos, sin)
+            h, delta = block.step(h, delta, ls, state.conv_pos, state.pos, state.rope_cos, state.rope_sin)
+        h = h + delta.to(h.dtype)
         state.pos.copy_((state.pos + 1) % self.config.mini_batch_size)
         state.conv_pos.copy_((state.conv_pos + 1) % self.config.conv_kernel)
         with stage("lm_head"):

@@ -1,0 +1,228 @@
+"""The TTT block's elementwise decode work in two Triton kernels (reference: ops/ttt_block.py).
+
+Unfused, torch.compile turned this work into about 12 kernels per block, 3 of them copies of whole conv
+rings (the in-place slot write of a ring, functionalized, became a new ring plus a copy back: 0.9 ms of
+a 6.1 ms ttt-1b M1 step at B = 512 on the H200, exp/NOTES.md). Here each step is one kernel that reads
+and writes only what its data flow needs, and writes the ring slot in place (the custom op says so).
+
+`pre_conv_step` (one batch row per program, the whole row in registers: both RMSNorms reduce over it):
+    reads  h, delta (B D r), the ring's W-1 taps ((W-1) B D a), norm and conv weights
+    writes h (B D r), x (B D a), the ring slot (B D a)               r: residual item, a: activation item
+`qk_prep` (one batch row per program; rotary pairs are adjacent columns, so each program holds the even
+and the odd columns of q0):
+    reads  q0, lr (B (D + H) a), two rings' W-1 taps (2 (W-1) B D a), conv weights, the rotary row
+    writes q, k (2 B D a), two ring slots (2 B D a), eta (B H 4), c (b, first program only)
+
+Arithmetic in float32 (float64 with float64 inputs); values are rounded to the weights' dtype where the
+PyTorch path rounds them, so the kernels agree with it to the rounding of the last operation.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ttt_decode.ops.kernel_op import check_interpreter, kernel_op
+
+
+@triton.jit
+def _rms_row(x, w_ptr, o, m, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
+    """RMSNorm of one row held in registers: w * round(x / rms(x)), the product rounded to OUT."""
+    ms = tl.sum(x * x, axis=0) / dim
+    y = (x * (1.0 / tl.sqrt(ms + eps))).to(OUT)
+    w = tl.load(w_ptr + o, mask=m, other=0.0)
+    return (w.to(COMPUTE) * y.to(COMPUTE)).to(OUT)
+
+
+@triton.jit
+def _ring_conv(x, ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
+               WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """Causal conv of the new input x (COMPUTE) and the ring's WIDTH-1 newest slots; weights [D, W]."""
+    acc = x * tl.load(w_ptr + o * WIDTH + (WIDTH - 1), mask=m, other=0.0).to(COMPUTE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
+    for j in tl.static_range(WIDTH - 1):
+        slot = (pos + 1 + j) % WIDTH
+        tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0)
+        acc += tap.to(COMPUTE) * tl.load(w_ptr + o * WIDTH + j, mask=m, other=0.0).to(COMPUTE)
+    return acc
+
+
+@triton.jit
+def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_ptr, ns_ptr, hout_ptr, x_ptr,
+                     dim, stride_h, stride_d, eps,
+                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr,
+                     COMPUTE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    o = tl.arange(0, BLOCK)
+    m = o < dim
+    ACT: tl.constexpr = x_ptr.dtype.element_ty
+    RES: tl.constexpr = hout_ptr.dtype.element_ty
+    b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
+    if HAS_DELTA:
+        b_h = b_h + tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
+    b_h = b_h.to(COMPUTE)
+    xc = _rms_row(b_h, nc_ptr, o, m, dim, eps, ACT, COMPUTE)
+    pos = tl.load(cpos_ptr)
+    ring_base = row * WIDTH * dim
+    y = _ring_conv(xc.to(COMPUTE), ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, HAS_BIAS, COMPUTE)
+    tl.store(ring_ptr + ring_base + pos * dim + o, xc.to(ring_ptr.dtype.element_ty), mask=m)
+    b_h = (b_h + y.to(ACT).to(COMPUTE)).to(RES)
+    tl.store(hout_ptr + row * dim + o, b_h, mask=m)
+    x = _rms_row(b_h.to(COMPUTE), ns_ptr, o, m, dim, eps, ACT, COMPUTE)
+    tl.store(x_ptr + row * dim + o, x, mask=m)
+
+
+@triton.jit
+def _qk_prep_kernel(p_ptr, rq_ptr, rk_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
+                    lrb_ptr, tok_ptr, q_ptr, k_ptr, eta_ptr, c_ptr,
+                    dim, heads, stride_p, lr_col, eta_scale, mb,
+                    HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_H: tl.constexpr, BLOCK_MB: tl.constexpr, COMPUTE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    ACT: tl.constexpr = q_ptr.dtype.element_ty
+    j = tl.arange(0, BLOCK_P)  # pair index over the row: columns 2j and 2j + 1
+    m = j < dim // 2
+    ev = j * 2
+    od = ev + 1
+    x_e = tl.load(p_ptr + row * stride_p + ev, mask=m, other=0.0).to(COMPUTE)
+    x_o = tl.load(p_ptr + row * stride_p + od, mask=m, other=0.0).to(COMPUTE)
+    cpos = tl.load(cpos_ptr)
+    base = row * WIDTH * dim
+    # The torch path rounds the conv output and the rotary factors to the activation dtype.
+    cos_row = tl.load(pos_ptr) * (HEAD_DIM // 2)
+    jj = j % (HEAD_DIM // 2)
+    cos = tl.load(cos_ptr + cos_row + jj, mask=m, other=0.0).to(ACT).to(COMPUTE)
+    sin = tl.load(sin_ptr + cos_row + jj, mask=m, other=0.0).to(ACT).to(COMPUTE)
+
+    q_e = _ring_conv(x_e, rq_ptr, base, cpos, wq_ptr, bq_ptr, ev, m, dim, WIDTH, HAS_BIAS, COMPUTE)
+    q_o = _ring_conv(x_o, rq_ptr, base, cpos, wq_ptr, bq_ptr, od, m, dim, WIDTH, HAS_BIAS, COMPUTE)
+    q_e, q_o = q_e.to(ACT).to(COMPUTE), q_o.to(ACT).to(COMPUTE)
+    tl.store(q_ptr + row * dim + ev, (q_e * cos - q_o * sin).to(ACT), mask=m)
+    tl.store(q_ptr + row * dim + od, (q_o * cos + q_e * sin).to(ACT), mask=m)
+    k_e = _ring_conv(x_e, rk_ptr, base, cpos, wk_ptr, bk_ptr, ev, m, dim, WIDTH, HAS_BIAS, COMPUTE)
+    k_o = _ring_conv(x_o, rk_ptr, base, cpos, wk_ptr, bk_ptr, od, m, dim, WIDTH, HAS_BIAS, COMPUTE)
+    k_e, k_o = k_e.to(ACT).to(COMPUTE), k_o.to(ACT).to(COMPUTE)
+    tl.store(k_ptr + row * dim + ev, (k_e * cos - k_o * sin).to(ACT), mask=m)
+    tl.store(k_ptr + row * dim + od, (k_o * cos + k_e * sin).to(ACT), mask=m)
+    # The new input into both rings (after the taps above were read).
+    RING: tl.constexpr = rq_ptr.dtype.element_ty
+    tl.store(rq_ptr + base + cpos * dim + ev, x_e.to(RING), mask=m)
+    tl.store(rq_ptr + base + cpos * dim + od, x_o.to(RING), mask=m)
+    tl.store(rk_ptr + base + cpos * dim + ev, x_e.to(RING), mask=m)
+    tl.store(rk_ptr + base + cpos * dim + od, x_o.to(RING), mask=m)
+
+    o_h = tl.arange(0, BLOCK_H)
+    m_h = o_h < heads
+    lr = tl.load(p_ptr + row * stride_p + lr_col + o_h, mask=m_h, other=0.0).to(COMPUTE)
+    lr = lr + tl.load(lrb_ptr + o_h, mask=m_h, other=0.0).to(COMPUTE)
+    tl.store(eta_ptr + row * heads + o_h, (eta_scale / (1.0 + tl.exp(-lr))).to(eta_ptr.dtype.element_ty), mask=m_h)
+
+    # Token coefficients c_i = max(0, 1/(i+1) + learnable_i), rounded as the parameter: one program.
+    o_mb = tl.arange(0, BLOCK_MB)
+    m_mb = (o_mb < mb) & (row == 0)
+    TOK: tl.constexpr = c_ptr.dtype.element_ty
+    base_c = (1.0 / (o_mb + 1).to(tl.float32)).to(TOK).to(COMPUTE)
+    tok = tl.load(tok_ptr + o_mb, mask=m_mb, other=0.0).to(COMPUTE)
+    tl.store(c_ptr + o_mb, tl.maximum((base_c + tok).to(TOK).to(COMPUTE), 0.0).to(TOK), mask=m_mb)
+
+
+def _compute(*tensors) -> tl.dtype:
+    return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
+
+
+def _warps(block: int) -> int:
+    """Warps for a program holding `block` columns: 256 columns a warp (8 per thread), 1..16."""
+    return max(1, min(16, block // 256))
+
+
+def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps):
+    B, D = h.shape
+    h_out = torch.empty((B, D), dtype=h.dtype, device=h.device)
+    x = torch.empty((B, D), dtype=norm_s.dtype, device=h.device)
+    block = triton.next_power_of_2(D)
+    _pre_conv_kernel[(B,)](
+        h, delta if delta is not None else h, norm_c, ring, conv_pos, conv_w, conv_b if conv_b is not None else conv_w,
+        norm_s, h_out, x, D, h.stride(0), delta.stride(0) if delta is not None else 0, eps,
+        HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1], BLOCK=block,
+        COMPUTE=_compute(h, ring), num_warps=_warps(block))
+    return h_out, x
+
+
+def _pre_conv_fake(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps):
+    return torch.empty_like(h), torch.empty(h.shape, dtype=norm_s.dtype, device=h.device)
+
+
+def _qk_prep_outputs(p, ring_q, num_heads, token_idx):
+    B, D = p.shape[0], ring_q.shape[2]
+    f = D // num_heads
+    q = torch.empty((B, num_heads, f), dtype=p.dtype, device=p.device)
+    eta = torch.empty((B, num_heads), dtype=torch.float64 if p.dtype == torch.float64 else torch.float32,
+                      device=p.device)
+    return q, torch.empty_like(q), eta, torch.empty_like(token_idx)
+
+
+def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+                  base_lr, num_heads, lr_col):
+    q, k, eta, c = _qk_prep_outputs(p, ring_q, num_heads, token_idx)
+    B, W, D = ring_q.shape
+    f = D // num_heads
+    block = triton.next_power_of_2(D // 2)
+    _qk_prep_kernel[(B,)](
+        p, ring_q, ring_k, conv_pos, wq, bq if bq is not None else wq, wk, bk if bk is not None else wk,
+        rope_cos, rope_sin, pos, lr_bias, token_idx, q, k, eta, c,
+        D, num_heads, p.stride(0), lr_col, base_lr / f, token_idx.shape[0],
+        HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, BLOCK_P=block, BLOCK_H=triton.next_power_of_2(num_heads),
+        BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring_q), num_warps=_warps(block))
+    return q, k, eta, c
+
+
+kernel_op("ttt_pre_conv_step", ["Tensor h", "Tensor? delta", "Tensor norm_c", "Tensor ring", "Tensor conv_pos",
+                                "Tensor conv_w", "Tensor? conv_b", "Tensor norm_s", "float eps"],
+          ("ring",), _pre_conv_impl, _pre_conv_fake, returns="(Tensor, Tensor)")
+kernel_op("ttt_qk_prep", ["Tensor p", "Tensor ring_q", "Tensor ring_k", "Tensor conv_pos", "Tensor wq", "Tensor? bq",
+                          "Tensor wk", "Tensor? bk", "Tensor rope_cos", "Tensor rope_sin", "Tensor pos",
+                          "Tensor lr_bias", "Tensor token_idx", "float base_lr", "int num_heads", "int lr_col"],
+          ("ring_q", "ring_k"), _qk_prep_impl,
+          lambda p, ring_q, ring_k, *rest: _qk_prep_outputs(p, ring_q, rest[-2], rest[9]),
+          returns="(Tensor, Tensor, Tensor, Tensor)")
+
+
+def _check_ring(name, ring, conv_pos, weight, bias, B, D):
+    W = ring.shape[1] if ring.dim() == 3 else -1
+    assert ring.dim() == 3 and tuple(ring.shape) == (B, W, D) and ring.is_contiguous(), \
+        f"{name}: ring must be contiguous [{B}, W, {D}], got {tuple(ring.shape)}"
+    assert tuple(weight.shape) == (D, W) and weight.is_contiguous(), f"{name}: conv weight must be contiguous [D, W]"
+    assert bias is None or (tuple(bias.shape) == (D,) and bias.is_contiguous()), f"{name}: conv bias must be [D]"
+    assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, f"{name}: conv_pos must be a [1] int64 tensor"
+
+
+def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps: float):
+    """Fused; same signature and semantics as ttt_block.pre_conv_step."""
+    check_interpreter()
+    B, D = h.shape
+    assert h.stride(1) == 1 and (delta is None or (delta.shape == h.shape and delta.stride(1) == 1)), \
+        "pre_conv_step: h and delta must be [B, D] with contiguous rows"
+    assert norm_c.is_contiguous() and norm_s.is_contiguous() and norm_c.shape == norm_s.shape == (D,)
+    _check_ring("pre_conv_step", ring, conv_pos, conv_w, conv_b, B, D)
+    return torch.ops.ttt_decode.ttt_pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps)
+
+
+def qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+            base_lr: float, num_heads: int, lr_col: int):
+    """Fused; same signature and semantics as ttt_block.qk_prep."""
+    check_interpreter()
+    B, D = p.shape[0], ring_q.shape[2]
+    f = D // num_heads
+    assert D % num_heads == 0 and f % 2 == 0, f"qk_prep: width {D} must split into {num_heads} heads of even size"
+    assert p.dim() == 2 and p.stride(1) == 1 and p.shape[1] >= lr_col + num_heads, \
+        f"qk_prep: p must be [B, >= {lr_col + num_heads}] with contiguous rows, got {tuple(p.shape)}"
+    _check_ring("qk_prep", ring_q, conv_pos, wq, bq, B, D)
+    _check_ring("qk_prep", ring_k, conv_pos, wk, bk, B, D)
+    assert (bq is None) == (bk is None), "qk_prep: both convs or neither have a bias"
+    assert rope_cos.is_contiguous() and rope_sin.is_contiguous() and rope_cos.shape[1] == f // 2, \
+        f"qk_prep: rotary tables must be contiguous [b, {f // 2}]"
+    assert lr_bias.is_contiguous() and token_idx.is_contiguous() and pos.numel() == 1 and pos.dtype == torch.int64
+    return torch.ops.ttt_decode.ttt_qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos,
+                                            lr_bias, token_idx, base_lr, num_heads, lr_col)

@@ -1,0 +1,167 @@
+"""The TTT block's fused elementwise kernels (ops/ttt_block_triton.py) against their float64 reference
+(ops/ttt_block.py), under TRITON_INTERPRET=1 on CPU; and the model that uses them against the model
+on the PyTorch path.
+
+Each op case runs 21 consecutive tokens (every conv-ring slot several times, every mini-batch position
+of the rotary table, the first token without a pending residual), with fresh random inputs each
+token, and checks the outputs and both rings after every token. Errors are measured against the
+reference run in float64 on the same (rounded) inputs: float32 within 1e-5; float16 / bfloat16 at
+most 2x the error of the PyTorch path run in the same dtype (plus 1e-6), and under 2e-2. Outputs are
+NaN-poisoned, so an unwritten element fails. The Triton interpreter truncates float32 -> bfloat16
+casts (the GPU rounds to nearest, as torch does), so on CPU bfloat16 is held to 4x; the GPU cases
+(pytest -m gpu) run the same tokens at ttt-1b shapes with 2x for every dtype."""
+
+import pytest
+import torch
+
+from conftest import rel_err
+from ttt_decode.ops import ttt_block as ref
+from ttt_decode.ops import ttt_block_triton as tri
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+W, MB, TOKENS = 4, 16, 21
+
+
+@pytest.fixture(autouse=True)
+def nan_empty(monkeypatch):
+    """torch.empty returns NaN-filled floating tensors (poisons the kernels' outputs)."""
+    orig = torch.empty
+
+    def empty(*args, **kwargs):
+        t = orig(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+def _factor(act, device) -> float:
+    return 4.0 if act == torch.bfloat16 and device == "cpu" else 2.0
+
+
+def _check(name, t, tri_out, same_out, ref_out, act):
+    err = rel_err(tri_out, ref_out)
+    if act == torch.float32:
+        assert err < 1e-5, f"{name} token {t}: rel err {err:.2e}"
+    else:
+        factor = _factor(act, tri_out.device.type)
+        bound = factor * rel_err(same_out, ref_out) + 1e-6
+        assert err <= bound and err < 2e-2, f"{name} token {t}: rel err {err:.2e} (PyTorch path {bound / factor:.2e})"
+
+
+def _params(D, act, g, bias):
+    def r(*shape, scale=1.0, shift=0.0):
+        return (shift + scale * torch.randn(*shape, generator=g)).to(act)
+    return dict(norm_c=r(D, scale=0.1, shift=1.0), norm_s=r(D, scale=0.1, shift=1.0), conv_w=r(D, W, scale=0.5),
+                conv_b=r(D, scale=0.1) if bias else None)
+
+
+def _run_three(fn_name, args64, args_same, args_tri):
+    """The same step through the float64 reference, the PyTorch path in the inputs' dtype, the kernel."""
+    return (getattr(ref, fn_name)(*args64), getattr(ref, fn_name)(*args_same), getattr(tri, fn_name)(*args_tri))
+
+
+def _d(x):
+    return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("key", list(DTYPES))
+@pytest.mark.parametrize("B,D", [(3, 64), (2, 96)], ids=["D64", "D96"])
+def test_pre_conv_step_matches_reference(B, D, key, bias):
+    act = DTYPES[key]
+    g = torch.Generator().manual_seed(1)
+    P = _params(D, act, g, bias)
+    ring0 = torch.randn(B, W, D, generator=g).to(act)
+    rings = [ring0.double(), ring0.clone(), ring0.clone()]  # float64 reference, same dtype, kernel
+    conv_pos = torch.zeros(1, dtype=torch.int64)
+    for t in range(TOKENS):
+        h = torch.randn(B, D, generator=g)
+        delta = None if t == 0 else torch.randn(B, D, generator=g).to(act)
+
+        def args(i, cast):
+            return (cast(h), cast(delta) if delta is not None else None, cast(P["norm_c"]), rings[i], conv_pos,
+                    cast(P["conv_w"]), cast(P["conv_b"]) if bias else None, cast(P["norm_s"]), 1e-6)
+        out64, same, out = _run_three("pre_conv_step", args(0, _d), args(1, lambda x: x), args(2, lambda x: x))
+        for i, what in enumerate(("h", "x")):
+            assert out[i].dtype == same[i].dtype and out[i].shape == same[i].shape
+            _check(what, t, out[i], same[i], out64[i], act)
+        # The ring slot holds the normed input, rounded to the ring's dtype.
+        _check("ring", t, rings[2], rings[1], rings[0], act)
+        conv_pos.copy_((conv_pos + 1) % W)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("key", list(DTYPES))
+@pytest.mark.parametrize("B,H,f", [(3, 4, 16), (2, 3, 32)], ids=["H4-f16", "H3-f32"])
+def test_qk_prep_matches_reference(B, H, f, key, bias):
+    act = DTYPES[key]
+    D = H * f
+    g = torch.Generator().manual_seed(2)
+    wq, wk = [(0.5 * torch.randn(D, W, generator=g)).to(act) for _ in range(2)]
+    bq, bk = [(0.1 * torch.randn(D, generator=g)).to(act) if bias else None for _ in range(2)]
+    angles = torch.arange(MB)[:, None] * torch.rand(f // 2, generator=g)[None]
+    cos, sin = angles.cos(), angles.sin()  # float32, as the model's table
+    lr_bias = (0.3 * torch.randn(H, generator=g)).to(act)
+    token_idx = (0.1 * torch.randn(MB, generator=g)).to(act)
+    rq0, rk0 = [torch.randn(B, W, D, generator=g).to(act) for _ in range(2)]
+    rings = [(rq0.double(), rk0.double()), (rq0.clone(), rk0.clone()), (rq0.clone(), rk0.clone())]
+    conv_pos, pos = torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    lr_col = 3 * D
+    for t in range(TOKENS):
+        p = torch.randn(B, 3 * D + H, generator=g).to(act)
+
+        def args(i, cast):
+            return (cast(p), *rings[i], conv_pos, cast(wq), cast(bq) if bias else None, cast(wk),
+                    cast(bk) if bias else None, cos, sin, pos, cast(lr_bias), cast(token_idx), 1.0, H, lr_col)
+        out64, same, out = _run_three("qk_prep", args(0, _d), args(1, lambda x: x), args(2, lambda x: x))
+        for i, what in enumerate(("q", "k", "eta", "c")):
+            assert out[i].dtype == same[i].dtype and out[i].shape == same[i].shape, what
+            _check(what, t, out[i], same[i], out64[i], act if what in ("q", "k", "c") else torch.float32)
+        for r in range(2):  # the slot gets q0 itself: exact
+            torch.testing.assert_close(rings[2][r], rings[1][r], atol=0, rtol=0)
+        conv_pos.copy_((conv_pos + 1) % W)
+        pos.copy_((pos + 1) % MB)
+
+
+def test_fused_ops_schema_and_fake():
+    """The custom ops' schemas (the rings are mutated) and fake implementations are right for compile."""
+    B, H, f = 2, 2, 16
+    D = H * f
+    x = torch.randn(B, D)
+    ring = torch.randn(B, W, D)
+    pos = torch.zeros(1, dtype=torch.int64)
+    w, b_, n = torch.randn(D, W), torch.randn(D), torch.ones(D)
+    torch.library.opcheck(torch.ops.ttt_decode.ttt_pre_conv_step.default, (x, x.clone(), n, ring, pos, w, b_, n, 1e-6),
+                          test_utils=("test_schema", "test_faketensor"))
+    p = torch.randn(B, 3 * D + H)
+    cos = torch.randn(MB, f // 2)
+    torch.library.opcheck(torch.ops.ttt_decode.ttt_qk_prep.default,
+                          (p, ring.clone(), ring.clone(), pos, w, b_, w.clone(), b_.clone(), cos, cos.clone(), pos,
+                           torch.randn(H), torch.randn(MB), 1.0, H, 3 * D),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# M2 in the interpreter is slow: one config; M1 on each (head dim 16 and 64, and the Transformer
+# backbone, which has no convs and keeps the PyTorch path around its Triton inner kernel).
+@pytest.mark.parametrize("config,mlp", [("ttt-tiny", 2), ("ttt-tiny", 1), ("ttt-tiny-64", 1),
+                                        ("ttt-tiny-transformer-backbone", 1)])
+def test_model_step_fused_matches_pytorch_path(config, mlp):
+    """The model with Triton inner kernels (and so the fused block kernels) decodes the same logits as the
+    same weights on the PyTorch path, token by token past a mini-batch boundary, in float32."""
+    from ttt_decode.models import build
+    from ttt_decode.ops import ttt_block_triton
+
+    fused = build(config, inner_net=f"mlp_{mlp}_dual_triton", dtype="float32", device="cpu")
+    plain = build(config, inner_net=f"mlp_{mlp}_dual", dtype="float32", device="cpu")
+    plain.load_state_dict(fused.state_dict())
+    assert all(block.fused is ttt_block_triton for block in fused.layers)
+    B = 3
+    ids = torch.randint(0, 500, (B, 22), generator=torch.Generator().manual_seed(0))
+    states = [m.allocate_state(B) for m in (fused, plain)]
+    a, b = fused.prefill(ids[:, :3], states[0]), plain.prefill(ids[:, :3], states[1])
+    for t in range(3, ids.shape[1]):
+        a, b = fused.step(ids[:, t], states[0]), plain.step(ids[:, t], states[1])
+        assert rel_err(a, b) < 1e-4, t
+    for la, lb in zip(states[0].layers, states[1].layers):
+        for name, ta in la.tensors().items():
+            assert rel_err(ta, lb.tensors()[name]) < 1e-4, name
