@@ -68,15 +68,24 @@ def _d(x):
 @pytest.mark.parametrize("key", list(DTYPES))
 @pytest.mark.parametrize("B,D", [(3, 64), (2, 96)], ids=["D64", "D96"])
 def test_pre_conv_step_matches_reference(B, D, key, bias):
-    act = DTYPES[key]
+    run_pre_conv(B, D, DTYPES[key], bias, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("key", list(DTYPES))
+def test_gpu_pre_conv_step_matches_reference(key):
+    run_pre_conv(64, 2048, DTYPES[key], True, "cuda")
+
+
+def run_pre_conv(B, D, act, bias, device):
     g = torch.Generator().manual_seed(1)
-    P = _params(D, act, g, bias)
-    ring0 = torch.randn(B, W, D, generator=g).to(act)
+    P = {n: t.to(device) if t is not None else None for n, t in _params(D, act, g, bias).items()}
+    ring0 = torch.randn(B, W, D, generator=g).to(act).to(device)
     rings = [ring0.double(), ring0.clone(), ring0.clone()]  # float64 reference, same dtype, kernel
-    conv_pos = torch.zeros(1, dtype=torch.int64)
+    conv_pos = torch.zeros(1, dtype=torch.int64, device=device)
     for t in range(TOKENS):
-        h = torch.randn(B, D, generator=g)
-        delta = None if t == 0 else torch.randn(B, D, generator=g).to(act)
+        h = torch.randn(B, D, generator=g).to(device)
+        delta = None if t == 0 else torch.randn(B, D, generator=g).to(act).to(device)
 
         def args(i, cast):
             return (cast(h), cast(delta) if delta is not None else None, cast(P["norm_c"]), rings[i], conv_pos,
@@ -94,21 +103,32 @@ def test_pre_conv_step_matches_reference(B, D, key, bias):
 @pytest.mark.parametrize("key", list(DTYPES))
 @pytest.mark.parametrize("B,H,f", [(3, 4, 16), (2, 3, 32)], ids=["H4-f16", "H3-f32"])
 def test_qk_prep_matches_reference(B, H, f, key, bias):
-    act = DTYPES[key]
+    run_qk_prep(B, H, f, DTYPES[key], bias, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("key", list(DTYPES))
+def test_gpu_qk_prep_matches_reference(key):
+    run_qk_prep(64, 32, 64, DTYPES[key], True, "cuda")
+
+
+def run_qk_prep(B, H, f, act, bias, device):
     D = H * f
     g = torch.Generator().manual_seed(2)
-    wq, wk = [(0.5 * torch.randn(D, W, generator=g)).to(act) for _ in range(2)]
-    bq, bk = [(0.1 * torch.randn(D, generator=g)).to(act) if bias else None for _ in range(2)]
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(act).to(device)
+    wq, wk = r(D, W, scale=0.5), r(D, W, scale=0.5)
+    bq, bk = (r(D, scale=0.1), r(D, scale=0.1)) if bias else (None, None)
     angles = torch.arange(MB)[:, None] * torch.rand(f // 2, generator=g)[None]
-    cos, sin = angles.cos(), angles.sin()  # float32, as the model's table
-    lr_bias = (0.3 * torch.randn(H, generator=g)).to(act)
-    token_idx = (0.1 * torch.randn(MB, generator=g)).to(act)
-    rq0, rk0 = [torch.randn(B, W, D, generator=g).to(act) for _ in range(2)]
+    cos, sin = angles.cos().to(device), angles.sin().to(device)  # float32, as the model's table
+    lr_bias, token_idx = r(H, scale=0.3), r(MB, scale=0.1)
+    rq0, rk0 = r(B, W, D), r(B, W, D)
     rings = [(rq0.double(), rk0.double()), (rq0.clone(), rk0.clone()), (rq0.clone(), rk0.clone())]
-    conv_pos, pos = torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    conv_pos, pos = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(2)]
     lr_col = 3 * D
     for t in range(TOKENS):
-        p = torch.randn(B, 3 * D + H, generator=g).to(act)
+        p = r(B, 3 * D + H)
 
         def args(i, cast):
             return (cast(p), *rings[i], conv_pos, cast(wq), cast(bq) if bias else None, cast(wk),
@@ -117,8 +137,8 @@ def test_qk_prep_matches_reference(B, H, f, key, bias):
         for i, what in enumerate(("q", "k", "eta", "c")):
             assert out[i].dtype == same[i].dtype and out[i].shape == same[i].shape, what
             _check(what, t, out[i], same[i], out64[i], act if what in ("q", "k", "c") else torch.float32)
-        for r in range(2):  # the slot gets q0 itself: exact
-            torch.testing.assert_close(rings[2][r], rings[1][r], atol=0, rtol=0)
+        for i in range(2):  # the slot gets q0 itself: exact
+            torch.testing.assert_close(rings[2][i], rings[1][i], atol=0, rtol=0)
         conv_pos.copy_((conv_pos + 1) % W)
         pos.copy_((pos + 1) % MB)
 
