@@ -8,9 +8,10 @@ Two modes:
   each range on CUDA, CPU time on CPU, per step; "other" is what no stage covers.
 - compiled (`--use_compile` with CUDA graphs): the step as it runs in a benchmark, torch.compile'd and
   replayed from one CUDA graph. Stage ranges do not survive compilation, so the kernels the replays
-  launch are grouped by what they are (`kernel_group`): the TTT inner kernel / Mamba SSM and conv
-  step, GEMMs, fused elementwise (inductor's Triton kernels), copies, other; with kernel launches per
-  step.
+  launch are grouped by what they are (`kernel_group`): the inner kernel (the one that carries the
+  recurrent state: TTT inner loop, Mamba SSM step, decode attention), GEMMs, fused elementwise
+  (inductor's Triton kernels and our hand-written ones: conv rings, norms), copies, other; with kernel
+  launches per step.
 Both write the trace as Chrome-trace JSON into the logdir (open it in ui.perfetto.dev) and the
 breakdown as JSON and Markdown beside it.
 """
@@ -76,13 +77,16 @@ def profile_session(session, steps: int, trace_path: str) -> dict:
 
 
 # Kernel name fragments, checked in order: the first group whose fragment appears names the kernel.
+# "inner kernel" is the kernel that carries the recurrent state (TTT inner loop, SSM step, decode attention);
+# the hand-written elementwise kernels around it (conv rings, norms) count as fused elementwise.
 KERNEL_GROUPS = (
     ("inner kernel", ("_m2_dual_kernel", "_m1_dual_kernel", "_m2_primal_kernel", "_m1_primal_kernel",
-                      "_ssm_step_kernel", "_conv_step_kernel", "_decode_attention_kernel", "_add_rms_norm_kernel")),
+                      "_ssm_step_kernel", "_decode_attention_kernel")),
     ("GEMM", ("gemm", "Gemm", "GEMM", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "sm80_", "ampere_", "splitK",
               "gemv", "Gemv", "dot_kernel")),
     ("copies", ("Memcpy", "memcpy", "Memset", "memset", "copy_kernel", "CatArrayBatchedCopy", "direct_copy")),
-    ("fused elementwise", ("triton_", "elementwise_kernel", "reduce_kernel", "vectorized_")),
+    ("fused elementwise", ("triton_", "elementwise_kernel", "reduce_kernel", "vectorized_", "_pre_conv_kernel",
+                           "_qk_prep_kernel", "_conv_step_kernel", "_add_rms_norm_kernel")),
 )
 GROUPS = tuple(g for g, _ in KERNEL_GROUPS) + ("other",)
 

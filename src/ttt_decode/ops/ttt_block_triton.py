@@ -8,8 +8,7 @@ and writes only what its data flow needs, and writes the ring slot in place (the
 `pre_conv_step` (one batch row per program, the whole row in registers: both RMSNorms reduce over it):
     reads  h, delta (B D r), the ring's W-1 taps ((W-1) B D a), norm and conv weights
     writes h (B D r), x (B D a), the ring slot (B D a)               r: residual item, a: activation item
-`qk_prep` (one batch row per program; rotary pairs are adjacent columns, so each program holds the even
-and the odd columns of q0):
+`qk_prep` (one batch row per program; the rotary pairs are adjacent columns, split apart in registers):
     reads  q0, lr (B (D + H) a), two rings' W-1 taps (2 (W-1) B D a), conv weights, the rotary row
     writes q, k (2 B D a), two ring slots (2 B D a), eta (B H 4), c (b, first program only)
 
@@ -37,22 +36,30 @@ def _rms_row(x, w_ptr, o, m, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr)
 
 @triton.jit
 def _ring_conv(x, ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
-               WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """Causal conv of the new input x (COMPUTE) and the ring's WIDTH-1 newest slots; weights [D, W]."""
-    acc = x * tl.load(w_ptr + o * WIDTH + (WIDTH - 1), mask=m, other=0.0).to(COMPUTE)
+               WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """Causal conv of the new input x (COMPUTE) and the ring's WIDTH-1 newest slots.
+
+    The weights [D, W] are read as one [BLOCK, W] tile (whole rows, coalesced) and each tap's column
+    taken out in registers: reading a column at a time strides by W items and moved 4-16x the bytes
+    (17-28 us a launch at B = 512 on the H200 against 4-6 us now)."""
+    tw = tl.arange(0, WP)  # WP: WIDTH rounded up to a power of two
+    wt = tl.load(w_ptr + o[:, None] * WIDTH + tw[None, :], mask=m[:, None] & (tw[None, :] < WIDTH),
+                 other=0.0).to(COMPUTE)  # [BLOCK, WP]
+    acc = x * tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)
     if HAS_BIAS:
         acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
     for j in tl.static_range(WIDTH - 1):
         slot = (pos + 1 + j) % WIDTH
-        tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0)
-        acc += tap.to(COMPUTE) * tl.load(w_ptr + o * WIDTH + j, mask=m, other=0.0).to(COMPUTE)
+        tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
+        acc += tap * tl.sum(tl.where(tw[None, :] == j, wt, 0.0), axis=1)
     return acc
 
 
 @triton.jit
 def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_ptr, ns_ptr, hout_ptr, x_ptr,
                      dim, stride_h, stride_d, eps,
-                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr,
+                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr,
+                     BLOCK: tl.constexpr,
                      COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, BLOCK)
@@ -66,7 +73,7 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
     xc = _rms_row(b_h, nc_ptr, o, m, dim, eps, ACT, COMPUTE)
     pos = tl.load(cpos_ptr)
     ring_base = row * WIDTH * dim
-    y = _ring_conv(xc.to(COMPUTE), ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, HAS_BIAS, COMPUTE)
+    y = _ring_conv(xc.to(COMPUTE), ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
     tl.store(ring_ptr + ring_base + pos * dim + o, xc.to(ring_ptr.dtype.element_ty), mask=m)
     b_h = (b_h + y.to(ACT).to(COMPUTE)).to(RES)
     tl.store(hout_ptr + row * dim + o, b_h, mask=m)
@@ -75,43 +82,44 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
 
 
 @triton.jit
+def _rotary(x, cos, sin, BLOCK: tl.constexpr):
+    """Rotate the interleaved pairs (x[2j], x[2j+1]) of a row x [BLOCK] by cos, sin [BLOCK // 2]."""
+    x_e, x_o = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
+    return tl.reshape(tl.join(x_e * cos - x_o * sin, x_o * cos + x_e * sin), (BLOCK,))
+
+
+@triton.jit
 def _qk_prep_kernel(p_ptr, rq_ptr, rk_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
                     lrb_ptr, tok_ptr, q_ptr, k_ptr, eta_ptr, c_ptr,
                     dim, heads, stride_p, lr_col, eta_scale, mb,
-                    HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, BLOCK_P: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr,
+                    BLOCK: tl.constexpr,
                     BLOCK_H: tl.constexpr, BLOCK_MB: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     ACT: tl.constexpr = q_ptr.dtype.element_ty
-    j = tl.arange(0, BLOCK_P)  # pair index over the row: columns 2j and 2j + 1
-    m = j < dim // 2
-    ev = j * 2
-    od = ev + 1
-    x_e = tl.load(p_ptr + row * stride_p + ev, mask=m, other=0.0).to(COMPUTE)
-    x_o = tl.load(p_ptr + row * stride_p + od, mask=m, other=0.0).to(COMPUTE)
+    RING: tl.constexpr = rq_ptr.dtype.element_ty
+    o = tl.arange(0, BLOCK)
+    m = o < dim
+    x = tl.load(p_ptr + row * stride_p + o, mask=m, other=0.0).to(COMPUTE)
     cpos = tl.load(cpos_ptr)
     base = row * WIDTH * dim
-    # The torch path rounds the conv output and the rotary factors to the activation dtype.
-    cos_row = tl.load(pos_ptr) * (HEAD_DIM // 2)
-    jj = j % (HEAD_DIM // 2)
-    cos = tl.load(cos_ptr + cos_row + jj, mask=m, other=0.0).to(ACT).to(COMPUTE)
-    sin = tl.load(sin_ptr + cos_row + jj, mask=m, other=0.0).to(ACT).to(COMPUTE)
+    # The rotary row of this mini-batch position, pair j of a head at column j mod f/2; the torch path
+    # rounds the factors and the conv outputs to the activation dtype.
+    jj = tl.arange(0, BLOCK // 2) % (HEAD_DIM // 2)
+    m_half = tl.arange(0, BLOCK // 2) < dim // 2
+    rot = tl.load(pos_ptr) * (HEAD_DIM // 2)
+    cos = tl.load(cos_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
+    sin = tl.load(sin_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
 
-    q_e = _ring_conv(x_e, rq_ptr, base, cpos, wq_ptr, bq_ptr, ev, m, dim, WIDTH, HAS_BIAS, COMPUTE)
-    q_o = _ring_conv(x_o, rq_ptr, base, cpos, wq_ptr, bq_ptr, od, m, dim, WIDTH, HAS_BIAS, COMPUTE)
-    q_e, q_o = q_e.to(ACT).to(COMPUTE), q_o.to(ACT).to(COMPUTE)
-    tl.store(q_ptr + row * dim + ev, (q_e * cos - q_o * sin).to(ACT), mask=m)
-    tl.store(q_ptr + row * dim + od, (q_o * cos + q_e * sin).to(ACT), mask=m)
-    k_e = _ring_conv(x_e, rk_ptr, base, cpos, wk_ptr, bk_ptr, ev, m, dim, WIDTH, HAS_BIAS, COMPUTE)
-    k_o = _ring_conv(x_o, rk_ptr, base, cpos, wk_ptr, bk_ptr, od, m, dim, WIDTH, HAS_BIAS, COMPUTE)
-    k_e, k_o = k_e.to(ACT).to(COMPUTE), k_o.to(ACT).to(COMPUTE)
-    tl.store(k_ptr + row * dim + ev, (k_e * cos - k_o * sin).to(ACT), mask=m)
-    tl.store(k_ptr + row * dim + od, (k_o * cos + k_e * sin).to(ACT), mask=m)
+    q = _ring_conv(x, rq_ptr, base, cpos, wq_ptr, bq_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    q = _rotary(q.to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    tl.store(q_ptr + row * dim + o, q.to(ACT), mask=m)
+    k = _ring_conv(x, rk_ptr, base, cpos, wk_ptr, bk_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    k = _rotary(k.to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    tl.store(k_ptr + row * dim + o, k.to(ACT), mask=m)
     # The new input into both rings (after the taps above were read).
-    RING: tl.constexpr = rq_ptr.dtype.element_ty
-    tl.store(rq_ptr + base + cpos * dim + ev, x_e.to(RING), mask=m)
-    tl.store(rq_ptr + base + cpos * dim + od, x_o.to(RING), mask=m)
-    tl.store(rk_ptr + base + cpos * dim + ev, x_e.to(RING), mask=m)
-    tl.store(rk_ptr + base + cpos * dim + od, x_o.to(RING), mask=m)
+    tl.store(rq_ptr + base + cpos * dim + o, x.to(RING), mask=m)
+    tl.store(rk_ptr + base + cpos * dim + o, x.to(RING), mask=m)
 
     o_h = tl.arange(0, BLOCK_H)
     m_h = o_h < heads
@@ -145,7 +153,8 @@ def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps
     _pre_conv_kernel[(B,)](
         h, delta if delta is not None else h, norm_c, ring, conv_pos, conv_w, conv_b if conv_b is not None else conv_w,
         norm_s, h_out, x, D, h.stride(0), delta.stride(0) if delta is not None else 0, eps,
-        HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1], BLOCK=block,
+        HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1],
+        WP=triton.next_power_of_2(ring.shape[1]), BLOCK=block,
         COMPUTE=_compute(h, ring), num_warps=_warps(block))
     return h_out, x
 
@@ -168,12 +177,13 @@ def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_si
     q, k, eta, c = _qk_prep_outputs(p, ring_q, num_heads, token_idx)
     B, W, D = ring_q.shape
     f = D // num_heads
-    block = triton.next_power_of_2(D // 2)
+    block = triton.next_power_of_2(D)
     _qk_prep_kernel[(B,)](
         p, ring_q, ring_k, conv_pos, wq, bq if bq is not None else wq, wk, bk if bk is not None else wk,
         rope_cos, rope_sin, pos, lr_bias, token_idx, q, k, eta, c,
         D, num_heads, p.stride(0), lr_col, base_lr / f, token_idx.shape[0],
-        HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, BLOCK_P=block, BLOCK_H=triton.next_power_of_2(num_heads),
+        HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, WP=triton.next_power_of_2(W), BLOCK=block,
+        BLOCK_H=triton.next_power_of_2(num_heads),
         BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring_q), num_warps=_warps(block))
     return q, k, eta, c
 

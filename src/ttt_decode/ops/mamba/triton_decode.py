@@ -118,7 +118,7 @@ def _ssm_step_kernel(
 def _conv_step_kernel(
     x_ptr, conv_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr,
     batch, dim, stride_x,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+    WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
@@ -128,14 +128,19 @@ def _conv_step_kernel(
     m_d = o_d < dim
     m_rd = (o_r < batch)[:, None] & m_d[None, :]  # [R, BD]
     pos = tl.load(pos_ptr)
+    # The weights [D, W] as one [BLOCK_D, WP] tile (whole rows, coalesced), each tap's column taken out in
+    # registers: a column at a time strides by W items and moves several times the bytes.
+    tw = tl.arange(0, WP)
+    wt = tl.load(w_ptr + o_d[:, None] * WIDTH + tw[None, :], mask=m_d[:, None] & (tw[None, :] < WIDTH),
+                 other=0.0).to(COMPUTE)  # [BD, WP]
     b_x = tl.load(x_ptr + o_r[:, None] * stride_x + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
-    acc = b_x * tl.load(w_ptr + o_d * WIDTH + (WIDTH - 1), mask=m_d, other=0.0).to(COMPUTE)[None, :]
+    acc = b_x * tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + o_d, mask=m_d, other=0.0).to(COMPUTE)[None, :]
     for j in tl.static_range(WIDTH - 1):
         slot = (pos + 1 + j) % WIDTH
         tap = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + slot * dim + o_d[None, :], mask=m_rd, other=0.0)
-        acc += tap.to(COMPUTE) * tl.load(w_ptr + o_d * WIDTH + j, mask=m_d, other=0.0).to(COMPUTE)[None, :]
+        acc += tap.to(COMPUTE) * tl.sum(tl.where(tw[None, :] == j, wt, 0.0), axis=1)[None, :]
     y = acc * _sigmoid(acc)
     tl.store(out_ptr + o_r[:, None] * dim + o_d[None, :], y.to(out_ptr.dtype.element_ty), mask=m_rd)
 
@@ -219,7 +224,7 @@ def _launch_conv_step(x, conv_state, conv_pos, weight, bias, out, config=None):
     grid = (triton.cdiv(Dm, cfg["BLOCK_D"]), triton.cdiv(Bsz, cfg["ROWS"]))
     _conv_step_kernel[grid](
         x, conv_state, conv_pos, weight, bias if bias is not None else weight, out, Bsz, Dm, x.stride(0),
-        WIDTH=W, HAS_BIAS=bias is not None, BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"],
+        WIDTH=W, WP=triton.next_power_of_2(W), HAS_BIAS=bias is not None, BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"],
         COMPUTE=_compute(x, conv_state, weight), num_warps=cfg["num_warps"])
     return out
 
