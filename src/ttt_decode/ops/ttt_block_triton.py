@@ -145,7 +145,7 @@ def _warps(block: int) -> int:
     return max(1, min(16, block // 256))
 
 
-def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps):
+def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps, num_warps=None):
     B, D = h.shape
     h_out = torch.empty((B, D), dtype=h.dtype, device=h.device)
     x = torch.empty((B, D), dtype=norm_s.dtype, device=h.device)
@@ -155,7 +155,7 @@ def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps
         norm_s, h_out, x, D, h.stride(0), delta.stride(0) if delta is not None else 0, eps,
         HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1],
         WP=triton.next_power_of_2(ring.shape[1]), BLOCK=block,
-        COMPUTE=_compute(h, ring), num_warps=_warps(block))
+        COMPUTE=_compute(h, ring), num_warps=num_warps or _warps(block))
     return h_out, x
 
 
@@ -173,7 +173,7 @@ def _qk_prep_outputs(p, ring_q, num_heads, token_idx):
 
 
 def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
-                  base_lr, num_heads, lr_col):
+                  base_lr, num_heads, lr_col, num_warps=None):
     q, k, eta, c = _qk_prep_outputs(p, ring_q, num_heads, token_idx)
     B, W, D = ring_q.shape
     f = D // num_heads
@@ -184,7 +184,8 @@ def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_si
         D, num_heads, p.stride(0), lr_col, base_lr / f, token_idx.shape[0],
         HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, WP=triton.next_power_of_2(W), BLOCK=block,
         BLOCK_H=triton.next_power_of_2(num_heads),
-        BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring_q), num_warps=_warps(block))
+        BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring_q),
+        num_warps=num_warps or _warps(block))
     return q, k, eta, c
 
 
