@@ -24,6 +24,8 @@ OPTIONAL = {
     "matplotlib": ("report and micro-benchmark plots", "pip install matplotlib"),
     "wandb": ("--wandb logging", "pip install wandb"),
     "tqdm": ("sweep progress bar", "pip install tqdm"),
+    "ray": ("sweep --backend ray (cells as Ray tasks, on this machine or a cluster)",
+            'pip install -e ".[ray]" (or pip install ray)'),
 }
 
 
