@@ -317,13 +317,6 @@ class Sweep:
         return {"gpu_assigned": gpu, "ray_node": self.nodes.get(c["cell_id"])}
 
     # ---- one cell
-    def slots(self) -> list[str | None]:
-        """One worker thread per entry, each running one cell at a time: the --gpus, or one slot; with
-        Ray, as many as the cluster can run at once (Ray gives each its GPU)."""
-        if self.remote is not None:
-            return [None] * self.remote.slots
-        return _split(self.args.gpus) or [None]
-
     def _cell_file(self, c: dict, suffix: str) -> str:
         return os.path.join(self.state_dir, f"cell-{c['cell_id']}.{suffix}")
 
@@ -494,6 +487,13 @@ class Sweep:
         return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     # ---- the sweep
+    def slots(self) -> list[str | None]:
+        """One worker thread per entry, each running one cell at a time: the --gpus, or one slot; with
+        Ray, as many as the cluster can run at once (Ray gives each its GPU)."""
+        if self.remote is not None:
+            return [None] * self.remote.slots
+        return _split(self.args.gpus) or [None]
+
     def _progress(self, total: int):
         try:
             from tqdm import tqdm
