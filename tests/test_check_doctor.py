@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from ttt_decode import models
@@ -68,3 +69,15 @@ def test_doctor_lists_packages(capsys):
     assert any(line.startswith("[ok] torch") for line in out)
     assert any("mamba_ssm" in line for line in out)
     assert all(line.startswith(("[ok]", "[--]")) for line in out)
+
+
+def test_doctor_names_known_bad_combinations(monkeypatch, capsys):
+    """Triton 3.6's interpreter with numpy >= 2.4 is named in one line (a CPU machine without a GPU)."""
+    import ttt_decode.ops.kernel_op as kernel_op
+
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter combination matters only without a GPU")
+    monkeypatch.setattr(kernel_op, "interpreter_problem", lambda: "the Triton 3.6.0 interpreter cannot run X")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "[--] known to fail: the Triton 3.6.0 interpreter cannot run X" in out

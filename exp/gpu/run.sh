@@ -1,57 +1,103 @@
 #!/usr/bin/env bash
-# One entry point for the evidence runs on the GPU machine; each recipe writes under $OUT and prints a
-# short table last. Results are copied by hand into exp/results/<gpu>/ with the command and commit.
-#   bash exp/gpu/run.sh kernels      # launch-configuration sweep of the TTT kernels + Nsight Compute
+# The evidence runs on the GPU machine, by recipe. Each recipe writes its files under $OUT/<recipe>/,
+# packs them into $OUT/<recipe>.tgz (the device returns few files) and prints a short table last. The
+# results are copied into exp/results/<gpu>/ named <what>_<gpu>_<commit>, listed in that folder's README.
+#
+#   bash exp/gpu/run.sh kernels        # launch-configuration sweep of the TTT kernels + Nsight Compute
+#   bash exp/gpu/run.sh micro          # scripts/micro.sh: the four TTT kernels at their defaults, B 64..2048
+#   bash exp/gpu/run.sh positions      # the defaults at B=512 by mini-batch position, compiled resources
+#   bash exp/gpu/run.sh check          # pytest -m gpu, then `ttt-decode check` on ttt-1b M1/M2 (graph, compile, fidelity)
+#   bash exp/gpu/run.sh sweep          # ttt-decode sweep of MODELS x INNER_NETS x BATCHES (+ report)
+#   bash exp/gpu/run.sh profile        # the compiled step's kernels by group (`profile --use_compile`)
+#   bash exp/gpu/run.sh fidelity       # state_fidelity: fp16 / bf16 state against fp32, 512 steps
+#   bash exp/gpu/run.sh step           # check + sweep + profile + fidelity in one call
+# Pass COMMIT=<short sha> from the machine the run is sent from (the device's copy of the tree may carry
+# stale git metadata).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# The device's copy of the tree may carry stale git metadata: pass COMMIT from the machine the run is sent from.
 COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 export TTT_DECODE_COMMIT=$COMMIT
-recipe=${1:-}; shift || true
+TTD="python3 -m ttt_decode.cli"
 
-ncu_sections="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
---section MemoryWorkloadAnalysis --section SchedulerStats"
-
-ncu_kernel() {  # name kernel config-json positions
-  timeout 90 ncu --clock-control none --nvtx --nvtx-include "profile/" $ncu_sections \
-    python3 exp/gpu/ncu_one.py --kernel "$2" --config "$3" --positions "$4" > "$OUT/ncu_$1.txt" 2>&1
-  grep -E "^  [a-z_0-9]+.*\(|Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Local Memory Spill|Block Limit" \
-    "$OUT/ncu_$1.txt" | head -60
+ncu_kernel() {  # dir name kernel config-json positions
+  timeout 90 ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --section Occupancy \
+    --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+    python3 exp/gpu/ncu_one.py --kernel "$3" --config "$4" --positions "$5" > "$1/ncu_$2.txt" 2>&1
+  grep -E "^  [a-z_0-9]+.*\(|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|L2 Hit Rate" "$1/ncu_$2.txt" | head -30
 }
 
+recipe_kernels() {
+  timeout 390 python3 exp/gpu/kernel_sweep.py --recipe "${RECIPE:-round4}" --out "$1" --commit "$COMMIT" "${@:2}" \
+    2>&1 | tee "$1/kernel_sweep_log.txt" | tail -40
+  best() { python3 -c "import json; print(json.dumps(json.load(open('$1/best_configs.json'))['$2']))" 2>/dev/null; }
+  b=$(best "$1" mlp_2_dual_triton); [ -n "$b" ] && ncu_kernel "$1" m2_dual_best mlp_2_dual_triton "$b" 0,15
+  b=$(best "$1" mlp_2_primal_triton); [ -n "$b" ] && ncu_kernel "$1" m2_primal_best mlp_2_primal_triton "$b" 0,15
+}
+
+recipe_micro() {
+  OUT=$1/micro.jsonl BATCHES=${BATCHES:-64,256,512,1024,2048} \
+    KERNELS=mlp_2_dual_triton,mlp_2_primal_triton,mlp_1_dual_triton,mlp_1_primal_triton \
+    timeout 150 bash scripts/micro.sh --plot-dir "$1" --commit "$COMMIT" > "$1/micro_log.txt" 2>&1
+  tail -8 "$1/micro_log.txt"
+}
+
+recipe_positions() {
+  timeout 90 python3 exp/gpu/kernel_sweep.py --recipe defaults --out "$1" --commit "$COMMIT" --scan-batches "" \
+    > "$1/positions_log.txt" 2>&1
+  tail -6 "$1/positions_log.txt"
+}
+
+recipe_check() {
+  timeout 200 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/ > "$1/pytest_gpu.txt" 2>&1
+  tail -4 "$1/pytest_gpu.txt"
+  for net in mlp_2_dual_triton mlp_1_dual_triton; do
+    timeout 120 $TTD check --model-name ttt-1b --inner_net $net --batch 16 --steps 64 \
+      --checks graph_vs_eager,compiled_vs_eager,fidelity --out "$1/check.jsonl" 2>&1 | tail -4
+  done
+}
+
+recipe_sweep() {
+  timeout "${SWEEP_TIMEOUT:-470}" $TTD sweep --logdir "$1/sweep" --models "${MODELS:-ttt-1b}" \
+    --inner-nets "${INNER_NETS:-mlp_2_dual_triton,mlp_1_dual_triton}" --batches "${BATCHES:-512,1024}" \
+    --genlens "${GENLEN:-128}" ${STATE_DTYPE:+--state-dtype $STATE_DTYPE} --use_compile --repeats 2 2>&1 | tail -4
+  $TTD report "$1/sweep" --out "$1/sweep/report" 2>&1 | tail -12
+}
+
+recipe_profile() {
+  local dir=$1
+  IFS=';' read -ra specs <<< "${PROFILES:-ttt-1b mlp_1_dual_triton;ttt-1b mlp_2_dual_triton}"
+  for spec in "${specs[@]}"; do
+    set -- "$dir" $spec
+    timeout 150 $TTD profile --logdir "$1/profile" --model-name "$2" --inner_net "$3" --batch "${PROFILE_BATCH:-512}" \
+      --genlen 16 --use_compile 2>&1 | grep -E "^\| |^step" | head -12
+  done
+}
+
+recipe_fidelity() {
+  local dir=$1
+  IFS=';' read -ra specs <<< "${FIDELITY:-mamba-1.4b mamba_triton float16;mamba-1.4b mamba_triton bfloat16;ttt-1b mlp_2_dual_triton float16}"
+  for spec in "${specs[@]}"; do
+    set -- "$dir" $spec
+    timeout 150 $TTD check --model-name "$2" --inner_net "$3" --state-dtype "$4" --batch 16 \
+      --steps "${FIDELITY_STEPS:-512}" --checks state_fidelity --out "$1/fidelity.jsonl" 2>&1 | tail -2
+  done
+}
+
+recipe=${1:-}; shift || true
 case "$recipe" in
-  kernels)
-    timeout 390 python3 exp/gpu/kernel_sweep.py --recipe ${RECIPE:-round4} --out "$OUT" --commit "$COMMIT" "$@" 2>&1 | tee "$OUT/kernel_sweep_log.txt"
-    best() { python3 -c "import json; print(json.dumps(json.load(open('$OUT/best_configs.json'))['$1']))" 2>/dev/null; }
-    [ "${NCU_BASELINE:-1}" = 1 ] && ncu_kernel m2_dual_default mlp_2_dual_triton '{"BLOCK_F": 64, "num_warps": 2}' 0,15
-    b=$(best mlp_2_dual_triton); [ -n "$b" ] && ncu_kernel m2_dual_best mlp_2_dual_triton "$b" 0,15
-    b=$(best mlp_2_primal_triton); [ -n "$b" ] && ncu_kernel m2_primal_best mlp_2_primal_triton "$b" 0,15
+  kernels|micro|positions|check|sweep|profile|fidelity)
+    # TAG names a second run of the same recipe in one call (e.g. TAG=fp16 for another --state-dtype).
+    name=$recipe${TAG:+_$TAG}
+    dir=/tmp/run_$name; rm -rf "$dir"; mkdir -p "$dir"
+    "recipe_$recipe" "$dir" "$@"
+    tar czf "$OUT/$name.tgz" -C "$dir" .
     ;;
-  final-kernels)  # GPU tests, micro-benchmark records, per-position times, model-level checks -> one archive
-    F=/tmp/final_kernels; mkdir -p "$F"
-    timeout 240 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/ > "$F/pytest_gpu.txt" 2>&1
-    tail -4 "$F/pytest_gpu.txt"
-    OUT=$F/micro.jsonl BATCHES=${BATCHES:-64,256,512,1024,2048} \
-      KERNELS=mlp_2_dual_triton,mlp_2_primal_triton,mlp_1_dual_triton,mlp_1_primal_triton \
-      timeout 150 bash scripts/micro.sh --plot-dir "$F" --commit "$COMMIT" > "$F/micro_log.txt" 2>&1
-    tail -12 "$F/micro_log.txt"
-    timeout 90 python3 exp/gpu/kernel_sweep.py --recipe defaults --out "$F" --commit "$COMMIT" --scan-batches "" \
-      > "$F/positions_log.txt" 2>&1; tail -6 "$F/positions_log.txt"
-    for net in mlp_2_dual_triton mlp_1_dual_triton; do
-      timeout 100 python3 -m ttt_decode.cli check --model-name ttt-1b --inner_net $net --batch 16 --steps 64 \
-        --checks graph_vs_eager,fidelity --out "$F/check.jsonl" 2>&1 | tail -3
-    done
-    tar czf "$OUT/final_kernels.tgz" -C "$F" .
+  step)
+    dir=/tmp/run_step; rm -rf "$dir"; mkdir -p "$dir"
+    for r in ${RECIPES:-check sweep profile fidelity}; do echo "== $r"; "recipe_$r" "$dir"; done
+    tar czf "$OUT/step.tgz" -C "$dir" .
     ;;
-  final-models)  # whole-model decode sweep of ttt-1b M2/M1 (compiled, CUDA graphs) + report -> one archive
-    F=/tmp/final_models; mkdir -p "$F"
-    timeout ${SWEEP_TIMEOUT:-470} python3 -m ttt_decode.cli sweep --logdir "$F/sweep" --models ttt-1b \
-      --inner-nets mlp_2_dual_triton,mlp_1_dual_triton --batches ${BATCHES:-512,1024} --genlens ${GENLEN:-128} \
-      --use_compile --repeats 2 2>&1 | tail -8
-    python3 -m ttt_decode.cli report "$F/sweep" --out "$F/sweep/report" 2>&1 | tail -12
-    tar czf "$OUT/final_models.tgz" -C "$F" .
-    ;;
-  *) echo "usage: bash exp/gpu/run.sh kernels|final-kernels|final-models" >&2; exit 2 ;;
+  *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|step" >&2; exit 2 ;;
 esac

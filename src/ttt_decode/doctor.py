@@ -68,6 +68,14 @@ def _triton_line() -> tuple[bool, str]:
         return False, f"triton {triton.__version__}: a test kernel failed ({type(e).__name__}: {first})"
 
 
+def known_bad_combinations() -> list[tuple[bool, str]]:
+    """Version combinations known to fail here, one line each (nothing when there are none)."""
+    from ttt_decode.ops.kernel_op import interpreter_problem
+
+    problem = None if torch.cuda.is_available() else interpreter_problem()
+    return [(False, f"known to fail: {problem}")] if problem else []
+
+
 def report() -> list[tuple[bool, str]]:
     """[(ok, line)] describing this machine."""
     lines = [(True, f"python {platform.python_version()} on {platform.system()} {platform.machine()}"),
@@ -81,6 +89,7 @@ def report() -> list[tuple[bool, str]]:
     else:
         lines.append((False, "gpu: none visible (CPU only: CUDA graphs and GPU timings unavailable)"))
     lines.append(_triton_line())
+    lines.extend(known_bad_combinations())
     for name, (feature, install) in OPTIONAL.items():
         try:
             mod = importlib.import_module(name)

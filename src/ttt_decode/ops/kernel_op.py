@@ -81,5 +81,7 @@ def interpreter_problem() -> str | None:
 
 
 def check_interpreter() -> None:
-    if interpreting() and interpreter_problem():
-        raise UserError(interpreter_problem())
+    """A one-line error where the interpreter is known not to run a kernel with a device-side loop bound."""
+    problem = interpreter_problem() if interpreting() else None
+    if problem:
+        raise UserError(problem)
