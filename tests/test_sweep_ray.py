@@ -20,6 +20,7 @@ import pytest
 from ttt_decode import doctor
 from ttt_decode.bench.cell import FAULT_ENV
 from ttt_decode.bench.records import read_jsonl
+from ttt_decode.bench.sweep import COMPILE_CACHE_VARS
 from ttt_decode.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +37,14 @@ def calibration_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TTT_DECODE_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def no_compile_cache_vars(monkeypatch):
+    """Neither compiled-kernel cache variable set (inductor sets TORCHINDUCTOR_CACHE_DIR in a process that
+    built a model, as earlier tests here did): the sweep chooses them."""
+    for var in COMPILE_CACHE_VARS.values():
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +144,10 @@ def test_every_cell_recorded_once_naming_its_node_and_a_rerun_skips_them(ray_ses
     assert all(r["status"] == "ok" and r["ray_node"]["id"] == node and r["ray_node"]["ip"] for r in recs)
     assert all(r["gpu_assigned"] is None for r in recs)  # CPU slots: Ray gave no GPU
     assert all((tmp_path / ".sweep" / f"cell-{r['cell_id']}.log").stat().st_size > 0 for r in recs)
+    # The cells on Ray get the sweep's shared compiled-kernel caches (their records say what they saw).
+    caches = {"inductor": str(tmp_path / ".compile-cache" / "inductor"),
+              "triton": str(tmp_path / ".compile-cache" / "triton")}
+    assert all(r["compile_cache"] == caches for r in recs)
     capsys.readouterr()
     # Resume: with one more batch size only that cell runs; then nothing does.
     assert sweep(tmp_path, "--batches", "1,2,3") == 0
@@ -149,6 +162,8 @@ def test_same_plan_same_cells_and_statuses_as_the_local_backend(ray_session, tmp
     (made by the local sweep, by the cell on its node with Ray). Then --retry killed reruns only B=2."""
     plan = ("--batches", f"1,2,{HUGE}")
     monkeypatch.setenv(FAULT_ENV, "kill:batch=2")
+    mine = str(tmp_path / "my-triton-cache")  # the user's: kept by both backends
+    monkeypatch.setenv("TRITON_CACHE_DIR", mine)
     assert sweep(tmp_path / "local", *plan, backend="local") == 1
     assert sweep(tmp_path / "ray", *plan) == 1
     local, on_ray = records(tmp_path / "local"), records(tmp_path / "ray")
@@ -157,6 +172,9 @@ def test_same_plan_same_cells_and_statuses_as_the_local_backend(ray_session, tmp
     by_batch = {r["batch"]: r for r in on_ray}
     assert by_batch[2]["error"] == "cell process killed by signal 9" and by_batch[2]["ray_node"]["id"]
     assert "estimate" in by_batch[int(HUGE)]["error"]
+    for backend, recs in (("local", local), ("ray", on_ray)):
+        inductor = str(tmp_path / backend / ".compile-cache" / "inductor")
+        assert all(r["compile_cache"] == {"inductor": inductor, "triton": mine} for r in recs), backend
     monkeypatch.delenv(FAULT_ENV)
     capsys.readouterr()
     assert sweep(tmp_path / "ray", *plan, "--retry", "killed") == 0

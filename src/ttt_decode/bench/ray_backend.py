@@ -47,8 +47,8 @@ from ttt_decode.errors import MissingPackageError, UserError
 INSTALL = 'pip install -e ".[ray]" (or pip install ray)'
 # Environment variables of the sweep that reach every cell, wherever it runs (a Ray worker has the
 # environment of its node's `ray start`, not the sweep's): ttt-decode's own settings (calibration
-# cache, fault injection, commit), Triton's (TRITON_INTERPRET on CPU) and wandb's.
-FORWARDED = ("TTT_DECODE_", "TRITON_", "WANDB_")
+# cache, fault injection, commit), Triton's (TRITON_INTERPRET on CPU), inductor's and wandb's.
+FORWARDED = ("TTT_DECODE_", "TRITON_", "TORCHINDUCTOR_", "WANDB_")
 # Set per task from what Ray assigned, never forwarded.
 NOT_FORWARDED = ("TTT_DECODE_GPU_ASSIGNED",)
 # The last bytes of a cell's output sent back (the whole output stays small: progress lines and, on
@@ -123,11 +123,17 @@ class RayCells:
     def describe(self) -> str:
         return f"Ray backend, {self.slots} {self.device.type.upper()} slot(s) in the cluster"
 
-    def run(self, argv: list[str], timeout_s: float, mem_limit_gb: float | None, stopped) -> CellRun | None:
-        """Run the cell process argv (`python -m ttt_decode.cli bench ...`) as a task; None when stopped()
-        turned true first (the task cancelled, nothing to record)."""
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED) and k not in NOT_FORWARDED}
-        ref = self.task.remote(argv[1:], env, timeout_s, mem_limit_gb)
+    def run(self, argv: list[str], timeout_s: float, mem_limit_gb: float | None, stopped,
+            cache_env: dict[str, str] | None = None) -> CellRun | None:
+        """Run the cell process argv (`python -m ttt_decode.cli bench ...`) as a task, with the compiled-kernel
+        cache directories cache_env where its node sets none; None when stopped() turned true first (the
+        task cancelled, nothing to record)."""
+        cache_env = cache_env or {}
+        # A cache variable in cache_env is the sweep's choice, not the user's: this process's own value
+        # (inductor sets one when a model is built) is not forwarded over it.
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith(FORWARDED) and k not in NOT_FORWARDED and k not in cache_env}
+        ref = self.task.remote(argv[1:], env, timeout_s, mem_limit_gb, cache_env)
         while not self.ray.wait([ref], timeout=POLL_S)[0]:
             if stopped():
                 # Kills the task's worker; its cell process dies with it (PR_SET_PDEATHSIG).
@@ -199,7 +205,7 @@ def _check_reachable(address: str) -> None:
 # ---- on the Ray worker
 
 
-def _cell_task(argv: list[str], env: dict, timeout_s: float, mem_limit_gb: float | None) -> dict:
+def _cell_task(argv: list[str], env: dict, timeout_s: float, mem_limit_gb: float | None, cache_env: dict) -> dict:
     """Run one `ttt-decode bench` (argv without the interpreter) in its own session on this node, its
     --logdir a temporary directory; what it wrote, how it ended and where it ran."""
     import ray
@@ -214,6 +220,7 @@ def _cell_task(argv: list[str], env: dict, timeout_s: float, mem_limit_gb: float
     child_env["PYTHONPATH"] = src + os.pathsep + child_env.get("PYTHONPATH", "")
     if where["gpu_assigned"]:
         child_env["TTT_DECODE_GPU_ASSIGNED"] = where["gpu_assigned"]
+    child_env.update(_node_caches(cache_env))
     with tempfile.TemporaryDirectory(prefix="ttt-decode-cell-") as logdir:
         out_path = os.path.join(logdir, "cell.out")
         with open(out_path, "wb") as out:
@@ -223,6 +230,23 @@ def _cell_task(argv: list[str], env: dict, timeout_s: float, mem_limit_gb: float
         how = _wait(proc, timeout_s)
         return {**where, "rc": proc.returncode, "how": how, "results": _read(os.path.join(logdir, "results.jsonl")),
                 "output": _read(out_path, last=OUTPUT_BYTES)}
+
+
+def _node_caches(cache_env: dict) -> dict:
+    """The sweep's compiled-kernel cache directories (the variables its user left unset) as made on this
+    node: one that cannot be made here (the sweep's logdir path not on this node, not writable) replaced
+    by one under this node's temporary directory, shared by the cells that run here."""
+    chosen = {}
+    for var, path in cache_env.items():
+        try:
+            os.makedirs(path, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(path)
+        except OSError:
+            path = os.path.join(tempfile.gettempdir(), "ttt-decode-compile-cache", os.path.basename(path))
+            os.makedirs(path, exist_ok=True)
+        chosen[var] = path
+    return chosen
 
 
 def _with_logdir(argv: list[str], logdir: str) -> list[str]:

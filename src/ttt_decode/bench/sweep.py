@@ -27,6 +27,11 @@ Every cell ends up recorded exactly once per run that owns it:
 Exit codes are computed from the latest record of every cell of the plan, so a rerun with nothing
 left to do exits like the run that recorded the cells (EXIT_CODES).
 
+Compiled kernels are shared between cells: every cell's process gets TORCHINDUCTOR_CACHE_DIR and
+TRITON_CACHE_DIR under `--compile-cache` (default `<logdir>/.compile-cache/{inductor,triton}`;
+`none`: the libraries' own defaults), each unless the user's environment already sets it, so the
+second and later cells reuse what the first one compiled; records name them (`compile_cache`).
+
 `--backend ray` runs each locked cell's `ttt-decode bench` process inside a Ray task instead, on any
 node of a cluster (bench/ray_backend.py; Sweep.remote); what the cell wrote comes back to this
 process, which stays the only writer of the records, so the above holds for it too.
@@ -68,6 +73,9 @@ SIGTERM): its running cells were stopped and not recorded, a rerun runs them"""
 FAILED = ("error", "timeout", "killed")
 RETRYABLE = FAILED + ("oom",)
 STATE_DIR = ".sweep"
+# --compile-cache's default, under the logdir, and the variable of each cache below it.
+COMPILE_CACHE_DIR = ".compile-cache"
+COMPILE_CACHE_VARS = {"inductor": "TORCHINDUCTOR_CACHE_DIR", "triton": "TRITON_CACHE_DIR"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Seconds a cell has to exit after SIGTERM before it gets SIGKILL; how often waits look around.
 GRACE_S = 10.0
@@ -100,6 +108,43 @@ def parse_retry(text: str | None) -> set[str]:
         raise UserError(f"--retry {text}: unknown status {', '.join(unknown)}; give a comma list of "
                         f"{', '.join(RETRYABLE)}")
     return chosen
+
+
+def compile_cache_env(args, environ=None) -> dict[str, str]:
+    """{variable: directory} the sweep sets for every cell: TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR
+    under --compile-cache (default <logdir>/.compile-cache), absolute, each only where environ (the
+    sweep's) leaves it unset or empty; {} with --compile-cache none."""
+    environ = os.environ if environ is None else environ
+    choice = getattr(args, "compile_cache", None)
+    if choice is not None and not choice.strip():
+        raise UserError("--compile-cache is empty; give a directory for the compiled-kernel caches, or none")
+    if choice is not None and choice.strip().lower() == "none":
+        return {}
+    root = os.path.abspath(choice or os.path.join(args.logdir, COMPILE_CACHE_DIR))
+    return {var: os.path.join(root, name) for name, var in COMPILE_CACHE_VARS.items() if not environ.get(var)}
+
+
+def prepare_compile_cache(cache_env: dict[str, str]) -> None:
+    """Create the cache directories before any cell runs: one UserError if one cannot be."""
+    for path in cache_env.values():
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"--compile-cache: {path} is a file, not a directory; give another --compile-cache "
+                            "directory, or none")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--compile-cache: cannot create {path} ({e.strerror or e}); give a writable "
+                            "--compile-cache directory, or none") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"--compile-cache: {path} is not writable; fix its permissions or give another "
+                            "--compile-cache directory, or none")
+
+
+def cell_compile_cache(cache_env: dict[str, str], environ=None) -> dict[str, str | None]:
+    """The record's compile_cache for a cell given cache_env: each cache's directory as the cell sees it
+    (null: unset, the library's default)."""
+    environ = os.environ if environ is None else environ
+    return {name: cache_env.get(var) or environ.get(var) or None for name, var in COMPILE_CACHE_VARS.items()}
 
 
 def _inner_nets_for(model: str, inner_nets: list[str]) -> list[str | None]:
@@ -270,7 +315,8 @@ def lock_logdir(logdir: str) -> int:
 
 
 class Sweep:
-    def __init__(self, args, retry: set[str] = frozenset(), models: dict | None = None, remote=None):
+    def __init__(self, args, retry: set[str] = frozenset(), models: dict | None = None, remote=None,
+                 cache_env: dict[str, str] | None = None):
         self.args = args
         # Where the cells run when not on this machine: ray_backend.RayCells (--backend ray), else None.
         self.remote = remote
@@ -285,6 +331,8 @@ class Sweep:
         self.running: dict[str, subprocess.Popen] = {}  # cell_id -> its live process
         self.stop_signal: int | None = None
         self.fatal: BaseException | None = None
+        # TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR for every cell (those the user did not set).
+        self.cache_env = compile_cache_env(args) if cache_env is None else cache_env
 
     # ---- records
     def records_by_cell(self) -> tuple[dict[str, list[dict]], list[int]]:
@@ -306,7 +354,8 @@ class Sweep:
 
     def record_without_running(self, c: dict, status: str, message: str, gpu: str | None = None) -> None:
         rec = {"kind": "bench", **provenance("cpu" if self.args.device == "cpu" else None), "status": status,
-               "error": message, **{k: v for k, v in c.items()}, **self.placement(c, gpu)}
+               "error": message, "compile_cache": cell_compile_cache(self.cache_env), **{k: v for k, v in c.items()},
+               **self.placement(c, gpu)}
         append_jsonl(self.path, rec)
         log_line(self.args.logdir, f"{c['model']} {c['inner_net'] or ''} B={c['batch']}: {status.upper()} {message}")
 
@@ -342,6 +391,7 @@ class Sweep:
         env.setdefault("PYTHONUNBUFFERED", "1")
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.cache_env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
             env["TTT_DECODE_GPU_ASSIGNED"] = gpu  # the cell's record names the GPU the sweep gave it
@@ -373,7 +423,7 @@ class Sweep:
         its node are appended here, then its end is mapped to a status as for a local cell."""
         limit = self.args.cell_mem_limit_gb if self.args.device == "cpu" else None
         run = self.remote.run(_bench_argv(c, self.args), self.args.cell_timeout, limit,
-                              stopped=lambda: self.stop_signal is not None)
+                              stopped=lambda: self.stop_signal is not None, cache_env=self.cache_env)
         if run is None:
             return None
         self.nodes[c["cell_id"]] = run.ray_node
@@ -664,6 +714,10 @@ def add_arguments(p):
     p.add_argument("--cell-mem-limit-gb", dest="cell_mem_limit_gb", type=positive_float, default=None,
                    help="CPU cells only: cap each cell process's address space, so a too-large cell fails "
                         "with an allocation error (recorded oom) instead of exhausting the machine")
+    p.add_argument("--compile-cache", "--compile_cache", dest="compile_cache", default=None,
+                   help="directory of torch.compile's (inductor's) and Triton's kernel caches, shared by every cell "
+                        "so that later cells reuse what the first one compiled (default <logdir>/.compile-cache; "
+                        "none: the libraries' defaults); TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR set by you win")
     p.add_argument("--calibration", default=None, help="roofline JSON passed to every cell (checked first)")
     p.add_argument("--wandb", action="store_true", help="each cell logs to wandb (offline unless WANDB_MODE says)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list the cells and exit")
@@ -685,19 +739,22 @@ def main(args) -> int:
     from ttt_decode.dtypes import resolve_device
     from ttt_decode.provenance import gpu_name
 
+    # Read first: building a model (check_cells) makes inductor set TORCHINDUCTOR_CACHE_DIR in this
+    # process, which must not pass for the user's choice. A bad --compile-cache is refused here too.
+    cache_env = compile_cache_env(args)
     cells = plan(args)
     retry = parse_retry(args.retry)
     if args.ray_address and args.backend != "ray":
         raise UserError(f"--ray-address {args.ray_address} is for the Ray backend: add --backend ray")
     if args.backend == "ray":
-        return _main_ray(args, cells, retry)
+        return _main_ray(args, cells, retry, cache_env)
     device = resolve_device(args.device)
     if args.dry_run:
         return _dry_run(args, cells, retry)
-    return run_checked(args, cells, retry, device, gpu_name(device))
+    return run_checked(args, cells, retry, device, gpu_name(device), cache_env=cache_env)
 
 
-def _main_ray(args, cells: list[dict], retry: set[str]) -> int:
+def _main_ray(args, cells: list[dict], retry: set[str], cache_env: dict[str, str]) -> int:
     """--backend ray: Ray is checked first, then joined (or started) to learn the cells' device and slots."""
     from ttt_decode.bench import ray_backend
 
@@ -707,26 +764,32 @@ def _main_ray(args, cells: list[dict], retry: set[str]) -> int:
     remote = ray_backend.connect(args)
     try:
         # The --calibration file's GPU is checked by each cell on its node; here, only its form.
-        return run_checked(args, cells, retry, remote.device, None, remote)
+        return run_checked(args, cells, retry, remote.device, None, remote, cache_env)
     finally:
         remote.close()
 
 
-def run_checked(args, cells: list[dict], retry: set[str], device, device_name: str | None, remote=None) -> int:
+def run_checked(args, cells: list[dict], retry: set[str], device, device_name: str | None, remote=None,
+                cache_env: dict[str, str] | None = None) -> int:
     """Check the cells and the --calibration file (measured on device_name; None: its form only), take
-    the logdir's lock, then run the sweep (its cells on remote, else here); the exit code."""
+    the logdir's lock, then run the sweep (its cells on remote, else here, with the compiled-kernel
+    caches cache_env, default compile_cache_env(args)); the exit code."""
+    cache_env = compile_cache_env(args) if cache_env is None else cache_env
     models = check_cells(cells, device)
     if args.calibration:
         from ttt_decode.bench.roofline import read_calibration
 
         read_calibration(args.calibration, device_name)
     prepare_logdir(args.logdir)
+    if remote is None:
+        # On Ray each task makes them on its node (bench/ray_backend.py).
+        prepare_compile_cache(cache_env)
     try:
         lock_fd = lock_logdir(args.logdir)
     except LogdirBusy as e:
         print(f"ttt-decode sweep: error: {e}", file=sys.stderr)
         return EXIT_BUSY
     try:
-        return Sweep(args, retry, models, remote).run(cells, device)
+        return Sweep(args, retry, models, remote, cache_env).run(cells, device)
     finally:
         os.close(lock_fd)
