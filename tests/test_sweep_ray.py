@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -51,7 +52,9 @@ def no_compile_cache_vars(monkeypatch):
 def ray_session():
     ray = pytest.importorskip("ray")
     # "local": a Ray of this test's own, even where `ray start` left the address of another one behind.
-    ray.init(address="local", num_cpus=2, log_to_driver=False, logging_level="warning")
+    # Small object store and no dashboard: light on a 2-core CI machine (the cells send back kilobytes).
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
+             log_to_driver=False, logging_level="warning")
     yield ray
     ray.shutdown()
 
@@ -119,6 +122,20 @@ def test_backend_ray_without_ray_is_one_line_naming_the_install(tmp_path, monkey
     assert 'pip install -e ".[ray]"' in err and "--backend ray" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not logdir.exists()  # refused before the plan ran, the logdir untouched
+
+
+def test_a_folder_named_ray_is_not_taken_for_ray(tmp_path, monkeypatch, capsys):
+    """Run from /tmp without Ray installed, `import ray` finds Ray's own /tmp/ray folder (a namespace package)."""
+    (tmp_path / "ray").mkdir()
+    folder = types.ModuleType("ray")
+    folder.__file__, folder.__path__ = None, [str(tmp_path / "ray")]
+    monkeypatch.setitem(sys.modules, "ray", folder)
+    assert sweep(tmp_path / "log", "--batches", "1") == 2
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[ray]"' in err and str(tmp_path / "ray") in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    (line,) = [line for ok, line in doctor.report() if line.startswith("ray")]
+    assert line.startswith("ray: not installed") and 'pip install -e ".[ray]"' in line
 
 
 def test_doctor_says_whether_ray_is_usable(monkeypatch):
@@ -253,3 +270,17 @@ def test_a_driver_joins_the_cluster_by_address_and_sigterm_stops_its_cell_unreco
     assert rerun.returncode == 0 and "1 to run" in rerun.stdout, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     (rec,) = records(logdir)
     assert rec["status"] == "ok" and rec["ray_node"]["id"] == ray_session.get_runtime_context().get_node_id()
+
+
+def test_without_an_address_the_sweep_starts_a_ray_of_its_own(ray_session, tmp_path):
+    """No --ray-address and no RAY_ADDRESS: a Ray of the sweep's own on this machine, never the one
+    already running here (the module's)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.path.join(ROOT, "src")
+    argv = [sys.executable, "-m", "ttt_decode.cli", "sweep", "--logdir", str(tmp_path), *SWEEP, "--backend", "ray",
+            "--batches", "1"]
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Ray backend, " in done.stdout and "CPU slot(s)" in done.stdout
+    (rec,) = records(tmp_path)
+    assert rec["status"] == "ok" and rec["ray_node"]["id"] != ray_session.get_runtime_context().get_node_id()

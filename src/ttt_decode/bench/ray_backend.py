@@ -71,6 +71,11 @@ def require_ray():
         raise MissingPackageError("ray", "--backend ray", INSTALL) from None
     except ImportError as e:
         raise UserError(f"--backend ray: cannot import ray ({e}); reinstall it: {INSTALL}") from None
+    if getattr(ray, "__file__", None) is None:
+        # A folder named ray on the path (Ray's own /tmp/ray, from a sweep started in /tmp), not the package.
+        where = ", ".join(getattr(ray, "__path__", None) or []) or "?"
+        raise UserError(f"--backend ray needs the optional package 'ray', which is not installed (`import ray` "
+                        f"found only the folder {where}): {INSTALL}")
     return ray
 
 
