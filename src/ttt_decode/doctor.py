@@ -24,6 +24,8 @@ OPTIONAL = {
     "matplotlib": ("report and micro-benchmark plots", "pip install matplotlib"),
     "wandb": ("--wandb logging", "pip install wandb"),
     "tqdm": ("sweep progress bar", "pip install tqdm"),
+    "ray": ("sweep --backend ray (cells as Ray tasks, on this machine or a cluster)",
+            'pip install -e ".[ray]" (or pip install ray)'),
 }
 
 
@@ -91,6 +93,12 @@ def report() -> list[tuple[bool, str]]:
     for name, (feature, install) in OPTIONAL.items():
         try:
             mod = importlib.import_module(name)
+            if getattr(mod, "__file__", None) is None:
+                # A folder of that name on the path (e.g. Ray's /tmp/ray, run from /tmp), not the package.
+                where = ", ".join(getattr(mod, "__path__", None) or []) or "?"
+                lines.append((False, f"{name}: not installed (only the folder {where}); needed for {feature}; "
+                                     f"{install}"))
+                continue
             lines.append((True, f"{name} {getattr(mod, '__version__', '?')}: available for {feature}"))
         except Exception as e:  # noqa: BLE001 - a broken optional package is reported, not raised
             why = "not installed" if isinstance(e, ModuleNotFoundError) and e.name == name else \

@@ -98,6 +98,9 @@ def provenance(device: torch.device | str | None = None) -> dict:
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "gpu_assigned": os.environ.get("TTT_DECODE_GPU_ASSIGNED"),
+        # The compiled-kernel caches in effect (a sweep shares them between its cells); null: the library default.
+        "compile_cache": {"inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR") or None,
+                          "triton": os.environ.get("TRITON_CACHE_DIR") or None},
         "command": command_line(),
     }
     if device.type == "cuda":

@@ -88,19 +88,24 @@ def read_records(path: str) -> tuple[list[dict], list[int]]:
     not one JSON object; it is skipped, never taken for a record, and callers report how many there were."""
     if not os.path.exists(path):
         return [], []
-    records, bad = [], []
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                rec = None
-            if isinstance(rec, dict):
-                records.append(rec)
-            else:
-                bad.append(number)
+        return parse_records(fh)
+
+
+def parse_records(lines) -> tuple[list[dict], list[int]]:
+    """read_records on JSON lines already read (an iterable of bytes lines, e.g. a file a Ray task sent back)."""
+    records, bad = [], []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = None
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad.append(number)
     return records, bad
 
 

@@ -26,6 +26,15 @@ Every cell ends up recorded exactly once per run that owns it:
 
 Exit codes are computed from the latest record of every cell of the plan, so a rerun with nothing
 left to do exits like the run that recorded the cells (EXIT_CODES).
+
+Compiled kernels are shared between cells: every cell's process gets TORCHINDUCTOR_CACHE_DIR and
+TRITON_CACHE_DIR under `--compile-cache` (default `<logdir>/.compile-cache/{inductor,triton}`;
+`none`: the libraries' own defaults), each unless the user's environment already sets it, so the
+second and later cells reuse what the first one compiled; records name them (`compile_cache`).
+
+`--backend ray` runs each locked cell's `ttt-decode bench` process inside a Ray task instead, on any
+node of a cluster (bench/ray_backend.py; Sweep.remote); what the cell wrote comes back to this
+process, which stays the only writer of the records, so the above holds for it too.
 """
 
 from __future__ import annotations
@@ -64,6 +73,9 @@ SIGTERM): its running cells were stopped and not recorded, a rerun runs them"""
 FAILED = ("error", "timeout", "killed")
 RETRYABLE = FAILED + ("oom",)
 STATE_DIR = ".sweep"
+# --compile-cache's default, under the logdir, and the variable of each cache below it.
+COMPILE_CACHE_DIR = ".compile-cache"
+COMPILE_CACHE_VARS = {"inductor": "TORCHINDUCTOR_CACHE_DIR", "triton": "TRITON_CACHE_DIR"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Seconds a cell has to exit after SIGTERM before it gets SIGKILL; how often waits look around.
 GRACE_S = 10.0
@@ -96,6 +108,43 @@ def parse_retry(text: str | None) -> set[str]:
         raise UserError(f"--retry {text}: unknown status {', '.join(unknown)}; give a comma list of "
                         f"{', '.join(RETRYABLE)}")
     return chosen
+
+
+def compile_cache_env(args, environ=None) -> dict[str, str]:
+    """{variable: directory} the sweep sets for every cell: TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR
+    under --compile-cache (default <logdir>/.compile-cache), absolute, each only where environ (the
+    sweep's) leaves it unset or empty; {} with --compile-cache none."""
+    environ = os.environ if environ is None else environ
+    choice = getattr(args, "compile_cache", None)
+    if choice is not None and not choice.strip():
+        raise UserError("--compile-cache is empty; give a directory for the compiled-kernel caches, or none")
+    if choice is not None and choice.strip().lower() == "none":
+        return {}
+    root = os.path.abspath(choice or os.path.join(args.logdir, COMPILE_CACHE_DIR))
+    return {var: os.path.join(root, name) for name, var in COMPILE_CACHE_VARS.items() if not environ.get(var)}
+
+
+def prepare_compile_cache(cache_env: dict[str, str]) -> None:
+    """Create the cache directories before any cell runs: one UserError if one cannot be."""
+    for path in cache_env.values():
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"--compile-cache: {path} is a file, not a directory; give another --compile-cache "
+                            "directory, or none")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--compile-cache: cannot create {path} ({e.strerror or e}); give a writable "
+                            "--compile-cache directory, or none") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"--compile-cache: {path} is not writable; fix its permissions or give another "
+                            "--compile-cache directory, or none")
+
+
+def cell_compile_cache(cache_env: dict[str, str], environ=None) -> dict[str, str | None]:
+    """The record's compile_cache for a cell given cache_env: each cache's directory as the cell sees it
+    (null: unset, the library's default)."""
+    environ = os.environ if environ is None else environ
+    return {name: cache_env.get(var) or environ.get(var) or None for name, var in COMPILE_CACHE_VARS.items()}
 
 
 def _inner_nets_for(model: str, inner_nets: list[str]) -> list[str | None]:
@@ -266,8 +315,12 @@ def lock_logdir(logdir: str) -> int:
 
 
 class Sweep:
-    def __init__(self, args, retry: set[str] = frozenset(), models: dict | None = None):
+    def __init__(self, args, retry: set[str] = frozenset(), models: dict | None = None, remote=None,
+                 cache_env: dict[str, str] | None = None):
         self.args = args
+        # Where the cells run when not on this machine: ray_backend.RayCells (--backend ray), else None.
+        self.remote = remote
+        self.nodes: dict[str, dict | None] = {}  # cell_id -> the Ray node its task ran on
         self.retry = set(retry)
         self.models = models or {}
         self.path = os.path.join(args.logdir, RESULTS)
@@ -278,6 +331,8 @@ class Sweep:
         self.running: dict[str, subprocess.Popen] = {}  # cell_id -> its live process
         self.stop_signal: int | None = None
         self.fatal: BaseException | None = None
+        # TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR for every cell (those the user did not set).
+        self.cache_env = compile_cache_env(args) if cache_env is None else cache_env
 
     # ---- records
     def records_by_cell(self) -> tuple[dict[str, list[dict]], list[int]]:
@@ -299,10 +354,16 @@ class Sweep:
 
     def record_without_running(self, c: dict, status: str, message: str, gpu: str | None = None) -> None:
         rec = {"kind": "bench", **provenance("cpu" if self.args.device == "cpu" else None), "status": status,
-               "error": message, **{k: v for k, v in c.items()}}
-        rec["gpu_assigned"] = gpu
+               "error": message, "compile_cache": cell_compile_cache(self.cache_env), **{k: v for k, v in c.items()},
+               **self.placement(c, gpu)}
         append_jsonl(self.path, rec)
         log_line(self.args.logdir, f"{c['model']} {c['inner_net'] or ''} B={c['batch']}: {status.upper()} {message}")
+
+    def placement(self, c: dict, gpu: str | None) -> dict:
+        """Where cell c ran, for the records this process writes for it: its GPU, and its Ray node."""
+        if self.remote is None:
+            return {"gpu_assigned": gpu}
+        return {"gpu_assigned": gpu, "ray_node": self.nodes.get(c["cell_id"])}
 
     # ---- one cell
     def _cell_file(self, c: dict, suffix: str) -> str:
@@ -324,10 +385,13 @@ class Sweep:
             os.close(fd)
 
     def _spawn_and_wait(self, c: dict, gpu: str | None, seen: int, lock_fd: int) -> str | None:
+        if self.remote is not None:
+            return self._run_remote(c, seen)
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.cache_env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
             env["TTT_DECODE_GPU_ASSIGNED"] = gpu  # the cell's record names the GPU the sweep gave it
@@ -353,6 +417,32 @@ class Sweep:
                 self.running.pop(c["cell_id"], None)
         log_line(self.args.logdir, f"cell {c['cell_id']} exit {proc.returncode}\n{_tail(log_path)}")
         return self._outcome(c, gpu, seen, proc.returncode, how, log_path)
+
+    def _run_remote(self, c: dict, seen: int) -> str | None:
+        """Cell c as a Ray task (self.remote), this process holding its lock: the records the cell wrote on
+        its node are appended here, then its end is mapped to a status as for a local cell."""
+        limit = self.args.cell_mem_limit_gb if self.args.device == "cpu" else None
+        run = self.remote.run(_bench_argv(c, self.args), self.args.cell_timeout, limit,
+                              stopped=lambda: self.stop_signal is not None, cache_env=self.cache_env)
+        if run is None:
+            return None
+        self.nodes[c["cell_id"]] = run.ray_node
+        if run.failed:
+            self.record_without_running(c, run.failed, run.message)
+            return run.failed
+        log_path = self._cell_file(c, "log")
+        try:
+            with open(log_path, "wb") as fh:
+                fh.write(run.output)
+        except OSError as e:
+            raise RecordWriteError(f"cannot write {log_path}: {e.strerror or e}; free disk space or fix the "
+                                   "permissions, then rerun") from e
+        for rec in run.records:
+            append_jsonl(self.path, {**rec, **self.placement(c, run.gpu_assigned)})
+        torn = f", {run.torn_lines} torn line(s) of its results skipped" if run.torn_lines else ""
+        log_line(self.args.logdir, f"cell {c['cell_id']} exit {run.rc} on Ray node {run.ray_node['ip']}{torn}\n"
+                                   f"{_tail(log_path)}")
+        return self._outcome(c, run.gpu_assigned, seen, run.rc, run.how, log_path)
 
     def _wait(self, proc: subprocess.Popen) -> str | None:
         """Until proc ends: None, 'timeout' (killed at --cell-timeout) or 'stopped' (the sweep got a signal)."""
@@ -447,6 +537,13 @@ class Sweep:
         return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     # ---- the sweep
+    def slots(self) -> list[str | None]:
+        """One worker thread per entry, each running one cell at a time: the --gpus, or one slot; with
+        Ray, as many as the cluster can run at once (Ray gives each its GPU)."""
+        if self.remote is not None:
+            return [None] * self.remote.slots
+        return _split(self.args.gpus) or [None]
+
     def _progress(self, total: int):
         try:
             from tqdm import tqdm
@@ -459,6 +556,9 @@ class Sweep:
         """Record as oom the cells whose estimate is over the memory; the others, to run."""
         from ttt_decode.decode.engine import MEMORY_MARGIN, device_memory_bytes
 
+        if self.remote is not None and not self.args.max_memory_gb:
+            # The nodes' devices are not this machine's: each cell checks its estimate where it runs.
+            return todo
         limit = self.args.max_memory_gb or device_memory_bytes(device) / 2**30
         where = "--max-memory-gb" if self.args.max_memory_gb else ("the GPU" if device.type == "cuda" else "RAM")
         runnable = []
@@ -479,6 +579,8 @@ class Sweep:
         todo = [c for c in cells if not by_cell.get(c["cell_id"]) or by_cell[c["cell_id"]][-1]["status"] in self.retry]
         skipped = len(cells) - len(todo)
         retried = sum(1 for c in todo if by_cell.get(c["cell_id"]))
+        if self.remote is not None:
+            print(f"sweep: {self.remote.describe()}", flush=True)
         print(f"sweep: {len(cells)} cells, {skipped} already recorded, {len(todo)} to run"
               + (f" ({retried} retried: --retry {','.join(sorted(self.retry))})" if retried else "")
               + f" -> {self.path}", flush=True)
@@ -488,7 +590,7 @@ class Sweep:
             work.put(c)
         bar = self._progress(len(runnable))
         threads = [threading.Thread(target=self._worker, args=(g, work, bar, len(runnable), seen), daemon=True)
-                   for g in (_split(self.args.gpus) or [None])]
+                   for g in self.slots()]
         previous = self._install_handlers()
         try:
             for t in threads:
@@ -594,7 +696,14 @@ def add_arguments(p):
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--gpus", default=None, help="comma list of GPU ids: one worker per GPU, cells spread over them")
+    p.add_argument("--gpus", default=None, help="comma list of GPU ids: one worker per GPU, cells spread over them "
+                   "(local backend)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: cells run on this machine (default); ray: each cell is a Ray task asking for one "
+                        "GPU (one CPU slot with --device cpu or on a cluster without GPUs); needs the ray extra")
+    p.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
+                   help="with --backend ray: the cluster to join, auto (the one `ray start` began on this machine) "
+                        "or HOST:PORT (default: $RAY_ADDRESS, else a Ray started here for the sweep)")
     p.add_argument("--cell-timeout", dest="cell_timeout", type=positive_float, default=1800,
                    help="seconds a cell may take before it is killed and recorded as timeout (default 1800)")
     p.add_argument("--retry", default="", help="comma list of statuses (error, timeout, killed, oom) whose cells run "
@@ -605,6 +714,10 @@ def add_arguments(p):
     p.add_argument("--cell-mem-limit-gb", dest="cell_mem_limit_gb", type=positive_float, default=None,
                    help="CPU cells only: cap each cell process's address space, so a too-large cell fails "
                         "with an allocation error (recorded oom) instead of exhausting the machine")
+    p.add_argument("--compile-cache", "--compile_cache", dest="compile_cache", default=None,
+                   help="directory of torch.compile's (inductor's) and Triton's kernel caches, shared by every cell "
+                        "so that later cells reuse what the first one compiled (default <logdir>/.compile-cache; "
+                        "none: the libraries' defaults); TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR set by you win")
     p.add_argument("--calibration", default=None, help="roofline JSON passed to every cell (checked first)")
     p.add_argument("--wandb", action="store_true", help="each cell logs to wandb (offline unless WANDB_MODE says)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list the cells and exit")
@@ -626,23 +739,57 @@ def main(args) -> int:
     from ttt_decode.dtypes import resolve_device
     from ttt_decode.provenance import gpu_name
 
+    # Read first: building a model (check_cells) makes inductor set TORCHINDUCTOR_CACHE_DIR in this
+    # process, which must not pass for the user's choice. A bad --compile-cache is refused here too.
+    cache_env = compile_cache_env(args)
     cells = plan(args)
     retry = parse_retry(args.retry)
+    if args.ray_address and args.backend != "ray":
+        raise UserError(f"--ray-address {args.ray_address} is for the Ray backend: add --backend ray")
+    if args.backend == "ray":
+        return _main_ray(args, cells, retry, cache_env)
     device = resolve_device(args.device)
     if args.dry_run:
         return _dry_run(args, cells, retry)
+    return run_checked(args, cells, retry, device, gpu_name(device), cache_env=cache_env)
+
+
+def _main_ray(args, cells: list[dict], retry: set[str], cache_env: dict[str, str]) -> int:
+    """--backend ray: Ray is checked first, then joined (or started) to learn the cells' device and slots."""
+    from ttt_decode.bench import ray_backend
+
+    ray_backend.check_flags(args)
+    if args.dry_run:
+        return _dry_run(args, cells, retry)
+    remote = ray_backend.connect(args)
+    try:
+        # The --calibration file's GPU is checked by each cell on its node; here, only its form.
+        return run_checked(args, cells, retry, remote.device, None, remote, cache_env)
+    finally:
+        remote.close()
+
+
+def run_checked(args, cells: list[dict], retry: set[str], device, device_name: str | None, remote=None,
+                cache_env: dict[str, str] | None = None) -> int:
+    """Check the cells and the --calibration file (measured on device_name; None: its form only), take
+    the logdir's lock, then run the sweep (its cells on remote, else here, with the compiled-kernel
+    caches cache_env, default compile_cache_env(args)); the exit code."""
+    cache_env = compile_cache_env(args) if cache_env is None else cache_env
     models = check_cells(cells, device)
     if args.calibration:
         from ttt_decode.bench.roofline import read_calibration
 
-        read_calibration(args.calibration, gpu_name(device))
+        read_calibration(args.calibration, device_name)
     prepare_logdir(args.logdir)
+    if remote is None:
+        # On Ray each task makes them on its node (bench/ray_backend.py).
+        prepare_compile_cache(cache_env)
     try:
         lock_fd = lock_logdir(args.logdir)
     except LogdirBusy as e:
         print(f"ttt-decode sweep: error: {e}", file=sys.stderr)
         return EXIT_BUSY
     try:
-        return Sweep(args, retry, models).run(cells, device)
+        return Sweep(args, retry, models, remote, cache_env).run(cells, device)
     finally:
         os.close(lock_fd)
