@@ -5,7 +5,9 @@ tokens/s (oom, timeout, killed and error cells marked). A second table gives the
 row against a baseline row (`--baseline`, default the first row) as 1x. The plot shows decode
 tokens/s against batch size (log2 axis) for every row, with that row's roofline (batch / time floor
 of a step, from the bytes and FLOPs per step and the measured ceilings) dashed in the same colour, and
-the knee: the batch after which doubling the batch adds less than 10% throughput.
+the knee: the batch size past which throughput grows less than 5% per doubling of the batch. Where two
+neighbouring batches of a row are not exactly 2x apart, their gain is taken per doubling,
+gain ** (1 / log2(b2 / b1)): 64 -> 256 at +8% is +3.9% per doubling, a knee at 64.
 
 A cell recorded more than once (a rerun, `sweep --retry`, the same cell in two logdirs) counts once:
 its newest record wins (the last one read; logdirs are read in the order given, each file in append
@@ -15,6 +17,7 @@ lines are skipped and counted.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 
@@ -27,7 +30,8 @@ from ttt_decode.bench.records import (
 )
 from ttt_decode.errors import MissingPackageError, UserError
 
-KNEE_GAIN = 1.10
+# The knee: throughput grows less than this factor per doubling of the batch.
+KNEE_GAIN = 1.05
 
 
 def load_records(logdirs: list[str]) -> tuple[list[dict], list[str]]:
@@ -118,10 +122,16 @@ def _cell_text(r: dict | None, metric: str) -> str:
     return _fmt(r[metric])
 
 
+def gain_per_doubling(b0: int, v0: float, b1: int, v1: float) -> float:
+    """The factor by which the metric grows per doubling of the batch between batches b0 < b1."""
+    return (v1 / v0) ** (1 / math.log2(b1 / b0))
+
+
 def knee(cells: dict[int, dict], metric: str) -> int | None:
-    ok = sorted((b, r[metric]) for b, r in cells.items() if r.get("status") == "ok" and metric in r)
-    for (b0, v0), (_, v1) in zip(ok, ok[1:]):
-        if v1 < KNEE_GAIN * v0:
+    """The first batch past which the metric grows less than KNEE_GAIN per doubling (ok cells only), or None."""
+    ok = sorted((b, r[metric]) for b, r in cells.items() if r.get("status") == "ok" and metric in r and b > 0)
+    for (b0, v0), (b1, v1) in zip(ok, ok[1:]):
+        if v0 > 0 and gain_per_doubling(b0, v0, b1, v1) < KNEE_GAIN:
             return b0
     return None
 
@@ -150,7 +160,9 @@ def markdown(records: list[dict], baseline: str | None = None, metric: str = "de
     head = "| model | " + " | ".join(f"B={b}" for b in batches) + " | knee |"
     sep = "|---" * (len(batches) + 2) + "|"
     lines = [f"Decode throughput, tokens/s ({metric}; {', '.join(gpus)}). OOM = out of memory "
-             "(measured, or estimated over the GPU's memory), TIMEOUT / KILLED / ERROR = the cell failed.", "",
+             "(measured, or estimated over the GPU's memory), TIMEOUT / KILLED / ERROR = the cell failed. knee = "
+             f"the batch past which throughput grows less than {(KNEE_GAIN - 1) * 100:.0f}% per doubling of the batch "
+             "(empty: it grows faster up to the largest batch).", "",
              head, sep]
     for name in names:
         k = knee(rows[name], metric)
@@ -205,7 +217,8 @@ def plot(records: list[dict], path: str, metric: str = "decode_tokens_per_s", ti
     ax.set_xlabel("batch size")
     ax.set_ylabel("decode tokens/s")
     gpus = ", ".join(sorted({r.get("gpu", "?") for r in records}))
-    ax.set_title(title or f"Decode throughput on {gpus}\n(dashed: roofline of each row; square: knee; x: OOM/failed)")
+    ax.set_title(title or f"Decode throughput on {gpus}\n(dashed: roofline of each row; square: knee, past it "
+                          f"< {(KNEE_GAIN - 1) * 100:.0f}% more per doubling; x: OOM/failed)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
