@@ -102,10 +102,10 @@ def test_a_header_the_report_does_not_have(report_md):
 
 def test_a_marker_naming_a_missing_report_is_an_error(report_md):
     root, lines = report_md
-    readme = _readme(root, lines[:0], path="exp/nothing-here.md")
+    readme = _readme(root, lines[:0], path="not-here/report.md")
     r = run(readme)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip() == (f"error: {readme}:5: the results marker names exp/nothing-here.md, "
+    assert r.stderr.strip() == (f"error: {readme}:5: the results marker names not-here/report.md, "
                                 "which does not exist")
     assert len(r.stderr.strip().splitlines()) == 1
 
