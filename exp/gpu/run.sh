@@ -11,6 +11,8 @@
 #   bash exp/gpu/run.sh profile        # the compiled step's kernels by group (`profile --use_compile`)
 #   bash exp/gpu/run.sh fidelity       # state_fidelity: fp16 / bf16 state against fp32, 512 steps
 #   bash exp/gpu/run.sh step           # check + sweep + profile + fidelity in one call
+#   STUDY=batch bash exp/gpu/run.sh study    # the H200 study (issue 17): the seed's sweep over batch sizes
+#   STUDY=context bash exp/gpu/run.sh study  # ... and the step time against context (llama-1.3b vs recurrent)
 # Pass COMMIT=<short sha> from the machine the run is sent from (the device's copy of the tree may carry
 # stale git metadata).
 set -uo pipefail
@@ -85,8 +87,37 @@ recipe_fidelity() {
   done
 }
 
+# The study's records live in the tree (STUDY_DIR), so a study cut off by the 10-minute limit of a call
+# resumes in the next call from the records the previous one brought back (copied into the tree).
+# DRY_RUN=1 lists the cells (and what is already recorded) without running any.
+recipe_study() {
+  local dir=${STUDY_DIR:-exp/results/h200/study} t=${SWEEP_TIMEOUT:-540} dry=${DRY_RUN:+--dry-run}
+  local sweep="timeout $t $TTD sweep --logdir $dir --use_compile --cell-timeout 300 $dry"
+  case "${STUDY:-batch}" in
+    batch)
+      # The seed's grid at genlen 128, one batch per model at genlen 2048 (constant cost over a long
+      # generation), the mamba-ssm baseline and the M2 primal row.
+      $sweep --models mamba-1.4b,ttt-1b --inner-nets mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
+        --batches 128,256,512,1024,2048,4096,8192 --genlens 128 --repeats 2 2>&1 | tail -3
+      $sweep --models mamba-1.4b,ttt-1b --inner-nets mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
+        --batches 256 --genlens 2048 --repeats 1 2>&1 | tail -3
+      $sweep --models mamba-ssm:mamba-1.4b --batches 128,512,2048,8192 --genlens 128 --repeats 2 2>&1 | tail -3
+      $sweep --models ttt-1b --inner-nets mlp_2_primal_triton --batches 128,512,1024 --genlens 128 --repeats 2 \
+        2>&1 | tail -3 ;;
+    context)
+      # Time per token against context: the KV-cache Transformer grows, the recurrent models stay flat.
+      $sweep --models llama-1.3b,mamba-1.4b,ttt-1b --inner-nets attn_triton,mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
+        --batches 16,64 --promptlens 1k,4k,16k,32k --genlens 64 --repeats 2 2>&1 | tail -3 ;;
+    *) echo "STUDY must be batch or context" >&2; return 2 ;;
+  esac
+  [ -n "$dry" ] || $TTD report "$dir" --out "$dir/report" 2>&1 | tail -12
+}
+
 recipe=${1:-}; shift || true
 case "$recipe" in
+  study)
+    recipe_study
+    ;;
   kernels|micro|positions|check|sweep|profile|fidelity)
     # TAG names a second run of the same recipe in one call (e.g. TAG=fp16 for another --state-dtype).
     name=$recipe${TAG:+_$TAG}
@@ -99,5 +130,5 @@ case "$recipe" in
     for r in ${RECIPES:-check sweep profile fidelity}; do echo "== $r"; "recipe_$r" "$dir"; done
     tar czf "$OUT/step.tgz" -C "$dir" .
     ;;
-  *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|step" >&2; exit 2 ;;
+  *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|step|study" >&2; exit 2 ;;
 esac

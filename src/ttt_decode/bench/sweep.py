@@ -161,12 +161,27 @@ def _inner_nets_for(model: str, inner_nets: list[str]) -> list[str | None]:
     return chosen or [None]
 
 
+def _lengths(text: str) -> list[int]:
+    """A comma list of token counts, each an integer or one with a k suffix (1k = 1024): 1,1k,4k,32k."""
+    values = []
+    for t in _split(text):
+        try:
+            values.append(int(t[:-1]) * 1024 if t.lower().endswith("k") else int(t))
+        except ValueError:
+            raise UserError(f"expected a comma list of token counts such as 1,1k,4k,32k (k = 1024), got {text!r}") \
+                from None
+    if not values or min(values) < 1:
+        raise UserError(f"token counts must be positive, got {text!r}")
+    return values
+
+
 def plan(args) -> list[dict]:
     cells = []
-    for model, batch, genlen in itertools.product(_split(args.models), _ints(args.batches), _ints(args.genlens)):
+    grid = itertools.product(_split(args.models), _lengths(args.promptlens), _ints(args.batches), _ints(args.genlens))
+    for model, promptlen, batch, genlen in grid:
         for inner in _inner_nets_for(model, _split(args.inner_nets)):
             c = {"model": model, "inner_net": inner, "dtype": args.dtype, "state_dtype": args.state_dtype,
-                 "mode": args.mode, "batch": batch, "promptlen": args.promptlen, "genlen": genlen,
+                 "mode": args.mode, "batch": batch, "promptlen": promptlen, "genlen": genlen,
                  "compile": args.use_compile, "cuda_graph": not args.no_cg}
             c["cell_id"] = cell_id(c)
             cells.append(c)
@@ -660,7 +675,9 @@ class Sweep:
 
 
 def _label(c: dict, gpu: str | None) -> str:
-    return f"{c['model']} {c['inner_net'] or ''} B={c['batch']} gen={c['genlen']}" + (f" gpu{gpu}" if gpu else "")
+    prompt = f" prompt={c['promptlen']}" if c["promptlen"] != 1 else ""
+    where = f" gpu{gpu}" if gpu else ""
+    return f"{c['model']} {c['inner_net'] or ''} B={c['batch']}{prompt} gen={c['genlen']}{where}"
 
 
 def _tail(path: str, lines: int = 40) -> str:
@@ -686,7 +703,9 @@ def add_arguments(p):
     p.add_argument("--batches", "--batch", dest="batches", required=True, help="comma list of batch sizes")
     p.add_argument("--genlens", "--genlen", dest="genlens", default="128",
                    help="comma list of decode lengths (default 128)")
-    p.add_argument("--promptlen", type=positive_int, default=1, help="prompt tokens (default 1)")
+    p.add_argument("--promptlens", "--promptlen", dest="promptlens", default="1",
+                   help="comma list of prompt (context) lengths, k = 1024: e.g. 1k,4k,16k,32k for the cost against "
+                        "context of a KV-cache Transformer (default 1)")
     p.add_argument("--mode", choices=("prefill", "decode", "prefill_decode"), default="decode")
     p.add_argument("--dtype", default="float16", help="weight dtype (default float16)")
     p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
@@ -731,7 +750,8 @@ def _dry_run(args, cells: list[dict], retry: set[str]) -> int:
     for c in cells:
         mine = by_cell.get(c["cell_id"])
         mark = "todo" if not mine else ("retry" if mine[-1]["status"] in retry else mine[-1]["status"])
-        print(f"{mark:>8}  {c['model']} {c['inner_net'] or '-'} B={c['batch']} gen={c['genlen']} ({c['cell_id']})")
+        print(f"{mark:>8}  {c['model']} {c['inner_net'] or '-'} B={c['batch']} prompt={c['promptlen']} "
+              f"gen={c['genlen']} ({c['cell_id']})")
     return EXIT_OK
 
 
