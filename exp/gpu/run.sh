@@ -13,6 +13,8 @@
 #   bash exp/gpu/run.sh step           # check + sweep + profile + fidelity in one call
 #   STUDY=batch bash exp/gpu/run.sh study    # the H200 study (issue 17): the seed's sweep over batch sizes
 #   STUDY=context bash exp/gpu/run.sh study  # ... and the step time against context (llama-1.3b vs recurrent)
+#   bash exp/gpu/run.sh ray            # the same sweep with the local and the Ray backend (needs the wheels of
+#                                      # exp/gpu/ray_wheels.sh installed first), tokens/s side by side
 # Pass COMMIT=<short sha> from the machine the run is sent from (the device's copy of the tree may carry
 # stale git metadata).
 set -uo pipefail
@@ -87,6 +89,28 @@ recipe_fidelity() {
   done
 }
 
+recipe_ray() {
+  local cells="--models ${MODELS:-ttt-1b,mamba-1.4b} --inner-nets ${INNER_NETS:-mlp_1_dual_triton,mamba_triton}"
+  cells="$cells --batches ${BATCHES:-256,512} --genlens ${GENLEN:-128} --use_compile --repeats 2"
+  timeout 250 $TTD sweep --logdir "$1/local" $cells 2>&1 | tail -2
+  timeout 250 $TTD sweep --logdir "$1/ray" --backend ray $cells 2>&1 | tail -2
+  for b in local ray; do $TTD report "$1/$b" --out "$1/$b/report" > /dev/null 2>&1; done
+  python3 - "$1" <<'PY'
+import json, sys
+rows = {}
+for backend in ("local", "ray"):
+    for line in open(f"{sys.argv[1]}/{backend}/results.jsonl"):
+        r = json.loads(line)
+        rows.setdefault((r["model"], r.get("inner_net"), r["batch"]), {})[backend] = r
+print("| model | inner net | B | local tok/s | ray tok/s | ray / local | ray node |")
+for (m, n, b), d in sorted(rows.items()):
+    lo, ra = (d.get(k, {}).get("decode_tokens_per_s") for k in ("local", "ray"))
+    ratio = f"{ra / lo:.3f}" if lo and ra else "-"
+    fmt = lambda x: f"{x:.0f}" if x else "-"  # noqa: E731
+    print(f"| {m} | {n} | {b} | {fmt(lo)} | {fmt(ra)} | {ratio} | {(d.get('ray') or {}).get('ray_node')} |")
+PY
+}
+
 # The study's records live in the tree (STUDY_DIR), so a study cut off by the 10-minute limit of a call
 # resumes in the next call from the records the previous one brought back (copied into the tree).
 # DRY_RUN=1 lists the cells (and what is already recorded) without running any.
@@ -118,7 +142,7 @@ case "$recipe" in
   study)
     recipe_study
     ;;
-  kernels|micro|positions|check|sweep|profile|fidelity)
+  kernels|micro|positions|check|sweep|profile|fidelity|ray)
     # TAG names a second run of the same recipe in one call (e.g. TAG=fp16 for another --state-dtype).
     name=$recipe${TAG:+_$TAG}
     dir=/tmp/run_$name; rm -rf "$dir"; mkdir -p "$dir"
@@ -130,5 +154,5 @@ case "$recipe" in
     for r in ${RECIPES:-check sweep profile fidelity}; do echo "== $r"; "recipe_$r" "$dir"; done
     tar czf "$OUT/step.tgz" -C "$dir" .
     ;;
-  *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|step|study" >&2; exit 2 ;;
+  *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|step|study|ray" >&2; exit 2 ;;
 esac
