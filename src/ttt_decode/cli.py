@@ -28,7 +28,7 @@ COMMANDS = {
     "calibrate": ("ttt_decode.bench.roofline", "measure copy bandwidth and matmul rate of this device (the roofline)"),
     "profile": ("ttt_decode.bench.profile_cmd", "profiler trace (Perfetto) and step-time breakdown by stage"),
     "sweep": ("ttt_decode.bench.sweep", "models x inner nets x batches x lengths, one process per cell, OOM-proof"),
-    "report": ("ttt_decode.bench.report", "Markdown tables, throughput and context plots (with the roofline) from records"),
+    "report": ("ttt_decode.bench.report", "Markdown tables, throughput and context plots from records"),
 }
 
 
