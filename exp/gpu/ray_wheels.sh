@@ -5,7 +5,9 @@
 # without ray/jars and the dashboard's source maps (about 46 MB), into .whl/ (ignored by git).
 #
 #   bash exp/gpu/ray_wheels.sh [PYTHON_VERSION=3.12] [RAY_VERSION=2.60.0]
-# then carry .whl and start the device command with the install line of /work/.library/device/README.md.
+# then carry .whl and start the device command with
+#   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
+#     && export PYTHONPATH=/tmp/site:$PYTHONPATH
 # Do not carry the mamba-ssm wheels in the same call: together they pass the limit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
