@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 import torch
@@ -15,6 +16,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def poll_until(condition, what: str, timeout: float) -> None:
+    """Wait until condition() is true, failing the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

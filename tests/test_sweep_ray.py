@@ -18,6 +18,7 @@ import types
 
 import pytest
 
+from conftest import poll_until
 from ttt_decode import doctor
 from ttt_decode.bench.cell import FAULT_ENV
 from ttt_decode.bench.records import read_jsonl
@@ -85,11 +86,7 @@ def alive(pid: int) -> bool:
 
 
 def wait_until(condition, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    poll_until(condition, what, timeout)
 
 
 class Hold:

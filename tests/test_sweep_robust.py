@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import poll_until
 from ttt_decode.bench.cell import FAULT_ENV
 from ttt_decode.bench.records import append_jsonl, read_jsonl, read_records
 from ttt_decode.cli import main
@@ -57,11 +58,7 @@ class Started:
 
 
 def wait_until(condition, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    poll_until(condition, what, timeout)
 
 
 def alive(pid: int) -> bool:

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttt_decode.errors import UserError
-from ttt_decode.ops.conv_ring import ring_prefill, ring_step
+from ttt_decode.ops.conv_ring import ring_conv_step, ring_prefill
+from ttt_decode.ops.norms import acc_dtype as residual_dtype
+from ttt_decode.ops.norms import rms_norm
 
 
 def triton_interpreter_on() -> bool:
@@ -85,13 +87,9 @@ def set_profiling(enabled: bool) -> None:
 
 
 # Stage names used by the models, in step order (the profiler's breakdown uses this order).
-STAGES = ("embed", "pre_conv", "ttt.proj", "ttt.conv_qk", "ttt.rotary_eta", "ttt.inner_loop", "ttt.gate_norm",
+STAGES = ("embed", "pre_conv", "ttt.proj", "ttt.conv_qk", "ttt.inner_loop", "ttt.gate_norm",
           "ttt.o_proj", "mamba.in_proj", "mamba.conv", "mamba.x_proj_dt", "mamba.ssm_step", "mamba.out_proj",
           "attn.qkv", "attn.attention", "attn.o_proj", "mlp", "lm_head", "sampling")
-
-
-def residual_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class RMSNorm(nn.Module):
@@ -103,9 +101,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(residual_dtype(x.dtype))
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(self.weight.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class SwiGLU(nn.Module):
@@ -147,9 +143,7 @@ class CausalConv1d(nn.Module):
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, conv_pos: torch.Tensor) -> torch.Tensor:
         """x [B, D] -> [B, D]; writes x into slot conv_pos of conv_state (one slot, not a shift)."""
-        y = ring_step(x, conv_state, conv_pos, self.weight, self.bias, residual_dtype(x.dtype))
-        conv_state.index_copy_(1, conv_pos, x.unsqueeze(1).to(conv_state.dtype))
-        return y.to(x.dtype)
+        return ring_conv_step(x, conv_state, conv_pos, self.weight, self.bias)
 
 
 class DecodeLM(nn.Module):

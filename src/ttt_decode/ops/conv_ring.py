@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ttt_decode.ops.norms import acc_dtype
+
 
 def ring_step(x, conv_state, conv_pos, weight, bias, cd: torch.dtype):
     """x [B, D] (the new input) -> the convolution over it and the W-1 newest slots, [B, D] in cd.
@@ -26,6 +28,14 @@ def ring_step(x, conv_state, conv_pos, weight, bias, cd: torch.dtype):
     if bias is not None:
         acc = acc + bias.to(cd)
     return acc + (taps * w[:, : W - 1].t().unsqueeze(0)).sum(1)
+
+
+def ring_conv_step(x, conv_state, conv_pos, weight, bias) -> torch.Tensor:
+    """x [B, D] -> ring_step's convolution in x's dtype (accumulated in float32, float64 for float64),
+    and x written into slot conv_pos of conv_state: one token of a causal conv, as the models run it."""
+    y = ring_step(x, conv_state, conv_pos, weight, bias, acc_dtype(x.dtype))
+    conv_state.index_copy_(1, conv_pos, x.unsqueeze(1).to(conv_state.dtype))
+    return y.to(x.dtype)
 
 
 def ring_prefill(x, conv_state, conv_pos, weight, bias, cd: torch.dtype):

@@ -22,22 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from ttt_decode.ops.conv_ring import ring_step
+from ttt_decode.ops.conv_ring import ring_conv_step as conv_step
+from ttt_decode.ops.norms import acc_dtype, rms_norm
 from ttt_decode.ops.ttt_common import token_coeffs
 
-__all__ = ["acc_dtype", "rms_norm", "apply_rotary", "token_coeffs", "conv_step", "pre_conv_step", "eta_of", "qk_prep"]
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other dtype accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm in float32 (float64 for float64 input), output in the weight's dtype."""
-    x = x.to(acc_dtype(x.dtype))
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(weight.dtype)
+__all__ = ["apply_rotary", "pre_conv_step", "eta_of", "qk_prep"]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -46,14 +35,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x0, x1 = pairs[..., 0], pairs[..., 1]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
-
-
-def conv_step(x, ring, conv_pos, weight, bias) -> torch.Tensor:
-    """x [B, D] -> the causal conv over x and the ring's W-1 newest inputs, [B, D] in x's dtype; writes x
-    into slot conv_pos of ring [B, W, D]."""
-    y = ring_step(x, ring, conv_pos, weight, bias, acc_dtype(x.dtype))
-    ring.index_copy_(1, conv_pos, x.unsqueeze(1).to(ring.dtype))
-    return y.to(x.dtype)
 
 
 def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps: float):

@@ -172,6 +172,11 @@ def _qk_prep_outputs(p, ring_q, num_heads, token_idx):
     return q, torch.empty_like(q), eta, torch.empty_like(token_idx)
 
 
+def _qk_prep_fake(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+                  base_lr, num_heads, lr_col):
+    return _qk_prep_outputs(p, ring_q, num_heads, token_idx)
+
+
 def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
                   base_lr, num_heads, lr_col, num_warps=None):
     q, k, eta, c = _qk_prep_outputs(p, ring_q, num_heads, token_idx)
@@ -195,9 +200,7 @@ kernel_op("ttt_pre_conv_step", ["Tensor h", "Tensor? delta", "Tensor norm_c", "T
 kernel_op("ttt_qk_prep", ["Tensor p", "Tensor ring_q", "Tensor ring_k", "Tensor conv_pos", "Tensor wq", "Tensor? bq",
                           "Tensor wk", "Tensor? bk", "Tensor rope_cos", "Tensor rope_sin", "Tensor pos",
                           "Tensor lr_bias", "Tensor token_idx", "float base_lr", "int num_heads", "int lr_col"],
-          ("ring_q", "ring_k"), _qk_prep_impl,
-          lambda p, ring_q, ring_k, *rest: _qk_prep_outputs(p, ring_q, rest[-2], rest[9]),
-          returns="(Tensor, Tensor, Tensor, Tensor)")
+          ("ring_q", "ring_k"), _qk_prep_impl, _qk_prep_fake, returns="(Tensor, Tensor, Tensor, Tensor)")
 
 
 def _check_ring(name, ring, conv_pos, weight, bias, B, D):
