@@ -185,3 +185,28 @@ def test_model_step_fused_matches_pytorch_path(config, mlp):
     for la, lb in zip(states[0].layers, states[1].layers):
         for name, ta in la.tensors().items():
             assert rel_err(ta, lb.tensors()[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("config", ["ttt-tiny", "ttt-tiny-transformer-backbone"])
+def test_compiled_step_traces_the_block_once(config, monkeypatch):
+    """Regional compilation: every block, the first included, hits one compiled graph (the first block
+    gets the embedding as its pending residual, so its guards are those of the others). Traced with
+    dynamo's eager backend: what is counted is the graphs, not inductor's code."""
+    from torch._dynamo.utils import counters
+
+    from ttt_decode.decode import engine
+    from ttt_decode.models import build
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "eager"}))
+    torch._dynamo.reset()
+    counters.clear()
+    model = build(config, inner_net="mlp_1_dual", dtype="float32", device="cpu")
+    eager = model.step
+    state = model.allocate_state(2)
+    step = engine.compiled_step(model)
+    ids = torch.tensor([3, 7])
+    out = step(ids, state)
+    assert counters["stats"]["unique_graphs"] == 1
+    ref_state = model.allocate_state(2)
+    torch.testing.assert_close(out, eager(ids, ref_state))

@@ -120,18 +120,19 @@ recipe_study() {
   case "${STUDY:-batch}" in
     batch)
       # The seed's grid at genlen 128, one batch per model at genlen 2048 (constant cost over a long
-      # generation), the mamba-ssm baseline and the M2 primal row.
+      # generation), the mamba-ssm baseline and the M2 primal row. One timed run per cell (after the
+      # untimed one): the device time of a session is 30 minutes.
       $sweep --models mamba-1.4b,ttt-1b --inner-nets mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
-        --batches 128,256,512,1024,2048,4096,8192 --genlens 128 --repeats 2 2>&1 | tail -3
+        --batches 128,256,512,1024,2048,4096,8192 --genlens 128 --repeats 1 2>&1 | tail -3
       $sweep --models mamba-1.4b,ttt-1b --inner-nets mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
         --batches 256 --genlens 2048 --repeats 1 2>&1 | tail -3
-      $sweep --models mamba-ssm:mamba-1.4b --batches 128,512,2048,8192 --genlens 128 --repeats 2 2>&1 | tail -3
-      $sweep --models ttt-1b --inner-nets mlp_2_primal_triton --batches 128,512,1024 --genlens 128 --repeats 2 \
+      $sweep --models mamba-ssm:mamba-1.4b --batches 128,512,2048 --genlens 128 --repeats 1 2>&1 | tail -3
+      $sweep --models ttt-1b --inner-nets mlp_2_primal_triton --batches 512,1024 --genlens 128 --repeats 1 \
         2>&1 | tail -3 ;;
     context)
       # Time per token against context: the KV-cache Transformer grows, the recurrent models stay flat.
       $sweep --models llama-1.3b,mamba-1.4b,ttt-1b --inner-nets attn_triton,mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
-        --batches 16,64 --promptlens 1k,4k,16k,32k --genlens 64 --repeats 2 2>&1 | tail -3 ;;
+        --batches 16,64 --promptlens 1k,4k,16k,32k --genlens 64 --repeats 1 2>&1 | tail -3 ;;
     *) echo "STUDY must be batch or context" >&2; return 2 ;;
   esac
   [ -n "$dry" ] || $TTD report "$dir" --out "$dir/report" 2>&1 | tail -12

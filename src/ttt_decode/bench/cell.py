@@ -41,7 +41,7 @@ from ttt_decode.bench.records import (
     log_line,
     prepare_logdir,
 )
-from ttt_decode.decode.engine import check_finite, check_memory, is_oom
+from ttt_decode.decode.engine import check_finite, check_memory, is_oom, prefill_chunk_len
 from ttt_decode.errors import NonFiniteLogits, OutOfMemoryEstimate, UserError
 from ttt_decode.provenance import gpu_name, provenance
 
@@ -121,10 +121,11 @@ def _timed_steps(session, genlen: int, device) -> tuple[list[float], torch.Tenso
 
 
 def _timed_prefill(session, prompt, device) -> tuple[float, torch.Tensor]:
-    """ms of the prefill, and the logits of its last position [B, V]."""
+    """ms of the prefill (in chunks, the LM head on the last position: what generation does), and the
+    logits of its last position [B, V]."""
     _sync(device)
     t0 = time.perf_counter()
-    logits = session.prefill(prompt)
+    logits = session.prefill(prompt, last_only=True)
     _sync(device)
     return (time.perf_counter() - t0) * 1e3, logits[:, -1]
 
@@ -240,7 +241,7 @@ def run_cell(args) -> dict:
     mem = {"weights": _memory(device)}
     max_seq_len = args.promptlen + args.genlen + 1
     limit = args.max_memory_gb * 2**30 if args.max_memory_gb else None
-    est = check_memory(model, args.batch, state_dtype, max_seq_len, args.promptlen, limit)
+    est = check_memory(model, args.batch, state_dtype, max_seq_len, args.promptlen, limit, last_only=True)
     _say(f"built {getattr(model, 'inner_net', None) or type(model).__name__} on {device} in {build_s:.1f} s; "
          f"estimated memory {est['total'] / 2**30:.3g} GB of {est['limit'] / 2**30:.3g} GB")
 
@@ -263,6 +264,7 @@ def run_cell(args) -> dict:
         "dtype": str(model.dtype).replace("torch.", ""),
         "state_dtype": str(state_dtype or _default_state_dtype(model)).replace("torch.", ""),
         "mode": args.mode, "batch": args.batch, "promptlen": args.promptlen, "genlen": args.genlen,
+        "prefill_chunk_len": prefill_chunk_len(model, args.batch, args.promptlen),
         "repeats": args.repeats, "seed": args.seed, "compile": bool(args.use_compile), "cuda_graph": cuda_graph,
         **_kernel_path(model, cuda_graph, bool(args.use_compile)),
         "state_bytes_per_seq": model.state_bytes_per_seq(state_dtype) if not uses_kv else

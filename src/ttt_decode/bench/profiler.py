@@ -170,7 +170,7 @@ def profile_cell(model, args, state_dtype, prompt, steps: int | None = None) -> 
     steps = steps or (16 if compiled else max(1, min(args.genlen, 8)))
     session = DecodeSession(model, args.batch, state_dtype=state_dtype, cuda_graph=compiled, compile=compiled,
                             max_steps=steps + 2, max_seq_len=args.promptlen + steps + 2)
-    session.prefill(prompt)
+    session.prefill(prompt, last_only=True)
     name = os.path.basename(str(args.model_name).rstrip("/"))
     tag = f"{name}_{getattr(model, 'inner_net', None) or 'default'}_B{args.batch}"
     tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tag)

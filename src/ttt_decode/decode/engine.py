@@ -11,6 +11,10 @@ every position. With compile=True the step goes through torch.compile first (Tri
 torch custom ops, so it compiles as one graph) and the compiled step is what gets captured.
 Compilation, autotuning and capture all happen in the constructor; `cold_start_s` says how long.
 
+A long prompt goes in with `prefill(ids, last_only=True)`: in chunks of at most PREFILL_CHUNK_TOKENS
+tokens over the batch, the LM head on the last position only, so that the prefill's activations stay
+small next to the state (a 32 k prompt at batch 64 would otherwise need 420 GB of float32 logits).
+
 Before it allocates anything the session estimates its memory from the config (`estimate_bytes`:
 weights, state x batch, logits x batch) and refuses one that is over the device's memory
 (`OutOfMemoryEstimate`: GPU memory on CUDA, RAM on CPU), rather than letting it grow until the
@@ -33,6 +37,21 @@ WARMUP_STEPS = 2
 # Share of the device's memory the estimate may not use: the CUDA context, allocator slack and the
 # activations it does not itemise (hidden states of one step are small next to state and logits).
 MEMORY_MARGIN = 0.06
+# Tokens (summed over the batch) one chunk of a last-only prefill carries, and what a token in flight
+# costs: the float32 residual, one layer's projections and MLP intermediate and the inner loop's
+# temporaries, about 64 bytes per model dimension (ttt-1b: 128 KB a token, 8.6 GB a chunk).
+PREFILL_CHUNK_TOKENS = 1 << 16
+PREFILL_BYTES_PER_TOKEN_PER_DIM = 64
+
+
+def prefill_chunk_len(model, batch: int, n: int) -> int:
+    """Tokens per sequence in one chunk of a last-only prefill of n tokens: about PREFILL_CHUNK_TOKENS
+    over the batch, a multiple of the model's prefill_multiple; n for models that cannot continue a
+    prefill (they take the prompt in one call)."""
+    if not getattr(model, "continues_prefill", False):
+        return n
+    mult = getattr(model, "prefill_multiple", 1)
+    return min(n, max(mult, PREFILL_CHUNK_TOKENS // batch // mult * mult))
 
 
 def device_memory_bytes(device) -> int:
@@ -45,19 +64,25 @@ def device_memory_bytes(device) -> int:
 
 
 def estimate_bytes(model, batch: int, state_dtype: torch.dtype | None = None, max_seq_len: int | None = None,
-                   prompt_len: int = 1) -> dict:
+                   prompt_len: int = 1, last_only: bool = False) -> dict:
     """Bytes a session of `batch` sequences needs, from the config alone (works on a meta model):
     the weights; per sequence the recurrent state (or the KV cache of max_seq_len tokens), the float32
     logits of a prefill of prompt_len tokens [P, V] and of one step (output and sampling: 2 x [V]),
-    and the token ids."""
+    and the token ids. last_only: the prefill goes in chunks with the LM head on the last position
+    (DecodeSession.prefill(..., last_only=True)): one row of logits, and one chunk's activations."""
     if getattr(model, "uses_kv_cache", False):
         state = model.state_bytes_per_seq(state_dtype, context=max_seq_len)
     else:
         state = model.state_bytes_per_seq(state_dtype)
     vocab = getattr(model.config, "padded_vocab_size", model.vocab_size)
-    logits = 4 * vocab * (prompt_len + 2)
     ids = 8 * (prompt_len + (max_seq_len or prompt_len) + 1)
-    out = {"weights": model.weight_bytes(), "state": batch * state, "activations": batch * (logits + ids)}
+    if last_only:
+        chunk = prefill_chunk_len(model, batch, prompt_len)
+        dim = getattr(model.config, "hidden_size", None) or model.config.d_model
+        activations = batch * (4 * vocab * 3 + ids + chunk * dim * PREFILL_BYTES_PER_TOKEN_PER_DIM)
+    else:
+        activations = batch * (4 * vocab * (prompt_len + 2) + ids)
+    out = {"weights": model.weight_bytes(), "state": batch * state, "activations": activations}
     out["total"] = sum(out.values())
     return out
 
@@ -67,10 +92,10 @@ def _gb(nbytes: float) -> str:
 
 
 def check_memory(model, batch: int, state_dtype: torch.dtype | None = None, max_seq_len: int | None = None,
-                 prompt_len: int = 1, limit_bytes: float | None = None) -> dict:
+                 prompt_len: int = 1, limit_bytes: float | None = None, last_only: bool = False) -> dict:
     """The estimate (estimate_bytes plus 'limit'); OutOfMemoryEstimate if it is over the device's memory
     (or limit_bytes, e.g. --max-memory-gb). Call it before allocating the prompt and the state."""
-    est = estimate_bytes(model, batch, state_dtype, max_seq_len, prompt_len)
+    est = estimate_bytes(model, batch, state_dtype, max_seq_len, prompt_len, last_only)
     where = "--max-memory-gb" if limit_bytes else ("GPU memory" if model.device.type == "cuda" else "RAM")
     limit = limit_bytes or device_memory_bytes(model.device)
     if est["total"] * (1 + MEMORY_MARGIN) > limit:
@@ -238,10 +263,21 @@ class DecodeSession:
             raise UserError(f"{self.tokens_in_state} tokens exceed the KV cache capacity {self.state.capacity}; "
                             "create the session with a larger max_seq_len")
 
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, N] -> logits [B, N, V]; the token sampled from the last logits becomes `ids`."""
-        self._account(input_ids.shape[1])
-        logits = self.model.prefill(input_ids, self.state)
+    def prefill(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """input_ids [B, N] -> logits [B, N, V]; the token sampled from the last logits becomes `ids`.
+
+        last_only: logits [B, 1, V] of the last position, the prompt taken in chunks of
+        prefill_chunk_len tokens (what generation needs; memory bounded at any prompt length)."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != self.batch or input_ids.shape[1] < 1:
+            raise UserError(f"input_ids must be [batch={self.batch}, N>=1], got {tuple(input_ids.shape)}")
+        N = input_ids.shape[1]
+        self._account(N)
+        if not last_only:
+            logits = self.model.prefill(input_ids, self.state)
+        else:
+            chunk = prefill_chunk_len(self.model, self.batch, N)
+            for start in range(0, N, chunk):
+                logits = self.model.prefill(input_ids[:, start:start + chunk], self.state, last_only=True)
         self.ids.copy_(sample(logits[:, -1], self.model.vocab_size, self.sampling))
         return logits
 
@@ -275,7 +311,7 @@ def generate(model, input_ids: torch.Tensor, genlen: int, *, sampling: Sampling 
     sync = torch.cuda.synchronize if input_ids.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    prefill_logits = session.prefill(input_ids)
+    prefill_logits = session.prefill(input_ids, last_only=True)
     first = session.ids.clone()
     sync()
     t1 = time.perf_counter()

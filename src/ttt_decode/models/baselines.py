@@ -50,6 +50,8 @@ def _importable(module: str) -> bool:
 class _Adapter(DecodeLM):
     """Shared plumbing: config, dtype/device from the wrapped model, compulsory cost from the config."""
 
+    continues_prefill = False  # both wrapped models prefill from an empty state only
+
     def _wrap(self, config: MambaConfig, embedding: torch.nn.Embedding):
         self.config = config
         # DecodeLM reads dtype and device off self.embed; the wrapped model's embedding is it.
@@ -107,12 +109,12 @@ class HFMambaLM(_Adapter):
         state.cache = None
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: HFState) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, state: HFState, last_only: bool = False) -> torch.Tensor:
         if state.cache is not None:
             raise UserError("hf: transformers' Mamba prefill starts from an empty state; call reset_state first")
         out = self.hf(input_ids=input_ids, use_cache=True)
         state.cache = out.cache_params
-        return out.logits.float()
+        return (out.logits[:, -1:] if last_only else out.logits).float()
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: HFState) -> torch.Tensor:
@@ -181,10 +183,11 @@ class MambaSSMLM(_Adapter):
             t.zero_()
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: MambaSSMState) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, state: MambaSSMState, last_only: bool = False) -> torch.Tensor:
         if state.params.seqlen_offset > 0:
             raise UserError("mamba-ssm's prefill starts from an empty state; call reset_state first")
-        logits = self.m(input_ids, inference_params=state.params).logits
+        # num_last_tokens=1: mamba-ssm's LM head on the last position only.
+        logits = self.m(input_ids, inference_params=state.params, num_last_tokens=int(last_only)).logits
         state.params.seqlen_offset += input_ids.shape[1]
         return logits.float()
 

@@ -5,6 +5,7 @@ Every model (TTT, Mamba, ...) is a `DecodeLM`:
   state = model.allocate_state(batch, state_dtype)  # static inference state, allocated once
   model.reset_state(state)                       # back to the start, in place (no allocation)
   logits = model.prefill(input_ids, state)       # [B, N, V]; advances state by N tokens
+  logits = model.prefill(ids, state, last_only=True)  # [B, 1, V]: the LM head on the last position only
   logits = model.step(input_ids, state)          # [B] -> [B, V]; one token, graph-capturable
 Logits are float32 (float64 for a float64 model) over the padded vocabulary; `vocab_size` says how
 many columns are real tokens. The residual stream is kept in float32 (float64 for float64 weights).
@@ -189,7 +190,13 @@ class DecodeLM(nn.Module):
     def reset_state(self, state) -> None:
         raise NotImplementedError
 
-    def prefill(self, input_ids: torch.Tensor, state) -> torch.Tensor:
+    # Whether prefill continues from a non-empty state (so a long prompt can go in chunks: DecodeSession
+    # does that to bound the activations' memory); the baselines' prefills start from an empty state.
+    continues_prefill = True
+    # Chunk lengths a multiple of this keep the prefill on its fast path (TTT: whole mini-batches).
+    prefill_multiple = 1
+
+    def prefill(self, input_ids: torch.Tensor, state, last_only: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
     def step(self, input_ids: torch.Tensor, state) -> torch.Tensor:

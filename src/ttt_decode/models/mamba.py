@@ -225,14 +225,15 @@ class MambaLM(DecodeLM):
         return [(block.mixer, "step") for block in self.layers]
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: MambaInferenceState) -> torch.Tensor:
-        """input_ids [B, N] -> logits [B, N, V]; advances the state by N tokens (any N >= 1)."""
+    def prefill(self, input_ids: torch.Tensor, state: MambaInferenceState, last_only: bool = False) -> torch.Tensor:
+        """input_ids [B, N] -> logits [B, N, V] ([B, 1, V] with last_only); advances the state by N tokens
+        (any N >= 1)."""
         check_ids(input_ids, 2, state.batch)
         h = self.embed(input_ids).to(residual_dtype(self.dtype))  # [B, N, d_model]
         for block, conv, ssm in zip(self.layers, state.conv, state.ssm):
             h = h + block.mixer.prefill(block.norm(h), conv, state.conv_pos, ssm).to(h.dtype)
         mamba_ops.advance_(state.conv_pos, input_ids.shape[1], self.config.d_conv)
-        return self.lm_head(h)
+        return self.lm_head(h[:, -1:] if last_only else h)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: MambaInferenceState) -> torch.Tensor:

@@ -163,7 +163,7 @@ class TransformerLM(DecodeLM):
                 "flops": flops, "context": context}
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: KVState) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, state: KVState, last_only: bool = False) -> torch.Tensor:
         if input_ids.dim() != 2 or input_ids.shape[0] != state.batch or input_ids.shape[1] < 1:
             raise UserError(f"input_ids must be [batch={state.batch}, N>=1], got {tuple(input_ids.shape)}")
         start, N = int(state.pos.item()), input_ids.shape[1]
@@ -175,7 +175,7 @@ class TransformerLM(DecodeLM):
             h = h + block.attn.prefill(block.attn_norm(h), kc, vc, start).to(h.dtype)
             h = h + block.mlp(block.mlp_norm(h)).to(h.dtype)
         state.pos.fill_(start + N)
-        return self.lm_head(h)
+        return self.lm_head(h[:, -1:] if last_only else h)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: KVState) -> torch.Tensor:

@@ -271,6 +271,10 @@ class TTTLM(DecodeLM):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=INIT_STD)
 
+    @property
+    def prefill_multiple(self) -> int:
+        return self.config.mini_batch_size  # whole mini-batches go through the dual form's matrices
+
     def compile_regions(self):
         """The repeated blocks torch.compile compiles once and reuses (decode.engine.compiled_step)."""
         return [(block, "step") for block in self.layers]
@@ -340,8 +344,8 @@ class TTTLM(DecodeLM):
 
     # ---- forward passes ----
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
-        """input_ids [B, N] -> logits [B, N, V]; advances the state by N tokens."""
+    def prefill(self, input_ids: torch.Tensor, state: TTTInferenceState, last_only: bool = False) -> torch.Tensor:
+        """input_ids [B, N] -> logits [B, N, V] ([B, 1, V] with last_only); advances the state by N tokens."""
         check_ids(input_ids, 2, state.batch)
         b = self.config.mini_batch_size
         start = int(state.pos.item())
@@ -353,13 +357,17 @@ class TTTLM(DecodeLM):
             h = block.prefill(h, ls, state.conv_pos, cos, sin)
         state.pos.fill_((start + N) % b)
         state.conv_pos.copy_((state.conv_pos + N) % self.config.conv_kernel)
-        return self.lm_head(h)
+        return self.lm_head(h[:, -1:] if last_only else h)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: TTTInferenceState) -> torch.Tensor:
         """input_ids [B] -> logits [B, V]; one token. No host sync: safe to capture in a CUDA graph."""
         with stage("embed"):
-            h, delta = self.embed(input_ids).to(residual_dtype(self.dtype)), None
+            # The embedding goes in as the first block's pending residual (h = 0 + embedding, exact), so
+            # every block gets the same kinds of arguments and torch.compile compiles the block once; with
+            # delta=None the first block's guards differed and it was compiled a second time.
+            delta = self.embed(input_ids)
+            h = torch.zeros(delta.shape, dtype=residual_dtype(self.dtype), device=delta.device)
         for block, ls in zip(self.layers, state.layers):
             h, delta = block.step(h, delta, ls, state.conv_pos, state.pos, state.rope_cos, state.rope_sin)
         h = h + delta.to(h.dtype)

@@ -1,0 +1,74 @@
+"""The session's last-only prefill: a long prompt in chunks, the LM head on the last position only.
+
+It must give the logits of a one-call prefill (and the same state after it: the decode steps that
+follow agree), take as many chunks as prefill_chunk_len says, and let the memory estimate admit long
+prompts that full logits would not fit."""
+
+import pytest
+import torch
+
+from ttt_decode import models
+from ttt_decode.decode import engine
+from ttt_decode.decode.engine import DecodeSession, estimate_bytes, prefill_chunk_len
+
+CASES = [("ttt-tiny", "mlp_2_dual"), ("ttt-tiny", "mlp_1_dual"), ("ttt-tiny", "mlp_2_primal"),
+         ("mamba-tiny", None), ("llama-tiny", None)]
+
+
+def _build(name, net):
+    kw = {"inner_net": net} if net else {}
+    return models.build(name, device="cpu", dtype=torch.float32, **kw)
+
+
+@pytest.mark.parametrize("name,net", CASES)
+def test_chunked_last_only_equals_one_call(name, net, monkeypatch):
+    torch.manual_seed(0)
+    model = _build(name, net)
+    B, N = 3, 70  # 70: whole mini-batches and a remainder, so chunks end mid-mini-batch too
+    monkeypatch.setattr(engine, "PREFILL_CHUNK_TOKENS", B * 16)
+    assert prefill_chunk_len(model, B, N) == 16
+    ids = torch.randint(0, model.vocab_size, (B, N + 4))
+    calls = []
+    real = model.prefill
+
+    def counted(input_ids, state, last_only=False):
+        calls.append(input_ids.shape[1])
+        return real(input_ids, state, last_only=last_only)
+
+    one = DecodeSession(model, B, cuda_graph=False, max_seq_len=N + 8)
+    full = one.prefill(ids[:, :N])
+    first = one.ids.clone()
+    ref_steps = [one.step(ids[:, t]).clone() for t in range(N, N + 4)]
+
+    monkeypatch.setattr(model, "prefill", counted)
+    chunked = DecodeSession(model, B, cuda_graph=False, max_seq_len=N + 8)
+    last = chunked.prefill(ids[:, :N], last_only=True)
+    assert calls == [16, 16, 16, 16, 6]
+    assert last.shape == (B, 1, full.shape[-1])
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+    assert torch.equal(chunked.ids, first)
+    for t, ref in zip(range(N, N + 4), ref_steps):
+        torch.testing.assert_close(chunked.step(ids[:, t]), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_length_follows_the_batch_and_the_mini_batch():
+    ttt, mamba = _build("ttt-tiny", "mlp_1_dual"), _build("mamba-tiny", None)
+    assert prefill_chunk_len(ttt, 64, 32768) == engine.PREFILL_CHUNK_TOKENS // 64  # 1024, a multiple of 16
+    assert prefill_chunk_len(ttt, 5000, 32768) == 16  # never below one mini-batch
+    assert prefill_chunk_len(mamba, 5000, 32768) == 13  # 65536 // 5000
+    assert prefill_chunk_len(mamba, 1, 100) == 100  # a short prompt is one chunk
+
+
+def test_models_that_cannot_continue_take_the_prompt_whole(monkeypatch):
+    model = _build("mamba-tiny", None)
+    monkeypatch.setattr(model, "continues_prefill", False)  # as the mamba-ssm and transformers adapters
+    assert prefill_chunk_len(model, 64, 32768) == 32768
+
+
+def test_estimate_of_a_long_last_only_prefill_is_a_chunk_not_the_prompt():
+    model = models.build("ttt-1b", device="meta", inner_net="mlp_1_dual")
+    full = estimate_bytes(model, 64, prompt_len=32768)
+    last = estimate_bytes(model, 64, prompt_len=32768, last_only=True)
+    # Full float32 logits of 64 x 32 k tokens: 393 GiB. A chunk of 1024 tokens x 64 sequences: ~8.6 GB.
+    assert full["activations"] > 390 * 2**30
+    assert 4 * 2**30 < last["activations"] < 12 * 2**30
