@@ -111,28 +111,31 @@ for (m, n, b), d in sorted(rows.items()):
 PY
 }
 
-# The study's records live in the tree (STUDY_DIR), so a study cut off by the 10-minute limit of a call
-# resumes in the next call from the records the previous one brought back (copied into the tree).
-# DRY_RUN=1 lists the cells (and what is already recorded) without running any.
+# The study's records go under $OUT/study (STUDY_DIR), so that a sweep cut off by the 10-minute limit of a
+# call still brings back what it recorded; copied into exp/results/<gpu>/study/ they let the next call
+# (STUDY_DIR=exp/results/h200/study) resume. DRY_RUN=1 lists the cells (and what is recorded) without
+# running any. The grid is what one session's 30 minutes of device time allow (each cell is a fresh
+# process: ~25 s of start, compile and capture before its steps): BATCHES, CONTEXT_BATCHES widen it.
 recipe_study() {
-  local dir=${STUDY_DIR:-exp/results/h200/study} t=${SWEEP_TIMEOUT:-540} dry=${DRY_RUN:+--dry-run}
+  local dir=${STUDY_DIR:-$OUT/study} t=${SWEEP_TIMEOUT:-540} dry=${DRY_RUN:+--dry-run}
   local sweep="timeout $t $TTD sweep --logdir $dir --use_compile --cell-timeout 300 $dry"
   case "${STUDY:-batch}" in
     batch)
-      # The seed's grid at genlen 128, one batch per model at genlen 2048 (constant cost over a long
-      # generation), the mamba-ssm baseline and the M2 primal row. One timed run per cell (after the
-      # untimed one): the device time of a session is 30 minutes.
+      # The seed's grid at genlen 128 (every second doubling unless BATCHES says more), one batch per
+      # model at genlen 2048 (constant cost over a long generation); one timed run per cell after the
+      # untimed one.
       $sweep --models mamba-1.4b,ttt-1b --inner-nets mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
-        --batches 128,256,512,1024,2048,4096,8192 --genlens 128 --repeats 1 2>&1 | tail -3
+        --batches "${BATCHES:-128,512,2048,8192}" --genlens 128 --repeats 1 2>&1 | tail -3
       $sweep --models mamba-1.4b,ttt-1b --inner-nets mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
-        --batches 256 --genlens 2048 --repeats 1 2>&1 | tail -3
-      $sweep --models mamba-ssm:mamba-1.4b --batches 128,512,2048 --genlens 128 --repeats 1 2>&1 | tail -3
-      $sweep --models ttt-1b --inner-nets mlp_2_primal_triton --batches 512,1024 --genlens 128 --repeats 1 \
-        2>&1 | tail -3 ;;
+        --batches 128 --genlens 2048 --repeats 1 2>&1 | tail -3
+      [ -z "${BASELINES:-}" ] || {
+        $sweep --models mamba-ssm:mamba-1.4b --batches 128,512,2048 --genlens 128 --repeats 1 2>&1 | tail -3
+        $sweep --models ttt-1b --inner-nets mlp_2_primal_triton --batches 512,1024 --genlens 128 --repeats 1 \
+          2>&1 | tail -3; } ;;
     context)
       # Time per token against context: the KV-cache Transformer grows, the recurrent models stay flat.
       $sweep --models llama-1.3b,mamba-1.4b,ttt-1b --inner-nets attn_triton,mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
-        --batches 16,64 --promptlens 1k,4k,16k,32k --genlens 64 --repeats 1 2>&1 | tail -3 ;;
+        --batches "${CONTEXT_BATCHES:-16,64}" --promptlens 1k,4k,16k,32k --genlens 64 --repeats 1 2>&1 | tail -3 ;;
     *) echo "STUDY must be batch or context" >&2; return 2 ;;
   esac
   [ -n "$dry" ] || $TTD report "$dir" --out "$dir/report" 2>&1 | tail -12
