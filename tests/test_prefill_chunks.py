@@ -72,3 +72,13 @@ def test_estimate_of_a_long_last_only_prefill_is_a_chunk_not_the_prompt():
     # Full float32 logits of 64 x 32 k tokens: 393 GiB. A chunk of 1024 tokens x 64 sequences: ~8.6 GB.
     assert full["activations"] > 390 * 2**30
     assert 4 * 2**30 < last["activations"] < 12 * 2**30
+
+
+def test_sweep_estimate_admits_a_long_prompt_the_cell_can_run():
+    """The sweep's estimate before a cell is the cell's own (a last-only prefill in chunks): llama-1.3b at
+    32 k tokens and batch 16 is ~107 GB (KV cache 96 GB), not the ~197 GB that full logits would add."""
+    from ttt_decode.bench.sweep import estimate_memory_gb
+
+    cell = {"model": "llama-1.3b", "inner_net": None, "dtype": "float16", "state_dtype": None, "batch": 16,
+            "promptlen": 32768, "genlen": 64}
+    assert 100 < estimate_memory_gb(cell) < 115

@@ -223,7 +223,7 @@ def estimate_memory_gb(c: dict, models: dict | None = None) -> float | None:
                                                   device="meta")
     state_dtype = parse_dtype(c["state_dtype"]) if c["state_dtype"] else None
     est = estimate_bytes(model, c["batch"], state_dtype, max_seq_len=c["promptlen"] + c["genlen"] + 1,
-                         prompt_len=c["promptlen"])
+                         prompt_len=c["promptlen"], last_only=True)  # as the cell prefills (bench.cell)
     return est["total"] / 2**30
 
 
