@@ -82,3 +82,61 @@ def test_sweep_estimate_admits_a_long_prompt_the_cell_can_run():
     cell = {"model": "llama-1.3b", "inner_net": None, "dtype": "float16", "state_dtype": None, "batch": 16,
             "promptlen": 32768, "genlen": 64}
     assert 100 < estimate_memory_gb(cell) < 115
+
+
+@pytest.mark.parametrize("name,net", [("ttt-tiny", "mlp_2_dual"), ("mamba-tiny", None), ("llama-tiny", None)])
+def test_snapshot_restore_stands_in_for_a_prefill(name, net):
+    """Decoding from a restored snapshot is decoding after the same prefill: same logits, same tokens."""
+    torch.manual_seed(0)
+    model = _build(name, net)
+    B, N, T = 2, 37, 20  # T steps cross a mini-batch boundary (TTT's state update)
+    ids = torch.randint(0, model.vocab_size, (B, N))
+    session = DecodeSession(model, B, cuda_graph=False, max_seq_len=N + T + 1, max_steps=T)
+    session.prefill(ids, last_only=True)
+    snap = session.snapshot()
+    first = [session.step().clone() for _ in range(T)]
+    tokens = session.tokens.clone()
+    session.restore(snap)
+    again = [session.step().clone() for _ in range(T)]
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert torch.equal(session.tokens, tokens)
+    session.reset()  # and a fresh prefill gives the same again
+    session.prefill(ids, last_only=True)
+    assert torch.equal(session.step(), first[0])
+
+
+def test_snapshot_refused_where_the_state_is_not_all_tensors(monkeypatch):
+    from ttt_decode.errors import UserError
+
+    model = _build("mamba-tiny", None)
+    monkeypatch.setattr(model, "continues_prefill", False)
+    session = DecodeSession(model, 2, cuda_graph=False)
+    assert not session.can_snapshot()
+    with pytest.raises(UserError, match="prefill again"):
+        session.snapshot()
+
+
+def test_decode_cell_prefills_a_long_prompt_once(tmp_path, monkeypatch):
+    """A decode cell with a long prompt prefills once (the untimed run) and times its repeats from a
+    snapshot; a short prompt prefills every run; the records say which."""
+    import json
+
+    from ttt_decode.cli import main
+
+    calls = []
+    real = DecodeSession.prefill
+
+    def counted(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(DecodeSession, "prefill", counted)
+    for promptlen, runs in ((300, 1), (20, 3)):
+        calls.clear()
+        assert main(["bench", "--logdir", str(tmp_path), "--model-name", "mamba-tiny", "--batch", "2",
+                     "--promptlen", str(promptlen), "--genlen", "4", "--repeats", "2", "--no_cg"]) == 0
+        rec = [json.loads(line) for line in open(tmp_path / "results.jsonl")][-1]
+        assert len(calls) == runs == rec["prefill_runs"]
+        assert rec["prefill_reused"] is (runs == 1)
+        assert rec["status"] == "ok" and rec["decode_steps"] == 4

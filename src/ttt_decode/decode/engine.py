@@ -24,6 +24,7 @@ run it outside timed windows) so that NaN weights are reported instead of decodi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -84,6 +85,30 @@ def estimate_bytes(model, batch: int, state_dtype: torch.dtype | None = None, ma
         activations = batch * (4 * vocab * (prompt_len + 2) + ids)
     out = {"weights": model.weight_bytes(), "state": batch * state, "activations": activations}
     out["total"] = sum(out.values())
+    return out
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    """Every tensor of an inference state (dataclasses, lists, tuples, dicts of them), each once, in a
+    fixed order."""
+    out, seen = [], set()
+
+    def walk(obj):
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                out.append(obj)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for f in dataclasses.fields(obj):
+                walk(getattr(obj, f.name))
+        elif isinstance(obj, (list, tuple)):
+            for x in obj:
+                walk(x)
+        elif isinstance(obj, dict):
+            for x in obj.values():
+                walk(x)
+
+    walk(state)
     return out
 
 
@@ -256,6 +281,28 @@ class DecodeSession:
         self.ids.zero_()
         self.step_idx.zero_()
         self.tokens_in_state = 0
+
+    def can_snapshot(self) -> bool:
+        """Whether snapshot/restore can stand in for a prefill: the state is device tensors only (our
+        models; the baselines' adapters keep host-side positions and caches their libraries replace)."""
+        return bool(getattr(self.model, "continues_prefill", False))
+
+    def snapshot(self) -> dict:
+        """A copy of everything a prefill leaves (state tensors, next input, position counters), for
+        restore(): decoding again from the same context without prefilling it again."""
+        if not self.can_snapshot():
+            raise UserError(f"{type(self.model).__name__} keeps part of its state outside tensors: prefill again "
+                            "instead of restoring a snapshot")
+        return {"tensors": [t.clone() for t in state_tensors(self.state)], "ids": self.ids.clone(),
+                "step_idx": self.step_idx.clone(), "tokens_in_state": self.tokens_in_state}
+
+    def restore(self, snap: dict) -> None:
+        """Back to the moment of snapshot(), in place (the graph stays valid)."""
+        for dst, src in zip(state_tensors(self.state), snap["tensors"], strict=True):
+            dst.copy_(src)
+        self.ids.copy_(snap["ids"])
+        self.step_idx.copy_(snap["step_idx"])
+        self.tokens_in_state = snap["tokens_in_state"]
 
     def _account(self, n: int) -> None:
         self.tokens_in_state += n
