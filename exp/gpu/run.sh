@@ -112,13 +112,18 @@ PY
 }
 
 # The study's records go under $OUT/study (STUDY_DIR), so that a sweep cut off by the 10-minute limit of a
-# call still brings back what it recorded; copied into exp/results/<gpu>/study/ they let the next call
-# (STUDY_DIR=exp/results/h200/study) resume. DRY_RUN=1 lists the cells (and what is recorded) without
-# running any. The grid is what one session's 30 minutes of device time allow (each cell is a fresh
-# process: ~25 s of start, compile and capture before its steps): BATCHES, CONTEXT_BATCHES widen it.
+# call still brings back what it recorded. RESUME_FROM=<folder with a results.jsonl> (e.g. the records a
+# previous call brought back, committed) starts from its records, so the next call runs only the cells
+# not yet recorded (RETRY=oom,error also reruns the cells recorded so). DRY_RUN=1 lists the cells (and
+# what is recorded) without running any. The grid is what one session's 30 minutes of device time allow
+# (each cell is a fresh process: ~25 s of start, compile and capture before its steps): BATCHES,
+# CONTEXT_BATCHES widen it.
 recipe_study() {
   local dir=${STUDY_DIR:-$OUT/study} t=${SWEEP_TIMEOUT:-540} dry=${DRY_RUN:+--dry-run}
-  local sweep="timeout $t $TTD sweep --logdir $dir --use_compile --cell-timeout 300 $dry"
+  local sweep="timeout $t $TTD sweep --logdir $dir --use_compile --cell-timeout 300 $dry ${RETRY:+--retry $RETRY}"
+  if [ -n "${RESUME_FROM:-}" ] && [ ! -s "$dir/results.jsonl" ]; then
+    mkdir -p "$dir" && cp "$RESUME_FROM/results.jsonl" "$dir/results.jsonl" || return 2
+  fi
   case "${STUDY:-batch}" in
     batch)
       # The seed's grid at genlen 128 (every second doubling unless BATCHES says more), one batch per
