@@ -30,7 +30,7 @@ def main(args) -> int:
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k)
     cuda_graph = model.device.type == "cuda" and not args.no_cg
     # Before the prompt [B, P] and the state exist: a batch over the device's memory is one line, not a traceback.
-    check_memory(model, args.batch, state_dtype, args.promptlen + args.genlen, args.promptlen)
+    check_memory(model, args.batch, state_dtype, args.promptlen + args.genlen, args.promptlen, last_only=True)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     try:
         prompt = torch.randint(0, model.vocab_size, (args.batch, args.promptlen), generator=gen).to(model.device)
