@@ -128,6 +128,7 @@ class MambaMixer(nn.Module):
                 if lin.bias is not None:
                     lin.bias.zero_()
         self.conv_step, self.ssm_step = mamba_ops.pick_steps(impl)
+        self.scan = mamba_ops.pick_scan(impl)
 
     def _split_dbc(self, dbc):
         R, S = self.dt_rank, self.d_state
@@ -141,7 +142,7 @@ class MambaMixer(nn.Module):
         xc = mamba_ops.conv_prefill(u, conv_state, conv_pos, self.conv1d.weight, self.conv1d.bias)  # [B, N, D]
         dt_r, Bm, Cm = self._split_dbc(self.x_proj(xc))
         dt = F.linear(dt_r, self.dt_proj.weight)  # [B, N, D]; the bias is added inside the op
-        y = mamba_ops.scan(xc, z, dt, Bm, Cm, self.A_log, self.D, self.dt_proj.bias, ssm_state)
+        y = self.scan(xc, z, dt, Bm, Cm, self.A_log, self.D, self.dt_proj.bias, ssm_state)
         return self.out_proj(y)
 
     def step(self, x, conv_state, conv_pos, ssm_state):

@@ -11,8 +11,9 @@ Shapes: x, x_c, z, dt [B, D] ([B, N, D] for prefill); B, C [B, S] ([B, N, S]); A
 conv weight [D, W], bias [D]; conv_state [B, W, D] (a ring, slot conv_pos = oldest input; naive.py);
 conv_pos [1] int64; ssm_state [B, D, S]. The steps do not move conv_pos: the caller advances it once
 per token for every layer (`advance_`). `impl` picks "naive" (PyTorch, any dtype incl. float64) or
-"triton" (triton_decode.py: CUDA, or TRITON_INTERPRET=1 on CPU). Prefill (conv_prefill, scan) is the
-PyTorch path for both; see naive.py for its cost.
+"triton" (triton_decode.py: CUDA, or TRITON_INTERPRET=1 on CPU). Prefill: conv_prefill is PyTorch for
+both; the scan is naive.scan (one kernel per token; see naive.py for its cost) or, for "triton", the
+one-launch scan of triton_scan.py (`pick_scan`).
 """
 
 from ttt_decode.errors import UserError
@@ -22,7 +23,7 @@ from ttt_decode.ops.mamba.naive import advance_, conv_prefill, scan
 IMPLS = ("naive", "triton")
 
 __all__ = ["conv_step", "ssm_step", "add_rms_norm", "conv_prefill", "scan", "advance_", "pick", "pick_steps",
-           "naive", "IMPLS", "ssm_step_bytes", "ssm_step_flops", "conv_step_bytes", "conv_step_flops"]
+           "pick_scan", "naive", "IMPLS", "ssm_step_bytes", "ssm_step_flops", "conv_step_bytes", "conv_step_flops"]
 
 
 def pick_steps(impl: str):
@@ -38,6 +39,17 @@ def pick(impl: str):
         from ttt_decode.ops.mamba import triton_decode
 
         return triton_decode.conv_step, triton_decode.ssm_step, triton_decode.add_rms_norm
+    raise UserError(f"unknown Mamba op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
+
+
+def pick_scan(impl: str):
+    """The prefill scan of an implementation (same signature as naive.scan)."""
+    if impl == "naive":
+        return naive.scan
+    if impl == "triton":
+        from ttt_decode.ops.mamba import triton_scan
+
+        return triton_scan.scan
     raise UserError(f"unknown Mamba op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
 
 

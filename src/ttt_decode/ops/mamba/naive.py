@@ -29,8 +29,8 @@ Functions (each mutates only what it says):
         leaves conv_state holding the last W inputs for position (conv_pos + N) % W
     scan(x_c, z, dt, B, C, A_log, D, dt_bias, ssm_state) -> y [B, N, D]; advances ssm_state by N tokens
 
-Cost of `scan` (the prefill path of both implementations): a sequential recurrence over the N tokens,
-vectorised over B, D and S, in chunks of tokens sized to bound memory (`_chunk_tokens`): per chunk two
+Cost of `scan` (the reference prefill; the Triton one is triton_scan.py): a sequential recurrence over
+the N tokens, vectorised over B, D and S, in chunks of tokens sized to bound memory (`_chunk_tokens`): per chunk two
 [B, L, D, S] temporaries (exp(dt A) and dt B x), then one fused multiply-add kernel per token on a
 [B, D, S] slice, then one batched contraction with C. Work O(B N D S), memory traffic about 6 B N D S
 compute-dtype elements, N + O(N / L) kernel launches: correct for any prompt length, but it is a

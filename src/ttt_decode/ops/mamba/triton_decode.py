@@ -48,20 +48,9 @@ import triton
 import triton.language as tl
 
 from ttt_decode.ops.kernel_op import kernel_op
-
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _softplus(x):
-    # log1p(exp(x)) accurate for small exp(x) (log1p from log: Goldberg), linear above 20 like torch.
-    u = tl.exp(x)
-    w = 1.0 + u
-    lp = tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
-    return tl.where(x <= 20.0, lp, x)
+from ttt_decode.ops.mamba.triton_math import compute_dtype as _compute
+from ttt_decode.ops.mamba.triton_math import sigmoid as _sigmoid
+from ttt_decode.ops.mamba.triton_math import softplus as _softplus
 
 
 @triton.jit
@@ -160,10 +149,6 @@ def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, hout_ptr, x_ptr, dim, stride_h, st
     b_y = (b_h * (1.0 / tl.sqrt(ms + eps))).to(hout_ptr.dtype.element_ty).to(x_ptr.dtype.element_ty)
     b_w = tl.load(w_ptr + o, mask=m, other=0.0)
     tl.store(x_ptr + row * dim + o, (b_w.to(COMPUTE) * b_y.to(COMPUTE)).to(x_ptr.dtype.element_ty), mask=m)
-
-
-def _compute(*tensors) -> tl.dtype:
-    return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
 
 
 def _pow2_rows(batch: int, rows: int) -> int:
