@@ -451,7 +451,7 @@ def test_baselines_refused_when_package_missing(monkeypatch):
 
 
 def test_baseline_names_checked():
-    with pytest.raises(UserError, match="Mamba models only"):
+    with pytest.raises(UserError, match="baselines exist for Mamba models"):
         load_model("hf:ttt-tiny", device="cpu")
     with pytest.raises(UserError, match="unknown model 'mamba-9b'"):
         load_model("hf:mamba-9b", device="cpu")

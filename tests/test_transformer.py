@@ -9,7 +9,7 @@ from ttt_decode.configs import get_config
 from ttt_decode.decode import teacher_force
 from ttt_decode.errors import UserError
 from ttt_decode.models import randomize_
-from ttt_decode.models.transformer import TransformerLM
+from ttt_decode.models.transformer import TransformerLM, hf_llama_config_kwargs, hf_llama_state_dict
 from ttt_decode.ops.attention import decode_attention
 from ttt_decode.ops.kernel_op import interpreter_problem
 
@@ -68,29 +68,8 @@ def test_rows_past_the_position_are_not_read():
 def test_equals_transformers_llama():
     transformers = pytest.importorskip("transformers")
     model = tiny(dtype=torch.float32)
-    c = model.config
-    hf_cfg = transformers.LlamaConfig(vocab_size=c.padded_vocab_size, hidden_size=c.hidden_size,
-                                      intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
-                                      num_attention_heads=c.num_heads, num_key_value_heads=c.num_heads,
-                                      rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_seq_len,
-                                      tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
-    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    sd = model.state_dict()
-    D, I = c.hidden_size, c.intermediate_size  # noqa: E741 (the MLP width, as in the equations)
-    mapped = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm_f.weight"],
-              "lm_head.weight": sd["embed.weight"]}
-    for i in range(c.num_layers):
-        p, o = f"model.layers.{i}.", f"layers.{i}."
-        q, k, v = sd[o + "attn.qkv.weight"].split(D)
-        gate, up = sd[o + "mlp.gate_up.weight"].split(I)
-        mapped.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": sd[o + "attn.o_proj.weight"],
-                       p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                       p + "mlp.down_proj.weight": sd[o + "mlp.down.weight"],
-                       p + "input_layernorm.weight": sd[o + "attn_norm.weight"],
-                       p + "post_attention_layernorm.weight": sd[o + "mlp_norm.weight"]})
-    missing, unexpected = hf.load_state_dict(mapped, strict=False)
-    assert not unexpected and all("rotary" in m for m in missing)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_llama_config_kwargs(model.config))).eval()
+    hf.load_state_dict(hf_llama_state_dict(model), strict=True)
     ids = torch.randint(0, 500, (2, 25), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = hf(ids).logits

@@ -67,8 +67,8 @@ def reference_model(model, inner_net: str | None, dtype: torch.dtype):
     spec = getattr(model, "reference_spec", None)
     if spec is not None:
         # An outside implementation (hf:, mamba-ssm:): our model with the same weights is the reference.
-        return models.load_model(spec["name"], inner_net=inner_net or "mamba_ref", dtype=dtype, device=model.device,
-                                 seed=spec["seed"])
+        return models.load_model(spec["name"], inner_net=inner_net or spec.get("inner_net", "mamba_ref"), dtype=dtype,
+                                 device=model.device, seed=spec["seed"])
     if inner_net is None:
         inner_net = reference_inner_net(getattr(model, "inner_net", None))
     ref = models.build(model.config, inner_net=inner_net, dtype=dtype, device=model.device)

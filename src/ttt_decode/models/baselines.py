@@ -1,18 +1,27 @@
-"""Outside Mamba implementations behind model-name prefixes, as DecodeLMs in the same harness.
+"""Outside implementations behind model-name prefixes, as DecodeLMs in the same harness.
 
-    hf:<name>         transformers' MambaForCausalLM (the implementation most users reach for)
+    hf:<name>         transformers' MambaForCausalLM for a Mamba name, LlamaForCausalLM for a Transformer
+                      name (llama-*): the implementations most users reach for
     mamba-ssm:<name>  the mamba-ssm package's MambaLMHeadModel, with its own CUDA-graph generate
 
-<name> is a Mamba config name or hub alias (random weights: exactly the weights of our model built with
-the same seed, converted, so logits are comparable) or a local checkpoint directory. Each prefix is
-refused with one line when its package is missing.
+<name> is a config name or hub alias (random weights: exactly the weights of our model built with
+the same seed, converted, so logits are comparable) or a local Mamba checkpoint directory. Each prefix
+is refused with one line when its package is missing.
 
-hf: the adapter's state is transformers' cache object, filled by the prefill; prefill and step go
+hf: (Mamba) the adapter's state is transformers' cache object, filled by the prefill; prefill and step go
 through MambaForCausalLM.forward with that cache. Its cache is created by the forward itself, so the
 step cannot be captured in a CUDA graph before the prefill: `supports_cuda_graph = False`, and the
 engine runs it eagerly. transformers keeps the recurrent state in float32 whatever the weights are.
 transformers uses mamba-ssm's and causal-conv1d's kernels when they import, else its PyTorch path;
 `kernel_path` says which.
+
+hf: (Llama) LlamaForCausalLM holds our TransformerLM's tensors themselves (transformer.hf_llama_state_dict:
+views, no copy). The state is transformers' StaticCache, allocated up front for the capacity (max_seq_len)
+in the weight dtype (StaticCache writes keys and values in the dtype they come in: no other state dtype),
+and the position pos [1] on the device. The prefill fills the cache from an empty state; the step feeds
+one token at position pos and advances it in place (the cache's own per-layer counters advance with it)
+and reads nothing back to the host, so the engine captures it in a CUDA graph like our models' steps.
+transformers picks the attention (`kernel_path`: sdpa unless configured otherwise).
 
 mamba-ssm: the DecodeLM contract runs through mamba-ssm's own step path (InferenceParams holding the
 per-layer (conv_state [B, D, W], ssm_state [B, D, S]) that `allocate_inference_cache` would make, the
@@ -23,15 +32,16 @@ mamba-ssm's own `generate(..., cg=True)` (its CUDA graphs; its state dtype is th
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from ttt_decode.configs import MambaConfig, get_config
+from ttt_decode.configs import CONFIGS, MambaConfig, TransformerConfig, get_config
 from ttt_decode.errors import MissingPackageError, UserError
-from ttt_decode.models.common import DecodeLM
+from ttt_decode.models.common import DecodeLM, check_ids
 from ttt_decode.models.mamba import mamba_decode_cost, mamba_state_bytes_per_seq
 from ttt_decode.models.mamba_checkpoint import hf_config, published_state_dict
 
@@ -50,9 +60,9 @@ def _importable(module: str) -> bool:
 class _Adapter(DecodeLM):
     """Shared plumbing: config, dtype/device from the wrapped model, compulsory cost from the config."""
 
-    continues_prefill = False  # both wrapped models prefill from an empty state only
+    continues_prefill = False  # the wrapped models prefill from an empty state only
 
-    def _wrap(self, config: MambaConfig, embedding: torch.nn.Embedding):
+    def _wrap(self, config: MambaConfig | TransformerConfig, embedding: torch.nn.Embedding):
         self.config = config
         # DecodeLM reads dtype and device off self.embed; the wrapped model's embedding is it.
         self.embed = embedding
@@ -123,6 +133,123 @@ class HFMambaLM(_Adapter):
         out = self.hf(input_ids=input_ids.unsqueeze(1), cache_params=state.cache, use_cache=True)
         state.cache = out.cache_params
         return out.logits[:, -1].float()
+
+
+# ---- transformers: Llama ----
+@dataclass
+class HFLlamaState:
+    """transformers' StaticCache (every layer's keys and values [B, H, capacity, f], allocated up front) and
+    pos [1] int64 on the device: the tokens in the cache (the next token's position)."""
+
+    cache: object
+    pos: torch.Tensor
+    batch: int
+    capacity: int
+    state_dtype: torch.dtype
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
+
+
+class HFLlamaLM(_Adapter):
+    """transformers' LlamaForCausalLM with a StaticCache as a DecodeLM (graph-capturable step)."""
+
+    supports_cuda_graph = True
+    uses_kv_cache = True
+    inner_net = "hf_transformers"
+
+    def __init__(self, ours):
+        super().__init__()
+        import transformers
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from ttt_decode.models.transformer import hf_llama_config_kwargs, hf_llama_state_dict
+
+        if not hasattr(transformers.StaticCache, "early_initialization"):
+            raise UserError(f"hf:{ours.config.name} needs transformers' StaticCache.early_initialization, which "
+                            f"transformers {transformers.__version__} lacks: pip install -U transformers")
+        with torch.device("meta"):
+            hf = LlamaForCausalLM(LlamaConfig(**hf_llama_config_kwargs(ours.config)))
+        # assign=True: the meta parameters become our model's tensors (same dtype and device), no copy.
+        hf.load_state_dict(hf_llama_state_dict(ours), strict=True, assign=True)
+        hf.lm_head.weight = hf.model.embed_tokens.weight  # tied again: one weight, read once
+        # The rotary frequencies are a buffer outside the state dict: made again on the real device.
+        hf.model.rotary_emb = type(hf.model.rotary_emb)(hf.config).to(ours.device)
+        self.hf = hf.eval()
+        self._wrap(ours.config, hf.model.embed_tokens)
+        # Our model answers the cost questions from the same config; kept outside the module tree, since
+        # its parameters are hf's (the same storage) and would be counted twice.
+        self._ours = (ours,)
+        self.kernel_path = f"{hf.config._attn_implementation} attention"
+        self.weights_source = ours.weights_source
+        # Argument names differ across transformers versions: the cache is `cache` (5.x) or
+        # `past_key_values`; versions with `cache_position` want the write position given.
+        params = inspect.signature(hf.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_position = "cache_position" in params
+        self._logits_to_keep = "logits_to_keep" in params
+
+    def default_state_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    def allocate_state(self, batch: int, state_dtype: torch.dtype | None = None,
+                       max_seq_len: int | None = None) -> HFLlamaState:
+        from transformers import StaticCache
+
+        if not isinstance(batch, int) or batch < 1:
+            raise UserError(f"batch must be a positive integer, got {batch!r}")
+        if state_dtype not in (None, self.dtype):
+            name, weights = (str(d).replace("torch.", "") for d in (state_dtype, self.dtype))
+            raise UserError(f"hf: transformers' StaticCache keeps the KV cache in the weight dtype {weights}; "
+                            f"drop --state-dtype {name} or pass --dtype {name}")
+        c, T = self.config, max_seq_len or self.config.max_seq_len
+        cache = StaticCache(config=self.hf.config, max_cache_len=T)
+        cache.early_initialization(batch, c.num_heads, c.head_dim, self.dtype, self.device)
+        return HFLlamaState(cache, torch.zeros(1, dtype=torch.int64, device=self.device), batch, T, self.dtype)
+
+    @torch.no_grad()
+    def reset_state(self, state: HFLlamaState) -> None:
+        state.pos.zero_()
+        state.cache.reset()  # zeroes keys, values and the per-layer counters, in place
+
+    def state_bytes_per_seq(self, state_dtype: torch.dtype | None = None, context: int | None = None) -> int:
+        return self._ours[0].state_bytes_per_seq(state_dtype, context=context)
+
+    def decode_cost(self, batch: int, state_dtype: torch.dtype | None = None, context: int | None = None) -> dict:
+        return self._ours[0].decode_cost(batch, state_dtype, context=context)
+
+    def _forward(self, input_ids: torch.Tensor, state: HFLlamaState, positions: torch.Tensor, **kw):
+        kw.update({self._cache_arg: state.cache, "use_cache": True, "position_ids": positions.view(1, -1)})
+        if self._cache_position:
+            kw["cache_position"] = positions
+        return self.hf(input_ids=input_ids, **kw).logits
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full-sequence logits [B, N, V] float32, no cache."""
+        return self.hf(input_ids=input_ids, use_cache=False).logits.float()
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, state: HFLlamaState, last_only: bool = False) -> torch.Tensor:
+        check_ids(input_ids, 2, state.batch)
+        N = input_ids.shape[1]
+        if int(state.pos.item()) != 0:
+            raise UserError("hf: transformers' Llama prefill starts from an empty state; call reset_state first")
+        if N > state.capacity:
+            raise UserError(f"{N} tokens exceed the KV cache capacity {state.capacity}; "
+                            "allocate the state with a larger max_seq_len")
+        kw = {"logits_to_keep": 1} if last_only and self._logits_to_keep else {}
+        logits = self._forward(input_ids, state, torch.arange(N, device=input_ids.device), **kw)
+        state.pos.fill_(N)
+        return (logits[:, -1:] if last_only else logits).float()
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, state: HFLlamaState) -> torch.Tensor:
+        """input_ids [B] -> logits [B, V] float32 at position pos, which it advances. No host read: one CUDA
+        graph serves every position. The caller keeps pos below the capacity (DecodeSession does)."""
+        logits = self._forward(input_ids.unsqueeze(1), state, state.pos)[:, -1]
+        state.pos.add_(1)
+        return logits.float()
 
 
 # ---- mamba-ssm ----
@@ -248,7 +375,8 @@ def _require(prefix: str) -> None:
 
 def load_baseline(prefix: str, name: str, inner_net: str | None = None, dtype="float16", device=None,
                   seed: int | None = 0) -> DecodeLM:
-    """'hf' or 'mamba-ssm' + a Mamba config name, alias or checkpoint directory -> an adapter DecodeLM."""
+    """'hf' + a Mamba or Transformer config name (or a Mamba checkpoint directory), or 'mamba-ssm' + a Mamba
+    config name, alias or checkpoint directory -> an adapter DecodeLM."""
     from ttt_decode.dtypes import parse_dtype, resolve_device
     from ttt_decode.models.factory import build
 
@@ -263,7 +391,11 @@ def load_baseline(prefix: str, name: str, inner_net: str | None = None, dtype="f
         cfg = None
     else:
         cfg = get_config(name)
-        if not isinstance(cfg, MambaConfig):
+        llamas = ", ".join(n for n, c in CONFIGS.items() if isinstance(c, TransformerConfig))
+        if prefix == "hf" and not isinstance(cfg, (MambaConfig, TransformerConfig)):
+            raise UserError(f"hf: baselines exist for Mamba models (mamba-130m ... mamba-2.8b) and Transformers "
+                            f"({llamas}), not {name!r}")
+        if prefix != "hf" and not isinstance(cfg, MambaConfig):
             raise UserError(f"{prefix}: baselines exist for Mamba models only (mamba-130m ... mamba-2.8b), "
                             f"not {name!r}")
     _require(prefix)
@@ -274,8 +406,13 @@ def load_baseline(prefix: str, name: str, inner_net: str | None = None, dtype="f
 
         ours = load_mamba_checkpoint(name, dtype=dtype, device=device, inner_net="mamba_ref")
     else:
-        ours = build(cfg, inner_net="mamba_ref", dtype=dtype, device=device, seed=seed)
-    adapter = HFMambaLM(ours) if prefix == "hf" else MambaSSMLM(ours)
+        # Our model with the weights: its PyTorch path (the adapter only takes its tensors).
+        ref_net = "attn_ref" if isinstance(cfg, TransformerConfig) else "mamba_ref"
+        ours = build(cfg, inner_net=ref_net, dtype=dtype, device=device, seed=seed)
+    if prefix == "mamba-ssm":
+        adapter = MambaSSMLM(ours)
+    else:
+        adapter = HFLlamaLM(ours) if isinstance(cfg, TransformerConfig) else HFMambaLM(ours)
     # How to build our own model with the same weights (decode/check.py's fidelity reference).
-    adapter.reference_spec = {"name": name, "seed": seed}
+    adapter.reference_spec = {"name": name, "seed": seed, "inner_net": ours.inner_net}
     return adapter

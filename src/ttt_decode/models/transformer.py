@@ -9,6 +9,9 @@ first pos + 1 rows only (ops.attention: the Triton kernel reads exactly those ro
 serves every position while the work per token grows linearly with the context, as it does for any
 Transformer. `inner_net` picks the attention implementation: attn_ref (PyTorch, masked over the whole
 capacity) or attn_triton (the kernel).
+
+`hf_llama_config_kwargs` and `hf_llama_state_dict` map the model onto transformers' LlamaForCausalLM (same
+logits): the one home of that mapping, used by the hf:llama-* baseline (models/baselines.py) and its tests.
 """
 
 from __future__ import annotations
@@ -198,3 +201,33 @@ class TransformerLM(DecodeLM):
         state.pos.add_(1)
         with stage("lm_head"):
             return self.lm_head(h)
+
+
+def hf_llama_config_kwargs(config: TransformerConfig) -> dict:
+    """transformers.LlamaConfig keyword arguments for the same architecture (MHA, SwiGLU, no biases, tied
+    head, RMSNorm, default rotary), over the padded vocabulary."""
+    return dict(vocab_size=config.padded_vocab_size, hidden_size=config.hidden_size,
+                intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads, num_key_value_heads=config.num_heads, hidden_act="silu",
+                rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
+                max_position_embeddings=config.max_seq_len, tie_word_embeddings=True, attention_bias=False,
+                mlp_bias=False)
+
+
+def hf_llama_state_dict(model: TransformerLM) -> dict[str, torch.Tensor]:
+    """Our weights under transformers' LlamaForCausalLM names: qkv split into q, k, v and gate_up into gate,
+    up (views, no copy); lm_head.weight is the embedding (tied). Loads with strict=True."""
+    sd, D, I = model.state_dict(), model.config.hidden_size, model.config.intermediate_size  # noqa: E741
+    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm_f.weight"],
+           "lm_head.weight": sd["embed.weight"]}
+    for i in range(model.config.num_layers):
+        p, o = f"model.layers.{i}.", f"layers.{i}."
+        q, k, v = sd[o + "attn.qkv.weight"].split(D)
+        gate, up = sd[o + "mlp.gate_up.weight"].split(I)
+        out.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                    p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": sd[o + "attn.o_proj.weight"],
+                    p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                    p + "mlp.down_proj.weight": sd[o + "mlp.down.weight"],
+                    p + "input_layernorm.weight": sd[o + "attn_norm.weight"],
+                    p + "post_attention_layernorm.weight": sd[o + "mlp_norm.weight"]})
+    return out
