@@ -140,7 +140,11 @@ recipe_study() {
     context)
       # Time per token against context: the KV-cache Transformer grows, the recurrent models stay flat.
       $sweep --models llama-1.3b,mamba-1.4b,ttt-1b --inner-nets attn_triton,mamba_triton,mlp_1_dual_triton,mlp_2_dual_triton \
-        --batches "${CONTEXT_BATCHES:-16,64}" --promptlens 1k,4k,16k,32k --genlens 64 --repeats 1 2>&1 | tail -3 ;;
+        --batches "${CONTEXT_BATCHES:-16,64}" --promptlens 1k,4k,16k,32k --genlens 64 --repeats 1 2>&1 | tail -3
+      # HF_LLAMA=1: transformers' LlamaForCausalLM with a static cache, the Transformer a user would
+      # otherwise pick (needs a transformers with StaticCache.early_initialization, 5.24 has it).
+      [ -z "${HF_LLAMA:-}" ] || $sweep --models hf:llama-1.3b --batches "${CONTEXT_BATCHES:-16,64}" \
+        --promptlens 1k,4k,16k,32k --genlens 64 --repeats 1 2>&1 | tail -3 ;;
     *) echo "STUDY must be batch or context" >&2; return 2 ;;
   esac
   [ -n "$dry" ] || $TTD report "$dir" --out "$dir/report" 2>&1 | tail -12
