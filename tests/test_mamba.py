@@ -471,6 +471,21 @@ def test_hf_baseline_has_no_cuda_graph():
     assert DecodeSession(hf, 2).cuda_graph is False
 
 
+def test_hf_baseline_decodes_as_ours_without_deprecated_arguments():
+    """hf:mamba-tiny (transformers' MambaForCausalLM on our weights) decodes our logits through prefill and
+    step, passing its cache under the name the installed transformers takes (no FutureWarning)."""
+    import warnings
+
+    pytest.importorskip("transformers")
+    hf = load_model("hf:mamba-tiny", dtype="float32", device="cpu")
+    ours = load_model("mamba-tiny", inner_net="mamba_ref", dtype="float32", device="cpu")
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        a = teacher_force(hf, ids, 4)
+    assert rel_err(a, teacher_force(ours, ids, 4)) < 1e-4
+
+
 def test_decode_cost_of_mamba_1_4b():
     """From the config: 2.8 GB fp16 weights; at B=512 the fp16 ssm state read + written is 6.4 GB (ANCHORS)."""
     model = MambaLM(get_config("state-spaces/mamba-1.4b"), dtype=torch.float16, device="meta")

@@ -109,6 +109,14 @@ class HFMambaLM(_Adapter):
         self._wrap(ours.config, hf.backbone.embeddings)
         self.kernel_path = "mamba-ssm kernels" if _importable("mamba_ssm") else "PyTorch path"
         self.weights_source = ours.weights_source
+        # The cache argument is `cache` in newer transformers, `cache_params` before (deprecated, to be
+        # removed in 5.40): the name the installed forward takes.
+        params = inspect.signature(hf.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "cache_params"
+
+    @staticmethod
+    def _cache_of(out):
+        return out.cache if getattr(out, "cache", None) is not None else out.cache_params
 
     def allocate_state(self, batch: int, state_dtype: torch.dtype | None = None) -> HFState:
         if state_dtype not in (None, torch.float32):
@@ -123,15 +131,15 @@ class HFMambaLM(_Adapter):
         if state.cache is not None:
             raise UserError("hf: transformers' Mamba prefill starts from an empty state; call reset_state first")
         out = self.hf(input_ids=input_ids, use_cache=True)
-        state.cache = out.cache_params
+        state.cache = self._cache_of(out)
         return (out.logits[:, -1:] if last_only else out.logits).float()
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: HFState) -> torch.Tensor:
         if state.cache is None:
             return self.prefill(input_ids.unsqueeze(1), state)[:, -1]
-        out = self.hf(input_ids=input_ids.unsqueeze(1), cache_params=state.cache, use_cache=True)
-        state.cache = out.cache_params
+        out = self.hf(input_ids=input_ids.unsqueeze(1), use_cache=True, **{self._cache_arg: state.cache})
+        state.cache = self._cache_of(out)
         return out.logits[:, -1].float()
 
 
