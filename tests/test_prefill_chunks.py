@@ -140,3 +140,15 @@ def test_decode_cell_prefills_a_long_prompt_once(tmp_path, monkeypatch):
         assert len(calls) == runs == rec["prefill_runs"]
         assert rec["prefill_reused"] is (runs == 1)
         assert rec["status"] == "ok" and rec["decode_steps"] == 4
+
+
+def test_estimate_refusal_names_what_the_activations_are():
+    """A refused last-only prefill says its activations are the prefill's, not logits (the hf:llama 32 k
+    cell's record said 'logits and ids 64' for a chunk of activations)."""
+    from ttt_decode.decode.engine import OutOfMemoryEstimate, check_memory
+
+    model = models.build("ttt-1b", device="meta", inner_net="mlp_1_dual")
+    with pytest.raises(OutOfMemoryEstimate, match="prefill activations"):
+        check_memory(model, 64, prompt_len=32768, limit_bytes=2**30, last_only=True)
+    with pytest.raises(OutOfMemoryEstimate, match="logits and ids"):
+        check_memory(model, 64, prompt_len=32768, limit_bytes=2**30)

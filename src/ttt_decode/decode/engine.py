@@ -126,7 +126,8 @@ def check_memory(model, batch: int, state_dtype: torch.dtype | None = None, max_
     if est["total"] * (1 + MEMORY_MARGIN) > limit:
         raise OutOfMemoryEstimate(
             f"estimate: batch {batch} needs about {_gb(est['total'])} GB (weights {_gb(est['weights'])}, state "
-            f"{_gb(est['state'])}, logits and ids {_gb(est['activations'])}), more than the {_gb(limit)} GB of "
+            f"{_gb(est['state'])}, {'prefill activations' if last_only else 'logits and ids'} "
+            f"{_gb(est['activations'])}), more than the {_gb(limit)} GB of "
             f"{where} (less a {MEMORY_MARGIN:.0%} margin); use a smaller --batch")
     return {**est, "limit": limit}
 
