@@ -41,9 +41,9 @@ import time
 import torch
 
 from ttt_decode import registry
-from ttt_decode.decode.engine import capture_graph
 from ttt_decode.dtypes import parse_dtype
 from ttt_decode.errors import UserError
+from ttt_decode.ops.cuda_graphs import capture_graph
 from ttt_decode.provenance import git_commit, gpu_name
 from ttt_decode.provenance import gpu_slug as gpu_folder
 

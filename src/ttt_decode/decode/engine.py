@@ -33,6 +33,7 @@ import torch
 from ttt_decode.decode.sampling import Sampling, sample
 from ttt_decode.errors import NonFiniteLogits, OutOfMemoryEstimate, UserError
 from ttt_decode.models.common import stage
+from ttt_decode.ops.cuda_graphs import capture_graph
 
 WARMUP_STEPS = 2
 # Share of the device's memory the estimate may not use: the CUDA context, allocator slack and the
@@ -146,21 +147,6 @@ def is_oom(e: BaseException) -> bool:
     text = str(e).lower()
     return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
                                            or "cannot allocate memory" in text)
-
-
-def capture_graph(fn, warm_up) -> tuple[torch.cuda.CUDAGraph, object]:
-    """(graph, output) of one call of fn captured in a CUDA graph. warm_up() runs first on a side stream
-    (compilation, autotuning, lazy allocations stay out of the graph; the current stream is not
-    disturbed), as torch and mamba-ssm's capture does."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        warm_up()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
 
 
 def _compile_seconds() -> float:

@@ -47,6 +47,7 @@ from ttt_decode.ops.ttt_common import (
     pick_step,
     token_coeffs,
 )
+from ttt_decode.ops.ttt_prefill_graph import prefill_graphs
 
 INIT_STD = 0.02
 
@@ -353,8 +354,9 @@ class TTTLM(DecodeLM):
         positions = (start + torch.arange(N, device=input_ids.device)) % b
         cos, sin = state.rope_cos.index_select(0, positions), state.rope_sin.index_select(0, positions)  # [N, f/2]
         h = self.embed(input_ids).to(residual_dtype(self.dtype))
-        for block, ls in zip(self.layers, state.layers):
-            h = block.prefill(h, ls, state.conv_pos, cos, sin)
+        with prefill_graphs():  # one CUDA graph of a whole mini-batch serves every layer (ttt_prefill_graph.py)
+            for block, ls in zip(self.layers, state.layers):
+                h = block.prefill(h, ls, state.conv_pos, cos, sin)
         state.pos.fill_((start + N) % b)
         state.conv_pos.copy_((state.conv_pos + N) % self.config.conv_kernel)
         return self.lm_head(h[:, -1:] if last_only else h)

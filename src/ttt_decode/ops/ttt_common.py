@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ttt_decode.errors import UserError
+from ttt_decode.ops.ttt_prefill_graph import run_whole_mini_batches
 
 TTT_NORM_EPS = 1e-6
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -193,11 +194,12 @@ def chunked_prefill(step_for, dual_mini_batch, q, k, v, eta, c, gamma, beta,
     """Prefill of any number of tokens. q, k, v [B,H,N,f]; eta [B,H,N] -> out [B,H,N,f].
 
     `step_for(dual: bool)` gives the decode step of the dual or primal form. Tokens up to the next
-    mini-batch boundary and the remainder after the last whole mini-batch go
-    through the decode step of the cache's form (DualCache or PrimalCache); whole mini-batches go
-    through `dual_mini_batch` (matrices). Without a cache a temporary dual cache is used (the state
-    after the last whole mini-batch is kept, a trailing partial mini-batch is dropped). Mutates state
-    and cache; the position ends at (start + N) mod b, or stays at start if advance=False.
+    mini-batch boundary and the remainder after the last whole mini-batch go through the decode step
+    of the cache's form (DualCache or PrimalCache); whole mini-batches go through `dual_mini_batch`
+    (matrices; on a GPU inside `prefill_graphs()`, replayed from one CUDA graph). Without a cache a
+    temporary dual cache is used (the state after the last whole mini-batch is kept, a trailing
+    partial mini-batch is dropped). Mutates state and cache; the position ends at (start + N) mod b,
+    or stays at start if advance=False.
     """
     b = c.shape[0]
     N = q.shape[2]
@@ -215,10 +217,11 @@ def chunked_prefill(step_for, dual_mini_batch, q, k, v, eta, c, gamma, beta,
     while t < N and (start + t) % b:
         one(t)
         t += 1
-    while t + b <= N:
-        s = slice(t, t + b)
-        out[:, :, s] = dual_mini_batch(q[:, :, s], k[:, :, s], v[:, :, s], eta[:, :, s], c, gamma, beta, state)
-        t += b
+    whole = (N - t) // b
+    if whole:
+        # From one CUDA graph inside a prefill_graphs() context on a GPU, else eagerly (ttt_prefill_graph.py).
+        run_whole_mini_batches(dual_mini_batch, q, k, v, eta, c, gamma, beta, state, out, t, whole)
+        t += whole * b
     while t < N:
         one(t)
         t += 1
