@@ -65,6 +65,38 @@ def test_rows_past_the_position_are_not_read():
     assert torch.equal(decode_attention(q, k, v, n, impl="triton"), decode_attention(q, k2, v2, n, impl="triton"))
 
 
+# Every launch shape the kernel module offers: the one-pass default, and splits of the rows over 2 to 16
+# programs (flash-decoding) with blocks small enough that some splits are empty at short contexts.
+LAUNCH_CONFIGS = [{}, {"splits": 2}, {"splits": 4, "BLOCK_T": 16}, {"splits": 16, "BLOCK_T": 16, "num_warps": 2},
+                  {"splits": 8, "BLOCK_T": 128, "num_warps": 8}]
+
+
+@needs_working_interpreter
+@pytest.mark.parametrize("config", LAUNCH_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("n", [1, 17, 150, 160])
+def test_every_launch_configuration_matches_reference(config, n):
+    from ttt_decode.ops.attention import triton_decode
+
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(s, generator=g).half() for s in ((2, 3, 16), (2, 3, 160, 16), (2, 3, 160, 16)))
+    n_valid = torch.tensor([n])
+    ref = decode_attention(q.double(), k.double(), v.double(), n_valid)
+    torch_err = rel_err(decode_attention(q, k, v, n_valid), ref)
+    k[:, :, n:], v[:, :, n:] = float("nan"), float("nan")  # rows past the position must not be read
+    out = triton_decode.launch(q, k, v, n_valid, torch.full_like(q, float("nan")), config)
+    assert rel_err(out, ref) <= max(2 * torch_err, 1e-3)
+
+
+def test_bad_launch_configuration_is_one_line_error():
+    from ttt_decode.ops.attention.triton_decode import check_config
+
+    with pytest.raises(UserError, match="splits must be a positive power of two, got 3"):
+        check_config({"splits": 3})
+    with pytest.raises(UserError, match="unknown decode attention launch setting"):
+        check_config({"BLOCK": 64})
+    assert check_config({"splits": 4}) == {"BLOCK_T": 64, "num_warps": 4, "splits": 4}
+
+
 def test_equals_transformers_llama():
     transformers = pytest.importorskip("transformers")
     model = tiny(dtype=torch.float32)
@@ -87,16 +119,20 @@ def test_capacity_is_checked():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("config", LAUNCH_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()) or "default")
 @pytest.mark.parametrize("n", [1, 777, 2048])
-def test_decode_attention_kernel_gpu_real_shapes(n):
-    """llama-1.3b shapes (H 32, f 64), fp16, a 2048-row cache on the GPU."""
+def test_decode_attention_kernel_gpu_real_shapes(n, config):
+    """llama-1.3b shapes (H 32, f 64), fp16, a 2048-row cache on the GPU, every launch configuration."""
+    from ttt_decode.ops.attention import triton_decode
+
     g = torch.Generator(device="cuda").manual_seed(n)
     q = torch.randn(16, 32, 64, device="cuda", generator=g).half()
     k, v = (torch.randn(16, 32, 2048, 64, device="cuda", generator=g).half() for _ in range(2))
     n_valid = torch.tensor([n], device="cuda")
     ref = decode_attention(q.double(), k.double(), v.double(), n_valid)
     torch_err = rel_err(decode_attention(q, k, v, n_valid), ref)
-    assert rel_err(decode_attention(q, k, v, n_valid, impl="triton"), ref) <= max(2 * torch_err, 1e-3)
+    out = triton_decode.launch(q, k, v, n_valid, torch.empty_like(q), config)
+    assert rel_err(out, ref) <= max(2 * torch_err, 1e-3)
 
 
 @pytest.mark.gpu

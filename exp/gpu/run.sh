@@ -13,6 +13,9 @@
 #   bash exp/gpu/run.sh step           # check + sweep + profile + fidelity in one call
 #   STUDY=batch bash exp/gpu/run.sh study    # the H200 study (issue 17): the seed's sweep over batch sizes
 #   STUDY=context bash exp/gpu/run.sh study  # ... and the step time against context (llama-1.3b vs recurrent)
+#   bash exp/gpu/run.sh attention      # decode attention launch configurations (one-pass vs split) at llama-1.3b
+#                                      # shapes, B 16/64 x context 1k-32k (exp/gpu/attention_sweep.py)
+#   bash exp/gpu/run.sh prefill        # pytest -m gpu of the TTT prefill graphs, then where prefill time goes
 #   bash exp/gpu/run.sh ray            # the same sweep with the local and the Ray backend (needs the wheels of
 #                                      # exp/gpu/ray_wheels.sh installed first), tokens/s side by side
 # Pass COMMIT=<short sha> from the machine the run is sent from (the device's copy of the tree may carry
@@ -89,6 +92,21 @@ recipe_fidelity() {
   done
 }
 
+recipe_attention() {
+  timeout 420 python3 exp/gpu/attention_sweep.py --out "$1/attention.jsonl" --commit "$COMMIT" 2>&1 \
+    | tee "$1/attention_log.txt" | tail -12
+}
+
+recipe_prefill() {
+  timeout 120 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/test_prefill_graph.py \
+    > "$1/pytest_gpu_prefill_graph.txt" 2>&1
+  tail -2 "$1/pytest_gpu_prefill_graph.txt"
+  for graphs in 0 1; do
+    TTT_DECODE_PREFILL_GRAPHS=$graphs timeout 120 python3 exp/gpu/prefill_diag.py "$1/prefill_diag_graphs$graphs.json" \
+      2>&1 | grep -E "wall"
+  done
+}
+
 recipe_ray() {
   local cells="--models ${MODELS:-ttt-1b,mamba-1.4b} --inner-nets ${INNER_NETS:-mlp_1_dual_triton,mamba_triton}"
   cells="$cells --batches ${BATCHES:-256,512} --genlens ${GENLEN:-128} --use_compile --repeats 2"
@@ -155,7 +173,7 @@ case "$recipe" in
   study)
     recipe_study
     ;;
-  kernels|micro|positions|check|sweep|profile|fidelity|ray)
+  kernels|micro|positions|check|sweep|profile|fidelity|attention|prefill|ray)
     # TAG names a second run of the same recipe in one call (e.g. TAG=fp16 for another --state-dtype).
     name=$recipe${TAG:+_$TAG}
     dir=/tmp/run_$name; rm -rf "$dir"; mkdir -p "$dir"
@@ -167,5 +185,5 @@ case "$recipe" in
     for r in ${RECIPES:-check sweep profile fidelity}; do echo "== $r"; "recipe_$r" "$dir"; done
     tar czf "$OUT/step.tgz" -C "$dir" .
     ;;
-  *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|step|study|ray" >&2; exit 2 ;;
+  *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|attention|prefill|step|study|ray" >&2; exit 2 ;;
 esac
