@@ -73,8 +73,19 @@ def test_few_whole_mini_batches_run_eagerly(counted_capture, monkeypatch):
     assert counted_capture["captures"] == 0
 
 
-def test_the_op_outside_a_prefill_graphs_context_runs_eagerly(counted_capture):
+def test_off_unless_asked_for(counted_capture, monkeypatch):
+    """Until it has run on a GPU, the graph prefill is opt-in (TTT_DECODE_PREFILL_GRAPHS=1)."""
+    monkeypatch.delenv(tpg.ENV, raising=False)
+    torch.manual_seed(0)
+    model = models.build("ttt-tiny", inner_net="mlp_1_dual", device="cpu", dtype=torch.float32)
+    model.prefill(torch.randint(0, model.vocab_size, (2, 16 * 8)), model.allocate_state(2))
+    assert counted_capture["captures"] == 0
+
+
+def test_the_op_outside_a_prefill_graphs_context_runs_eagerly(counted_capture, monkeypatch):
     from ttt_decode.ops import ttt_mlp
+
+    monkeypatch.setenv(tpg.ENV, "1")
     from ttt_decode.ops.ttt_common import TTTState, token_coeffs
 
     B, H, f, N = 2, 2, 8, 16 * 6

@@ -12,8 +12,11 @@ kernels in the same order as the eager ops.
 Lifetime: graphs live inside a `prefill_graphs()` context (TTTLM.prefill opens one around its
 layers), so one capture serves all layers of a prefill call and its memory is freed when the call
 returns. Outside such a context, on CPU, while a CUDA graph is being captured, under torch.compile,
-for fewer than MIN_MINI_BATCHES whole mini-batches, or with TTT_DECODE_PREFILL_GRAPHS=0, the mini-
-batches run eagerly as before.
+or for fewer than MIN_MINI_BATCHES whole mini-batches, the mini-batches run eagerly as before.
+
+Off by default until it has run on a GPU: TTT_DECODE_PREFILL_GRAPHS=1 turns it on (checked on CPU
+with a stand-in for the capture, tests/test_prefill_graph.py; its GPU test and timing are
+`bash exp/gpu/run.sh prefill`).
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def run_whole_mini_batches(fn, q, k, v, eta, c, gamma, beta, state, out, t: int,
     b = c.shape[0]
     capture = _capture_for(q.device)
     use = (_graphs is not None and capture is not None and count >= MIN_MINI_BATCHES
-           and os.environ.get(ENV, "1") != "0" and not torch.compiler.is_compiling()
+           and os.environ.get(ENV, "0") == "1" and not torch.compiler.is_compiling()
            and not (q.is_cuda and torch.cuda.is_current_stream_capturing()))
     if not use:
         for i in range(count):
