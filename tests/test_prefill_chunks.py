@@ -110,7 +110,7 @@ def test_snapshot_refused_where_the_state_is_not_all_tensors(monkeypatch):
     from ttt_decode.errors import UserError
 
     model = _build("mamba-tiny", None)
-    monkeypatch.setattr(model, "continues_prefill", False)
+    monkeypatch.setattr(model, "state_is_tensors", False)
     session = DecodeSession(model, 2, cuda_graph=False)
     assert not session.can_snapshot()
     with pytest.raises(UserError, match="prefill again"):

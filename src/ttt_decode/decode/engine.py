@@ -272,7 +272,7 @@ class DecodeSession:
     def can_snapshot(self) -> bool:
         """Whether snapshot/restore can stand in for a prefill: the state is device tensors only (our
         models; the baselines' adapters keep host-side positions and caches their libraries replace)."""
-        return bool(getattr(self.model, "continues_prefill", False))
+        return bool(getattr(self.model, "state_is_tensors", False))
 
     def snapshot(self) -> dict:
         """A copy of everything a prefill leaves (state tensors, next input, position counters), for

@@ -60,7 +60,8 @@ def _importable(module: str) -> bool:
 class _Adapter(DecodeLM):
     """Shared plumbing: config, dtype/device from the wrapped model, compulsory cost from the config."""
 
-    continues_prefill = False  # the wrapped models prefill from an empty state only
+    continues_prefill = False  # the wrapped models prefill from an empty state only (hf:llama continues)
+    state_is_tensors = False  # their caches are the libraries' objects
 
     def _wrap(self, config: MambaConfig | TransformerConfig, embedding: torch.nn.Embedding):
         self.config = config
@@ -165,6 +166,9 @@ class HFLlamaLM(_Adapter):
     supports_cuda_graph = True
     uses_kv_cache = True
     inner_net = "hf_transformers"
+    # A StaticCache is written at the positions given, so a prompt can go in chunks (cache_position
+    # from the state's position), as our Transformer's.
+    continues_prefill = True
 
     def __init__(self, ours):
         super().__init__()
@@ -241,14 +245,13 @@ class HFLlamaLM(_Adapter):
     def prefill(self, input_ids: torch.Tensor, state: HFLlamaState, last_only: bool = False) -> torch.Tensor:
         check_ids(input_ids, 2, state.batch)
         N = input_ids.shape[1]
-        if int(state.pos.item()) != 0:
-            raise UserError("hf: transformers' Llama prefill starts from an empty state; call reset_state first")
-        if N > state.capacity:
-            raise UserError(f"{N} tokens exceed the KV cache capacity {state.capacity}; "
+        start = int(state.pos.item())  # host read: prefill is outside the graph-captured step
+        if start + N > state.capacity:
+            raise UserError(f"{start} + {N} tokens exceed the KV cache capacity {state.capacity}; "
                             "allocate the state with a larger max_seq_len")
         kw = {"logits_to_keep": 1} if last_only and self._logits_to_keep else {}
-        logits = self._forward(input_ids, state, torch.arange(N, device=input_ids.device), **kw)
-        state.pos.fill_(N)
+        logits = self._forward(input_ids, state, torch.arange(start, start + N, device=input_ids.device), **kw)
+        state.pos.fill_(start + N)
         return (logits[:, -1:] if last_only else logits).float()
 
     @torch.no_grad()

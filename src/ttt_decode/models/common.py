@@ -191,8 +191,11 @@ class DecodeLM(nn.Module):
         raise NotImplementedError
 
     # Whether prefill continues from a non-empty state (so a long prompt can go in chunks: DecodeSession
-    # does that to bound the activations' memory); the baselines' prefills start from an empty state.
+    # does that to bound the activations' memory); most baselines' prefills start from an empty state.
     continues_prefill = True
+    # Whether the whole inference state is device tensors (dataclasses of them), so that a copy of them
+    # stands in for a prefill (DecodeSession.snapshot); the baselines keep library objects.
+    state_is_tensors = True
     # Chunk lengths a multiple of this keep the prefill on its fast path (TTT: whole mini-batches).
     prefill_multiple = 1
 
