@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The evidence runs on the GPU machine, by recipe. Each recipe writes its files under $OUT/<recipe>/,
-# packs them into $OUT/<recipe>.tgz (the device returns few files) and prints a short table last. The
+# packs them into $OUT/<recipe>.tgz at the end (the device returns few files; a call cut off by its time
+# limit before the packing still returns what is under $OUT/<recipe>/) and prints a short table last. The
 # results are copied into exp/results/<gpu>/ named <what>_<gpu>_<commit>, listed in that folder's README.
 #
 #   bash exp/gpu/run.sh kernels        # launch-configuration sweep of the TTT kernels + Nsight Compute
@@ -176,14 +177,14 @@ case "$recipe" in
   kernels|micro|positions|check|sweep|profile|fidelity|attention|prefill|ray)
     # TAG names a second run of the same recipe in one call (e.g. TAG=fp16 for another --state-dtype).
     name=$recipe${TAG:+_$TAG}
-    dir=/tmp/run_$name; rm -rf "$dir"; mkdir -p "$dir"
+    dir=$OUT/$name; rm -rf "$dir"; mkdir -p "$dir"
     "recipe_$recipe" "$dir" "$@"
-    tar czf "$OUT/$name.tgz" -C "$dir" .
+    tar czf "$OUT/$name.tgz" -C "$dir" . && rm -rf "$dir"
     ;;
   step)
-    dir=/tmp/run_step; rm -rf "$dir"; mkdir -p "$dir"
+    dir=$OUT/step; rm -rf "$dir"; mkdir -p "$dir"
     for r in ${RECIPES:-check sweep profile fidelity}; do echo "== $r"; "recipe_$r" "$dir"; done
-    tar czf "$OUT/step.tgz" -C "$dir" .
+    tar czf "$OUT/step.tgz" -C "$dir" . && rm -rf "$dir"
     ;;
   *) echo "usage: bash exp/gpu/run.sh kernels|micro|positions|check|sweep|profile|fidelity|attention|prefill|step|study|ray" >&2; exit 2 ;;
 esac
