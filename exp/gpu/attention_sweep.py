@@ -21,7 +21,13 @@ import torch
 from ttt_decode.bench.micro import copy_bandwidth, rel_err, time_calls
 from ttt_decode.ops.attention import naive, triton_decode
 
-CONFIGS = [dict(BLOCK_T=b, num_warps=w, splits=s) for b, w, s in itertools.product((64, 128), (4, 8), (1, 2, 4, 8, 16))]
+# Chosen from the kernels' registers compiled offline for sm_90 (exp/NOTES.md): the default (64 rows, 4 warps)
+# holds 247 registers, so 2 programs (8 warps) per multiprocessor with ~32 KB of K/V in flight; 1-2 warps
+# on 16-64 rows fit 8-23 programs, which at batch 16 (512 (sequence, head) programs for 132 multiprocessors)
+# only the split launch can fill.
+ONE_PASS = [(64, 4), (64, 1), (64, 8), (32, 1), (32, 2), (16, 2)]
+CONFIGS = ([dict(BLOCK_T=b, num_warps=w, splits=1) for b, w in ONE_PASS]
+           + [dict(BLOCK_T=b, num_warps=w, splits=s) for b, w in ONE_PASS[1:] for s in (2, 4, 8)])
 
 
 def main() -> None:
