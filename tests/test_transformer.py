@@ -68,7 +68,8 @@ def test_rows_past_the_position_are_not_read():
 # Every launch shape the kernel module offers: the one-pass default, and splits of the rows over 2 to 16
 # programs (flash-decoding) with blocks small enough that some splits are empty at short contexts.
 LAUNCH_CONFIGS = [{}, {"splits": 2}, {"splits": 4, "BLOCK_T": 16}, {"splits": 16, "BLOCK_T": 16, "num_warps": 2},
-                  {"splits": 8, "BLOCK_T": 128, "num_warps": 8}]
+                  {"splits": 8, "BLOCK_T": 128, "num_warps": 8}, {"num_warps": 1, "splits": 4},
+                  {"BLOCK_T": 32, "num_warps": 1, "splits": 8}, {"BLOCK_T": 16, "num_warps": 2}]
 
 
 @needs_working_interpreter
