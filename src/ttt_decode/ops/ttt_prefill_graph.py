@@ -56,16 +56,6 @@ def _cuda_capture(body):
     return out, graph.replay
 
 
-def replay_eagerly(body):
-    """The graph's contract without a GPU (tests): a fixed output tensor, refilled by each replay."""
-    out = body()
-
-    def replay():
-        out.copy_(body())
-
-    return out, replay
-
-
 def _capture_for(device: torch.device):
     """The capture a device supports, or None (run eagerly)."""
     return _cuda_capture if device.type == "cuda" else None
