@@ -83,13 +83,17 @@ def test_few_whole_mini_batches_run_eagerly(counted_capture, monkeypatch):
     assert counted_capture["captures"] == 0
 
 
-def test_off_unless_asked_for(counted_capture, monkeypatch):
-    """Until it has run on a GPU, the graph prefill is opt-in (TTT_DECODE_PREFILL_GRAPHS=1)."""
-    monkeypatch.delenv(tpg.ENV, raising=False)
+@pytest.mark.parametrize("env", [None, "1", "0"])
+def test_on_by_default_and_off_when_asked(env, counted_capture, monkeypatch):
+    """The graph prefill is on unless TTT_DECODE_PREFILL_GRAPHS=0."""
+    if env is None:
+        monkeypatch.delenv(tpg.ENV, raising=False)
+    else:
+        monkeypatch.setenv(tpg.ENV, env)
     torch.manual_seed(0)
     model = models.build("ttt-tiny", inner_net="mlp_1_dual", device="cpu", dtype=torch.float32)
     model.prefill(torch.randint(0, model.vocab_size, (2, 16 * 8)), model.allocate_state(2))
-    assert counted_capture["captures"] == 0
+    assert counted_capture["captures"] == (0 if env == "0" else 1)
 
 
 def test_the_op_outside_a_prefill_graphs_context_runs_eagerly(counted_capture, monkeypatch):

@@ -65,11 +65,13 @@ def test_rows_past_the_position_are_not_read():
     assert torch.equal(decode_attention(q, k, v, n, impl="triton"), decode_attention(q, k2, v2, n, impl="triton"))
 
 
-# Every launch shape the kernel module offers: the one-pass default, and splits of the rows over 2 to 16
-# programs (flash-decoding) with blocks small enough that some splits are empty at short contexts.
-LAUNCH_CONFIGS = [{}, {"splits": 2}, {"splits": 4, "BLOCK_T": 16}, {"splits": 16, "BLOCK_T": 16, "num_warps": 2},
-                  {"splits": 8, "BLOCK_T": 128, "num_warps": 8}, {"num_warps": 1, "splits": 4},
-                  {"BLOCK_T": 32, "num_warps": 1, "splits": 8}, {"BLOCK_T": 16, "num_warps": 2}]
+# Every launch shape the kernel module offers: the one-pass launch, and splits of the rows over 2 to 16
+# programs (flash-decoding) with blocks small enough that some splits are empty at short contexts. The
+# first four are every configuration pick_config can choose (checked below).
+LAUNCH_CONFIGS = [{}, {"splits": 2}, {"num_warps": 1, "splits": 4}, {"splits": 8}, {"num_warps": 4},
+                  {"splits": 4, "BLOCK_T": 16}, {"splits": 16, "BLOCK_T": 16, "num_warps": 2},
+                  {"splits": 8, "BLOCK_T": 128, "num_warps": 8}, {"BLOCK_T": 32, "num_warps": 1, "splits": 8},
+                  {"BLOCK_T": 16, "num_warps": 2}]
 
 
 @needs_working_interpreter
@@ -88,6 +90,37 @@ def test_every_launch_configuration_matches_reference(config, n):
     assert rel_err(out, ref) <= max(2 * torch_err, 1e-3)
 
 
+def test_the_dispatcher_picks_only_tested_configurations():
+    from ttt_decode.ops.attention.triton_decode import check_config, pick_config
+
+    tested = [check_config(c) for c in LAUNCH_CONFIGS]
+    for batch_heads in (1, 6, 32, 256, 512, 1024, 2048, 8192):
+        for capacity in (16, 160, 1024, 4096, 32768, 131072):
+            assert pick_config(batch_heads, capacity) in tested
+    # llama-1.3b (32 heads): batch 16 splits its rows 4 ways, batch 64 fills the GPU in one pass, a short
+    # cache is never split, a single sequence is split as far as the dispatcher goes.
+    assert [pick_config(b * 32, 32768)["splits"] for b in (1, 16, 32, 64, 256)] == [8, 4, 2, 1, 1]
+    assert pick_config(16 * 32, 160)["splits"] == 1
+
+
+@needs_working_interpreter
+def test_the_op_launches_the_picked_configuration():
+    from ttt_decode.ops.attention import triton_decode
+
+    g = torch.Generator().manual_seed(3)
+    # float32: in fp16 the two launches' different summation orders round to the same outputs
+    q, k, v = (torch.randn(s, generator=g) for s in ((1, 2, 16), (1, 2, 1024, 16), (1, 2, 1024, 16)))
+    n_valid = torch.tensor([700])
+    picked = triton_decode.pick_config(2, 1024)
+    assert picked["splits"] == 8
+    expect = triton_decode.launch(q, k, v, n_valid, torch.empty_like(q), picked)
+    assert torch.equal(decode_attention(q, k, v, n_valid, impl="triton"), expect)
+    one_pass = triton_decode.launch(q, k, v, n_valid, torch.empty_like(q), {"splits": 1})
+    assert not torch.equal(expect, one_pass)  # the split launch sums in another order: the test can tell them apart
+    ref = decode_attention(q.double(), k.double(), v.double(), n_valid)
+    assert rel_err(expect, ref) < 1e-5
+
+
 def test_bad_launch_configuration_is_one_line_error():
     from ttt_decode.ops.attention.triton_decode import check_config
 
@@ -95,7 +128,7 @@ def test_bad_launch_configuration_is_one_line_error():
         check_config({"splits": 3})
     with pytest.raises(UserError, match="unknown decode attention launch setting"):
         check_config({"BLOCK": 64})
-    assert check_config({"splits": 4}) == {"BLOCK_T": 64, "num_warps": 4, "splits": 4}
+    assert check_config({"splits": 4}) == {"BLOCK_T": 64, "num_warps": 1, "splits": 4}
 
 
 def test_equals_transformers_llama():

@@ -7,14 +7,13 @@ while the work grows with the context, as it does for a real Transformer.
 Compulsory bytes per call: 2 * n * f * itemsize (K and V rows) + q in + out, per (sequence, head).
 FLOPs: 4 * n * f per (sequence, head). Mutates nothing.
 
-Two launch shapes. One pass (splits 1, the default): grid (B * H,), each program walks all n rows.
-Split (splits S > 1, a power of two; "flash-decoding"): grid (B * H, S), each program walks a
-contiguous S-th of the rows and writes its running max, sum and unnormalised output (float32), and a
-second kernel combines the S partials per (sequence, head). The split puts S times as many programs
-on the GPU when B * H is small against the multiprocessors (llama-1.3b at batch 16: 512 programs on
-132), at the cost of a second launch and S partials. Which one wins at which batch and context is
-measured (exp/gpu/attention_sweep.py), not assumed: the default stays the one-pass launch until a
-record says otherwise.
+Two launch shapes. One pass (splits 1): grid (B * H,), each program walks all n rows. Split (splits
+S > 1, a power of two; "flash-decoding"): grid (B * H, S), each program walks a contiguous S-th of
+the rows and writes its running max, sum and unnormalised output (float32), and a second kernel
+combines the S partials per (sequence, head). `pick_config` chooses between them from the H200 sweep
+of 21 configurations (exp/results/h200/attention_sweep_h200_5ee693e/, exp/gpu/attention_sweep.py):
+64 rows a block on one warp won or tied at every batch and context (1.36-1.61x over the former
+default of 4 warps), and the split pays when B * H programs are too few to fill the GPU.
 """
 
 from __future__ import annotations
@@ -111,8 +110,27 @@ def _check(q, k_cache, v_cache, n_valid):
         raise UserError("n_valid must be a one-element int64 tensor")
 
 
-# 64 rows per block keeps the K/V tiles at 8 KB (fp16, f=64): many blocks in flight per SM.
-DEFAULT_CONFIG = {"BLOCK_T": 64, "num_warps": 4, "splits": 1}
+# One warp on 64 rows a block: compiled for sm_90 it holds 168 registers (4 warps on the same rows: 247),
+# so 12 programs share a multiprocessor instead of 2, with more K/V loads in flight. On the H200 it was the
+# fastest or within 3% of it in every cell of the sweep (B 16/64, context 1k-32k).
+DEFAULT_CONFIG = {"BLOCK_T": 64, "num_warps": 1, "splits": 1}
+# Split the rows until about this many programs exist: at B=16 (512 programs) 4 splits ran 1.55-1.61x the
+# one-pass launch of the same block and warps (39 vs 61 us at 1k, 955 vs 1640 us at 32k); at B=64 (2048
+# programs) a split gained nothing (1864-1871 us at 16k for 1-8 splits).
+TARGET_PROGRAMS = 2048
+MAX_SPLITS = 8
+
+
+def pick_config(batch_heads: int, capacity: int) -> dict:
+    """The launch configuration for B * H (sequence, head) pairs over a cache of `capacity` rows.
+
+    Depends only on shapes, so one CUDA graph serves every position; a split is kept only if each split
+    covers at least two blocks of a full cache (below that its programs would be mostly empty)."""
+    cfg = dict(DEFAULT_CONFIG)
+    while (batch_heads * cfg["splits"] < TARGET_PROGRAMS and cfg["splits"] < MAX_SPLITS
+           and capacity >= 2 * cfg["BLOCK_T"] * cfg["splits"] * 2):
+        cfg["splits"] *= 2
+    return cfg
 
 
 def check_config(config: dict) -> dict:
@@ -134,7 +152,7 @@ def check_config(config: dict) -> dict:
 def launch(q, k_cache, v_cache, n_valid, out, config: dict | None = None):
     """The kernel(s) into out [B, H, f] (inputs not checked here: decode_attention checks them)."""
     B, H, f = q.shape
-    cfg = DEFAULT_CONFIG if config is None else check_config(config)
+    cfg = pick_config(B * H, k_cache.shape[2]) if config is None else check_config(config)
     S, block, warps = cfg["splits"], cfg["BLOCK_T"], cfg["num_warps"]
     args = (k_cache.shape[2] * f, f)  # strides of a (b, h) plane and of a row
     if S == 1:
