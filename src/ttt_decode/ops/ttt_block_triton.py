@@ -26,33 +26,37 @@ from ttt_decode.ops.kernel_op import check_interpreter, kernel_op
 
 
 @triton.jit
-def _rms_row(x, w_ptr, o, m, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
-    """RMSNorm of one row held in registers: w * round(x / rms(x)), the product rounded to OUT."""
+def _rms_row(x, w, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
+    """RMSNorm of one row held in registers: w * round(x / rms(x)), the product rounded to OUT (w: the
+    norm's weights for the row's columns, loaded by the caller before anything waits)."""
     ms = tl.sum(x * x, axis=0) / dim
     y = (x * (1.0 / tl.sqrt(ms + eps))).to(OUT)
-    w = tl.load(w_ptr + o, mask=m, other=0.0)
     return (w.to(COMPUTE) * y.to(COMPUTE)).to(OUT)
 
 
 @triton.jit
-def _ring_conv(x, ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
-               WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """Causal conv of the new input x (COMPUTE) and the ring's WIDTH-1 newest slots.
+def _ring_old_taps(ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
+                   WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """The part of a causal conv step that does not need the new input: bias + the ring's WIDTH-1 newest
+    slots times their taps -> (that sum, the new input's tap), both [BLOCK] in COMPUTE.
 
+    Called before anything waits on the new input (the RMSNorm's reduction in pre_conv_step, the q
+    conv's stores in qk_prep), so that its loads are in flight while that runs: a load placed after a
+    reduction's barrier or after a store to another pointer is issued only then.
     The weights [D, W] are read as one [BLOCK, W] tile (whole rows, coalesced) and each tap's column
     taken out in registers: reading a column at a time strides by W items and moved 4-16x the bytes
     (17-28 us a launch at B = 512 on the H200 against 4-6 us now)."""
     tw = tl.arange(0, WP)  # WP: WIDTH rounded up to a power of two
     wt = tl.load(w_ptr + o[:, None] * WIDTH + tw[None, :], mask=m[:, None] & (tw[None, :] < WIDTH),
                  other=0.0).to(COMPUTE)  # [BLOCK, WP]
-    acc = x * tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)
+    acc = tl.zeros_like(o).to(COMPUTE)
     if HAS_BIAS:
         acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
     for j in tl.static_range(WIDTH - 1):
         slot = (pos + 1 + j) % WIDTH
         tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
         acc += tap * tl.sum(tl.where(tw[None, :] == j, wt, 0.0), axis=1)
-    return acc
+    return acc, tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)
 
 
 @triton.jit
@@ -70,14 +74,17 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
     if HAS_DELTA:
         b_h = b_h + tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
     b_h = b_h.to(COMPUTE)
-    xc = _rms_row(b_h, nc_ptr, o, m, dim, eps, ACT, COMPUTE)
     pos = tl.load(cpos_ptr)
     ring_base = row * WIDTH * dim
-    y = _ring_conv(xc.to(COMPUTE), ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    y_old, w_new = _ring_old_taps(ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    w_c = tl.load(nc_ptr + o, mask=m, other=0.0)
+    w_s = tl.load(ns_ptr + o, mask=m, other=0.0)
+    xc = _rms_row(b_h, w_c, dim, eps, ACT, COMPUTE)
+    y = y_old + xc.to(COMPUTE) * w_new
     tl.store(ring_ptr + ring_base + pos * dim + o, xc.to(ring_ptr.dtype.element_ty), mask=m)
     b_h = (b_h + y.to(ACT).to(COMPUTE)).to(RES)
     tl.store(hout_ptr + row * dim + o, b_h, mask=m)
-    x = _rms_row(b_h.to(COMPUTE), ns_ptr, o, m, dim, eps, ACT, COMPUTE)
+    x = _rms_row(b_h.to(COMPUTE), w_s, dim, eps, ACT, COMPUTE)
     tl.store(x_ptr + row * dim + o, x, mask=m)
 
 
@@ -111,11 +118,12 @@ def _qk_prep_kernel(p_ptr, rq_ptr, rk_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_
     cos = tl.load(cos_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
     sin = tl.load(sin_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
 
-    q = _ring_conv(x, rq_ptr, base, cpos, wq_ptr, bq_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
-    q = _rotary(q.to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    # Both rings' old taps first (see _ring_old_taps), then the new input's terms.
+    q_old, wq_new = _ring_old_taps(rq_ptr, base, cpos, wq_ptr, bq_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    k_old, wk_new = _ring_old_taps(rk_ptr, base, cpos, wk_ptr, bk_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    q = _rotary((q_old + x * wq_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(q_ptr + row * dim + o, q.to(ACT), mask=m)
-    k = _ring_conv(x, rk_ptr, base, cpos, wk_ptr, bk_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
-    k = _rotary(k.to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    k = _rotary((k_old + x * wk_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(k_ptr + row * dim + o, k.to(ACT), mask=m)
     # The new input into both rings (after the taps above were read).
     tl.store(rq_ptr + base + cpos * dim + o, x.to(RING), mask=m)
