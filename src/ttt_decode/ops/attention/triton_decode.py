@@ -112,7 +112,7 @@ def _check(q, k_cache, v_cache, n_valid):
 
 # One warp on 64 rows a block: compiled for sm_90 it holds 168 registers (4 warps on the same rows: 247),
 # so 12 programs share a multiprocessor instead of 2, with more K/V loads in flight. On the H200 it was the
-# fastest or within 3% of it in every cell of the sweep (B 16/64, context 1k-32k).
+# fastest or within 3% of it (with its best split) in every cell of the sweep (B 16/64, context 1k-32k).
 DEFAULT_CONFIG = {"BLOCK_T": 64, "num_warps": 1, "splits": 1}
 # Split the rows until about this many programs exist: at B=16 (512 programs) 4 splits ran 1.55-1.61x the
 # one-pass launch of the same block and warps (39 vs 61 us at 1k, 955 vs 1640 us at 32k); at B=64 (2048
