@@ -53,7 +53,7 @@ def main() -> None:
             # The reference at this size would need B H T float64 scores: checked on the first 8 sequences.
             q8, k8, v8 = q[:8].contiguous(), k[:8].contiguous(), v[:8].contiguous()
             refs = {m: naive.decode_attention(q8.double(), k8.double(), v8.double(), torch.tensor([m], device=dev))
-                    for m in (777, T)}
+                    for m in sorted({min(777, T), T})}
             nbytes = B * H * (2 * T * f * 2 + 2 * f * 2)
             for cfg in CONFIGS:
                 err = max(rel_err(triton_decode.launch(q8, k8, v8, torch.tensor([m], device=dev),
@@ -76,6 +76,9 @@ def main() -> None:
     name = lambda r: f"{r['BLOCK_T']} rows, {r['num_warps']} warps, {r['splits']} splits"  # noqa: E731
     for (B, T), cell in itertools.groupby(rows, key=lambda r: (r["batch"], r["context"])):
         cell = [r for r in cell if r["ok"]]
+        if not cell:
+            print(f"| {B} | {T} | every configuration failed its check against the reference (see the records) |")
+            continue
         pick = triton_decode.pick_config(B * H, T)
         p = next((r for r in cell if all(r[k] == pick[k] for k in key)), None)
         old = next((r for r in cell if (r["BLOCK_T"], r["num_warps"], r["splits"]) == (64, 4, 1)), None)
