@@ -70,7 +70,8 @@ def main() -> None:
             torch.cuda.empty_cache()
     # The configuration the dispatcher picks (triton_decode.pick_config) against the fastest one measured,
     # and against the one-pass launch on 4 warps (the default before this sweep's first record).
-    print("| B | context | 64 rows 4 warps us | picked config | picked us (% copy) | best config | best us | best / picked |")
+    print("| B | context | 64 rows 4 warps us | picked config | picked us (% copy) | best config | best us "
+          "| best / picked |")
     print("|---|---|---|---|---|---|---|---|")
     key = ("BLOCK_T", "num_warps", "splits")
     name = lambda r: f"{r['BLOCK_T']} rows, {r['num_warps']} warps, {r['splits']} splits"  # noqa: E731
