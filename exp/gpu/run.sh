@@ -19,6 +19,8 @@
 #   bash exp/gpu/run.sh prefill        # pytest -m gpu of the TTT prefill graphs, then where prefill time goes
 #   bash exp/gpu/run.sh ray            # the same sweep with the local and the Ray backend (needs the wheels of
 #                                      # exp/gpu/ray_wheels.sh installed first), tokens/s side by side
+# Beside these, exp/gpu/ab_step.sh times the same sweep cells with the tree's src/ and an older commit's src/
+# in one call (before/after of a change in the decode step).
 # Pass COMMIT=<short sha> from the machine the run is sent from (the device's copy of the tree may carry
 # stale git metadata).
 set -uo pipefail
