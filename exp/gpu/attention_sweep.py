@@ -84,10 +84,10 @@ def main() -> None:
         p = next((r for r in cell if all(r[k] == pick[k] for k in key)), None)
         old = next((r for r in cell if (r["BLOCK_T"], r["num_warps"], r["splits"]) == (64, 4, 1)), None)
         b = min(cell, key=lambda r: r["us"])
-        fmt = lambda r: f"{r['us']:.0f}" if r else "-"  # noqa: E731
-        print(f"| {B} | {T} | {fmt(old)} | {name(pick)} | {fmt(p)} ({p['pct_copy_bw']:.0f}%) | {name(b)} | "
-              f"{b['us']:.0f} | {b['us'] / p['us']:.2f} |" if p else f"| {B} | {T} | {fmt(old)} | {name(pick)} | "
-              f"not measured | {name(b)} | {b['us']:.0f} | - |")
+        old_us = f"{old['us']:.0f}" if old else "-"
+        picked = f"{p['us']:.0f} ({p['pct_copy_bw']:.0f}%)" if p else "not measured"
+        ratio = f"{b['us'] / p['us']:.2f}" if p else "-"
+        print(f"| {B} | {T} | {old_us} | {name(pick)} | {picked} | {name(b)} | {b['us']:.0f} | {ratio} |")
 
 if __name__ == "__main__":
     main()
