@@ -12,13 +12,10 @@ import importlib
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from conftest import rel_err
 from ttt_decode import registry
 from ttt_decode.errors import UserError
-from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
 from ttt_inputs import make_case
 
@@ -140,69 +137,6 @@ ALT_CONFIGS = [
 def test_other_launch_configs(kernel, f, config, nan_empty, monkeypatch):
     mlp, form = KERNELS[kernel]
     run_and_compare(mlp, form, f, "fp32", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
-
-
-# Launch configurations whose choice depends on the state dtype (the tensor-core M1 products take fp16
-# state only: a float32 case above never reaches them), in fp16: both paths must stay correct.
-FP16_CONFIGS = [
-    ("M1-dual", 64, {"MMA": True}),
-    ("M1-dual", 64, {"MMA": False}),
-    ("M1-dual", 24, {"MMA": True, "num_warps": 2, "num_stages": 2}),
-    ("M2-dual", 64, {"MMA": True}),
-    ("M2-dual", 24, {"MMA": True, "BLOCK_F": 16}),
-    ("M2-dual", 16, {"MMA": True, "BLOCK_F": 64, "num_warps": 2}),
-]
-
-
-@pytest.mark.parametrize("kernel,f,config", FP16_CONFIGS,
-                         ids=[f"{k}-f{f}-" + "-".join(f"{n}{v}" for n, v in c.items()) for k, f, c in FP16_CONFIGS])
-def test_fp16_launch_configs(kernel, f, config, nan_empty, monkeypatch):
-    mlp, form = KERNELS[kernel]
-    run_and_compare(mlp, form, f, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
-
-
-def test_m1_dual_mma_path_taken_for_fp16_state_only(monkeypatch):
-    """The dispatcher's MMA flag reaches the kernel for fp16 state and cache, never for the others."""
-    from ttt_decode.ops.ttt_linear import triton_decode as m1
-    seen = []
-
-    class Spy:
-        def __getitem__(self, grid):
-            return lambda *args, **kw: seen.append(kw["MMA"])
-    monkeypatch.setattr(m1, "_m1_dual_kernel", Spy())
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        tok, state, cache = _one_step_args(False, "dual", dtype=dtype)
-        m1.decode_step_dual(*tok, state, cache)
-    assert seen == [True, False, False]
-
-
-@triton.jit
-def _two_vec_mat_kernel(x_ptr, y_ptr, w_ptr, out_ptr, K, N: tl.constexpr, BLOCK_N: tl.constexpr):
-    o_n = tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    o_k = tl.arange(0, 128)
-    sx, ix = tc.pow2_scale(tl.load(x_ptr + o_k, mask=o_k < K, other=0.0))
-    sy, iy = tc.pow2_scale(tl.load(y_ptr + o_k, mask=o_k < K, other=0.0))
-    xw, yw = tc.two_vec_mat_f16(x_ptr, y_ptr, sx, sy, w_ptr, o_n, m_n, K, N, 16, BLOCK_N)
-    tl.store(out_ptr + o_n, xw * ix, mask=m_n)
-    tl.store(out_ptr + N + o_n, yw * iy, mask=m_n)
-
-
-@pytest.mark.parametrize("K,N", [(64, 64), (24, 40)])
-def test_two_vec_mat_f16_is_float32_accurate(K, N):
-    """x W, y W through fp16 hi + lo rows on the tensor cores: float32-level error (2e-6 of the absolute
-    products: float32 accumulation over K) with elements spread over 12 orders of magnitude; the hi rows
-    alone (~2^-12) or no scaling (small elements' lo parts lost) fail."""
-    g = torch.Generator().manual_seed(K + N)
-    x = torch.randn(K, generator=g) * 10.0 ** torch.randint(-8, 4, (K,), generator=g)
-    y = torch.randn(K, generator=g) * 1e-3
-    w = torch.randn(K, N, generator=g).half()
-    out = torch.empty(2 * N)
-    _two_vec_mat_kernel[(1,)](x, y, w, out, K, N=N, BLOCK_N=triton.next_power_of_2(max(N, 16)))
-    for got, v in ((out[:N], x), (out[N:], y)):
-        ref = v.double() @ w.double()
-        bound = v.double().abs() @ w.double().abs()
-        assert ((got.double() - ref).abs() <= 2e-6 * bound + 1e-30).all(), (got.double() - ref).abs().max()
 
 
 @pytest.mark.slow

@@ -56,26 +56,6 @@ RECIPES = {
             {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
         ],
     },
-    # Round 5: the matrix-vector products on the tensor cores (fp16 state; vectors as hi + lo rows), the
-    # tiles feeding the MMAs only, so that the pipeliner stages them in shared memory (cp.async).
-    "round5": {
-        "mlp_1_dual_triton": [
-            {"num_warps": 1, "UPDATE_DOT": True, "MMA": False},
-            {"num_warps": 1, "UPDATE_DOT": True, "MMA": True},
-            {"num_warps": 1, "UPDATE_DOT": True, "MMA": True, "num_stages": 2},
-            {"num_warps": 1, "UPDATE_DOT": True, "MMA": True, "num_stages": 4},
-            {"num_warps": 2, "UPDATE_DOT": True, "MMA": True},
-            {"num_warps": 1, "UPDATE_DOT": True, "MMA": True, "maxnreg": 128},
-        ],
-        "mlp_2_dual_triton": [
-            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
-            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "MMA": True},
-            {"BLOCK_F": 32, "num_warps": 1, "REVERSE_B": True, "MMA": True},
-            {"BLOCK_F": 64, "num_warps": 2, "L2_HINTS": True, "REVERSE_B": True, "MMA": True},
-            {"BLOCK_F": 16, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "MMA": True},
-            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "MMA": True, "num_stages": 2},
-        ],
-    },
 }
 KERNEL_FUNCS = {  # the Triton functions whose compiled variants are reported
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode", ("_m2_dual_kernel",)),

@@ -109,68 +109,6 @@ def load_token_inputs(q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, 
     return b_q, b_k, b_v, eta, c_i, gam, bet
 
 
-# ---------------------------------------------------------------- vector x fp16 matrix on the tensor cores
-@triton.jit
-def pow2_scale(x):
-    """(s, 1 / s): a power of two with max |x s| in [2^7, 2^9] (x = 0: 2^8), from the exponent bits so
-    that scaling by s and back is exact."""
-    m = tl.maximum(tl.max(tl.abs(x), 0), 1e-30)
-    e = tl.minimum(tl.maximum(8 - tl.ceil(tl.log2(m)).to(tl.int32), -120), 120)
-    return ((e + 127) << 23).to(tl.float32, bitcast=True), ((127 - e) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def hilo_rows(x, r, ROW: tl.constexpr, a):
-    """Rows ROW, ROW + 1 of the fp16 MMA operand a [16, K] (r: its row index [16, 1]) set to the hi and lo
-    parts of the float32 vector x [K] (x = hi + lo to 22 bits; x scaled first by pow2_scale)."""
-    hi = x.to(tl.float16)
-    lo = (x - hi.to(tl.float32)).to(tl.float16)
-    a = tl.where(r == ROW, hi[None, :], a)
-    return tl.where(r == ROW + 1, lo[None, :], a)
-
-
-@triton.jit
-def row_pair_sum(acc, r, ROW: tl.constexpr):
-    """Rows ROW + ROW + 1 of an MMA result [16, N]: the product of the vector put in by hilo_rows."""
-    return tl.sum(tl.where((r == ROW) | (r == ROW + 1), acc, 0.0), 0)
-
-
-@triton.jit
-def vec_mat_f16(x, w):
-    """x W [N] for a float32 vector x [K] and an fp16 tile w [K, N] (K >= 16): one MMA, x as hi + lo rows
-    (two_vec_mat_f16 says why this is as accurate as float32 products)."""
-    s, inv = pow2_scale(x)
-    r = tl.arange(0, 16)[:, None]
-    a = hilo_rows(x * s, r, 0, tl.zeros([16, x.shape[0]], dtype=tl.float16))
-    return row_pair_sum(tl.dot(a, w), r, 0) * inv
-
-
-@triton.jit
-def two_vec_mat_f16(p_x, p_y, sx, sy, p_w, o_n, m_n, K, stride_w, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(x W [BLOCK_N] * sx, y W * sy) for float32 vectors x, y [K] (p_x, p_y: their K values, any float
-    dtype), scaled by powers of two sx, sy (pow2_scale), and an fp16 matrix W [K, o_n] (row stride stride_w).
-
-    On the tensor cores, as a K loop over BLOCK_K rows of W: each vector slice becomes two fp16 rows of a
-    [16, BLOCK_K] operand (hi = fp16(x sx), lo = fp16(x sx - hi)), so hi W + lo W with float32
-    accumulation carries 22 bits of each element (elements under 2^-11 of the vector's max keep an
-    absolute error below 2^-32 of it): as accurate as float32 products on the CUDA cores. W's rows feed
-    the MMA only, so Triton's pipeliner stages them through shared memory with cp.async (the loads are
-    in flight together and W takes no registers), where W converted to float32 needs 4 K BLOCK_N / 32
-    registers per lane at one warp. The caller multiplies the results by 1 / sx, 1 / sy."""
-    r = tl.arange(0, 16)[:, None]
-    acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        x = tl.load(p_x + o_k, mask=m_k, other=0.0).to(tl.float32) * sx
-        y = tl.load(p_y + o_k, mask=m_k, other=0.0).to(tl.float32) * sy
-        a = tl.zeros([16, BLOCK_K], dtype=tl.float16)
-        a = hilo_rows(y, r, 2, hilo_rows(x, r, 0, a))
-        w = tl.load(p_w + o_k[:, None] * stride_w + o_n[None, :], mask=m_k[:, None] & m_n[None, :], other=0.0)
-        acc = tl.dot(a, w, acc)
-    return row_pair_sum(acc, r, 0), row_pair_sum(acc, r, 2)
-
-
 # ---------------------------------------------------------------- the end-of-mini-batch update
 @triton.jit
 def update_tile(p_w, p_ra, p_rb, o_r, m_r, o_c, m_c, o_s, m_s, stride_w, stride_a, stride_b, scale,
@@ -255,8 +193,8 @@ def advance_pos(pos: torch.Tensor, mini_batch_size: int) -> None:
 
 
 def launch_options(cfg: dict) -> dict:
-    """The Triton launch options of a configuration dict (num_warps, and maxnreg, num_stages when set)."""
-    return {k: cfg[k] for k in ("num_warps", "maxnreg", "num_stages") if cfg.get(k)}
+    """The Triton launch options of a configuration dict (num_warps, and maxnreg when set)."""
+    return {k: cfg[k] for k in ("num_warps", "maxnreg") if cfg.get(k)}
 
 
 def pow2(n: int) -> int:

@@ -38,7 +38,7 @@ def _m1_dual_kernel(
     w1_ptr, b1_ptr, ck_ptr, cg1_ptr, out_ptr,
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
     D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    UPDATE_DOT: tl.constexpr, MMA: tl.constexpr,
+    UPDATE_DOT: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -59,8 +59,8 @@ def _m1_dual_kernel(
     p_ck = ck_ptr + pid * (MB * D)
     p_cg = cg1_ptr + pid * (MB * D)
 
-    if not MMA:  # the state tile first: the one large transfer, in flight while the small inputs arrive
-        b_w1 = tl.load(p_w1 + o_d[:, None] * D + o_d[None, :], mask=m_d[:, None] & m_d[None, :], other=0.0)
+    # The state tile first: the one large transfer, in flight while the small inputs arrive.
+    b_w1 = tl.load(p_w1 + o_d[:, None] * D + o_d[None, :], mask=m_d[:, None] & m_d[None, :], other=0.0)
     b_kc = tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)  # [BMB, BD]
     b_gc = tl.load(p_cg + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)
     b_b1 = tl.load(p_b1 + o_d, mask=m_d, other=0.0).to(tl.float32)
@@ -68,18 +68,9 @@ def _m1_dual_kernel(
         q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
         stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
 
-    if MMA:  # fp16 state: k W1 and q W1 on the tensor cores, W1 staged in shared memory
-        sk, ik = tc.pow2_scale(b_k)
-        sq, iq = tc.pow2_scale(b_q)
-        p_k = k_ptr + i_b * stride_kb + i_h * stride_kh
-        p_q = q_ptr + i_b * stride_qb + i_h * stride_qh
-        zk, zq = tc.two_vec_mat_f16(p_k, p_q, sk, sq, p_w1, o_d, m_d, D, D, 16, BLOCK_D)
-        z1k = zk * ik + b_b1
-        z1q = zq * iq + b_b1
-    else:
-        b_w1f = b_w1.to(tl.float32)  # [BD, BD]
-        z1k = tl.sum(b_w1f * b_k[:, None], 0) + b_b1
-        z1q = tl.sum(b_w1f * b_q[:, None], 0) + b_b1
+    b_w1f = b_w1.to(tl.float32)  # [BD, BD]
+    z1k = tl.sum(b_w1f * b_k[:, None], 0) + b_b1
+    z1q = tl.sum(b_w1f * b_q[:, None], 0) + b_b1
     gt = tc.rne(tc.ln_fused_l2_bwd(z1k, b_v - b_k, gam, bet, m_d, D, EPS) * eta, CACHE_DT)
     k_r = tc.rne(b_k, CACHE_DT)
     tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
@@ -99,13 +90,7 @@ def _m1_dual_kernel(
     if pos == MB - 1:
         tl.debug_barrier()
         m_all = o_s < MB
-        if MMA:  # 16 rows of W1 at a time: a [16, BD] float32 accumulator instead of [BD, BD]
-            o_r0 = tl.arange(0, 16)
-            for r0 in range(0, D, 16):
-                o_r = r0 + o_r0
-                tc.update_tile(p_w1, p_ck, p_cg, o_r, o_r < D, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, True, True)
-        else:
-            tc.update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
+        tc.update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
         tc.update_bias(p_b1, p_cg, o_d, m_d, o_s, m_all, D, c_i)
 
 
@@ -118,7 +103,7 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     66 us; register caps (more programs per multiprocessor), the update in narrower slices, 2 warps and
     persistent programs with the next items staged in shared memory all read 66-222 us. The warps
     grow with the tile so that f = 128 does not spill."""
-    return {"num_warps": max(1, head_dim * head_dim // 4096), "maxnreg": None, "UPDATE_DOT": True, "MMA": True}
+    return {"num_warps": max(1, head_dim * head_dim // 4096), "maxnreg": None, "UPDATE_DOT": True}
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None):
@@ -131,8 +116,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None)
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
         D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])), EPS=TTT_NORM_EPS,
-        UPDATE_DOT=cfg["UPDATE_DOT"], MMA=bool(cfg.get("MMA")) and W1.dtype == ck.dtype == torch.float16,
-        **tc.launch_options(cfg))
+        UPDATE_DOT=cfg["UPDATE_DOT"], **tc.launch_options(cfg))
     return out
 
 

@@ -65,22 +65,6 @@ def _chunk_b(b_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, b_g1, b_x2, p_cg1, p_
 
 
 @triton.jit
-def _chunk_b_mma(b_w2, a_g2, r, ig, x2k, dx2k, z1q0, eta, c_i, a1, pos, b_g1, b_x2, p_cg1, p_cx2, o_f, m_f, o_s,
-                 FH: tl.constexpr, CACHE_DT: tl.constexpr):
-    """_chunk_b for an fp16 W2 chunk on the tensor cores: W2 g2 from a_g2 (g2 scaled by 1 / ig as hi + lo
-    rows), X2' W2 from X2' as hi + lo rows; the cache terms stay on the CUDA cores (16 rows)."""
-    g1t = tc.rne(tc.row_pair_sum(tl.dot(a_g2, tl.trans(b_w2)), r, 0) * ig * dx2k * eta, CACHE_DT)
-    x2k_r = tc.rne(x2k, CACHE_DT)
-    tl.store(p_cg1 + pos * FH + o_f, g1t, mask=m_f)
-    tl.store(p_cx2 + pos * FH + o_f, x2k_r, mask=m_f)
-    cur = (o_s == pos)[:, None]
-    b_g1 = tl.where(cur, g1t.to(tl.float32)[None, :], b_g1.to(tl.float32))
-    x2q = tc.gelu(z1q0 - tl.sum(a1[:, None] * b_g1, 0) * c_i)  # [BF]
-    b_x2 = tl.where(cur, x2k_r.to(tl.float32)[None, :], b_x2.to(tl.float32))
-    return tc.vec_mat_f16(x2q, b_w2), tl.sum(b_x2 * x2q[None, :], 1)
-
-
-@triton.jit
 def _load_rows(p_rows, o_s, m_old, o_c, m_c, stride):
     """Cache rows s < pos, columns o_c: [BMB, BC] (rows at or after pos read as 0, never touched)."""
     return tl.load(p_rows + o_s[:, None] * stride + o_c[None, :], mask=m_old[:, None] & m_c[None, :], other=0.0)
@@ -93,7 +77,7 @@ def _m2_dual_kernel(
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, MMA: tl.constexpr,
+    L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -135,17 +119,9 @@ def _m2_dual_kernel(
     # L2_HINTS: W1 is read once (evict first), W2 again in pass B (evict last there, first after).
     EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
     EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
-    if MMA:
-        z2k = tiles.z2k_chunked_mma(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F,
-                                    NUM_CHUNKS, EV_ONCE, EV_AGAIN)
-    else:
-        z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS,
-                                True, EV_ONCE, EV_AGAIN)
+    z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
+                      EV_ONCE, EV_AGAIN)
     g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
-    if MMA:  # g2 as the hi + lo rows of pass B's W2 g2 products
-        r = tl.arange(0, 16)[:, None]
-        sg, ig = tc.pow2_scale(g2)
-        a_g2 = tc.hilo_rows(g2 * sg, r, 0, tl.zeros([16, BLOCK_D], dtype=tl.float16))
     g2t = tc.rne(g2 * eta, CACHE_DT)
     tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)
 
@@ -165,12 +141,8 @@ def _m2_dual_kernel(
         z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
         z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
         x2k, dx2k = tc.gelu_and_grad(z1k)
-        if MMA:
-            zc, dc = _chunk_b_mma(c_w2, a_g2, r, ig, x2k, dx2k, z1q0, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2,
-                                  o_f, m_f, o_s, FH, CACHE_DT)
-        else:
-            zc, dc = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f, m_f, o_s,
-                              FH, CACHE_DT)
+        zc, dc = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f, m_f, o_s,
+                          FH, CACHE_DT)
         z2q += zc
         dots += dc
 
@@ -227,7 +199,6 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
         BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
-        MMA=bool(cfg.get("MMA")) and W1.dtype == ck.dtype == torch.float16,
         **tc.launch_options(cfg))
     return out
 

@@ -58,31 +58,3 @@ def z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.c
             tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
         z2k += tl.sum(tc.gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
     return z2k
-
-
-@triton.jit
-def z2k_chunked_mma(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.constexpr, D: tl.constexpr,
-                    BLOCK_F: tl.constexpr, NUM_CHUNKS: tl.constexpr, EVICT_W1: tl.constexpr = "",
-                    EVICT_W2: tl.constexpr = ""):
-    """z2k_chunked with Z1_SCRATCH for fp16 W1, W2, its products on the tensor cores: k and q as hi + lo
-    rows of one [16, f] operand against each W1 chunk, X2k's chunk as hi + lo rows against the W2 chunk
-    (ttt_triton_common.two_vec_mat_f16 says why this is as accurate as float32). The tiles feed MMAs
-    only, so the pipeliner stages them in shared memory ahead of use; no registers hold them."""
-    r = tl.arange(0, 16)[:, None]
-    sk, ik = tc.pow2_scale(b_k)
-    sq, iq = tc.pow2_scale(b_q)
-    a_kq = tc.hilo_rows(b_q * sq, r, 2, tc.hilo_rows(b_k * sk, r, 0, tl.zeros([16, b_k.shape[0]], dtype=tl.float16)))
-    z2k = b_b2
-    for ci in range(NUM_CHUNKS):
-        o_f = ci * BLOCK_F + o_f0
-        m_f = o_f < FH
-        c_w1 = load_w1(p_w1, o_d, m_d, o_f, m_f, FH, EVICT_W1)
-        c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D, EVICT_W2)
-        acc = tl.dot(a_kq, c_w1)  # [16, BF]
-        b_b1 = tl.load(p_b1 + o_f, mask=m_f, other=0.0).to(tl.float32)
-        z1k = tc.row_pair_sum(acc, r, 0) * ik + b_b1
-        z1q0 = tc.row_pair_sum(acc, r, 2) * iq + b_b1
-        tl.store(p_z1 + o_f, z1k, mask=m_f)
-        tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
-        z2k += tc.vec_mat_f16(tc.gelu(z1k), c_w2)
-    return z2k
