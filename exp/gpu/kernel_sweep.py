@@ -36,7 +36,8 @@ RECIPES = {
                                      "mlp_1_primal_triton")},
     # Rounds 1-3 (exp/NOTES.md, "H200 kernel sweeps") ran at commits 2315998, 88a0e99 and c71f6a2, whose
     # kernels had more designs (persistent programs) and knobs than remain; their records are under
-    # exp/results/h200/kernel_sweep_round*.jsonl. Round 4: the L2 reuse of the second F walk.
+    # exp/results/h200/kernel_sweep_round*.jsonl. Round 4: the L2 reuse of the second F walk. Round 5
+    # (tensor-core matrix-vector products) ran at 3adb0fe, whose MMA flag was reverted after it.
     "round4": {
         "mlp_2_dual_triton": [
             {"BLOCK_F": 64, "num_warps": 2},
