@@ -243,3 +243,23 @@ def test_gpu_compiled_graph_step_matches_eager(inner_net):
         a = eager.step(ids[:, t]).float()
         b = fast.step(ids[:, t]).float()
         assert rel_err(b, a) < 1e-2, t
+
+
+GLUON_CONFIGS = [{"GLUON": True, "programs_per_sm": 8, "rows": 16}, {"GLUON": True, "programs_per_sm": 2, "rows": 32}]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", GLUON_CONFIGS, ids=["P8-R16", "P2-R32"])
+@pytest.mark.parametrize("B", [16, 512])
+def test_gpu_m1_dual_gluon_matches_reference(config, B):
+    """The Gluon M1 dual kernel (persistent programs, cp.async double buffering) at ttt-1b shapes: every
+    position of two mini-batches and one token, both end-of-mini-batch updates, against float64; with 2
+    programs a multiprocessor every program loops over many items (the buffer rotation is exercised)."""
+    from ttt_decode.bench.micro import check_ttt_variant
+    from ttt_decode.ops.ttt_linear import gluon_decode
+
+    q = torch.empty(B, 32, 64, dtype=torch.float16, device="cuda")
+    assert gluon_decode.supported(q, q, torch.empty(B, 32, 16, 64, dtype=torch.float16, device="cuda"))
+    res = check_ttt_variant("mlp_1_dual_triton", torch.float16, "cuda", "ttt-1b", torch.float16, batch=B,
+                            config=config)
+    assert res["passed"], res

@@ -57,12 +57,26 @@ RECIPES = {
             {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
         ],
     },
+    # Round 6: M1 dual in Gluon (ops/ttt_linear/gluon_decode.py): persistent one-warp programs, the next
+    # item's W1 and cache rows copied into shared memory (cp.async) while the current one is computed.
+    "round6": {
+        "mlp_1_dual_triton": [
+            {"num_warps": 1, "UPDATE_DOT": True},
+            {"GLUON": True, "programs_per_sm": 8, "rows": 16},
+            {"GLUON": True, "programs_per_sm": 8, "rows": 32},
+            {"GLUON": True, "programs_per_sm": 6, "rows": 16},
+            {"GLUON": True, "programs_per_sm": 4, "rows": 16},
+            {"GLUON": True, "programs_per_sm": 16, "rows": 16},
+            {"GLUON": True, "programs_per_sm": 2, "rows": 16},
+        ],
+    },
 }
-KERNEL_FUNCS = {  # the Triton functions whose compiled variants are reported
-    "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode", ("_m2_dual_kernel",)),
-    "mlp_1_dual_triton": ("ttt_decode.ops.ttt_linear.triton_decode", ("_m1_dual_kernel",)),
-    "mlp_2_primal_triton": ("ttt_decode.ops.ttt_mlp.triton_primal", ("_m2_primal_kernel",)),
-    "mlp_1_primal_triton": ("ttt_decode.ops.ttt_linear.triton_primal", ("_m1_primal_kernel",)),
+KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
+    "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),
+    "mlp_1_dual_triton": ("ttt_decode.ops.ttt_linear.triton_decode:_m1_dual_kernel",
+                          "ttt_decode.ops.ttt_linear.gluon_decode:_m1_dual_gluon_kernel"),
+    "mlp_2_primal_triton": ("ttt_decode.ops.ttt_mlp.triton_primal:_m2_primal_kernel",),
+    "mlp_1_primal_triton": ("ttt_decode.ops.ttt_linear.triton_primal:_m1_primal_kernel",),
 }
 
 
@@ -70,11 +84,10 @@ def compiled_resources(kernel: str) -> list[dict]:
     """registers / spills / shared memory of every compiled variant of the kernel's Triton functions."""
     import importlib
 
-    mod_name, names = KERNEL_FUNCS[kernel]
-    mod = importlib.import_module(mod_name)
     out = []
-    for name in names:
-        fn = getattr(mod, name)
+    for spec in KERNEL_FUNCS[kernel]:
+        mod_name, name = spec.split(":")
+        fn = getattr(importlib.import_module(mod_name), name)
         for cache in getattr(fn, "device_caches", {}).values():
             for ck in cache[0].values():
                 try:

@@ -112,6 +112,12 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None)
     The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks)."""
     B, H, f = q.shape
     cfg = config or dual_config(B, f, W1.dtype)
+    if cfg.get("GLUON"):
+        from ttt_decode.ops.ttt_linear import gluon_decode  # noqa: PLC0415 (experimental API: imported where used)
+
+        if gluon_decode.supported(q, W1, ck):
+            return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
+                                       programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
     _m1_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),

@@ -1,0 +1,186 @@
+"""Gluon dual-form decode step of TTT-Linear (M1) for fp16 state at f = 64, b = 16; the reference is
+naive.decode_step_dual, the same function as triton_decode.py's kernel.
+
+Why a second kernel: the Triton kernel holds an item's W1 [64, 64] in registers (251 a lane at one
+warp with the update), so 8 programs a multiprocessor are resident and each waits for its own tile
+before its serial chain runs: 65 us at B = 512, 68% of the copy bandwidth (exp/NOTES.md, "H200 kernel
+sweeps"). Here persistent programs (one warp each) loop over (sequence, head) items and copy the next
+item's W1 and cache rows into shared memory with cp.async (two buffers) while the current item is
+computed from the other buffer: every program always has one item's bytes in flight, and W1 is read
+from shared memory in 16-row slices, so it takes few registers. The end-of-mini-batch update reads W1,
+K and G from shared memory and runs on the tensor cores (fp16 rows: exact products, float32
+accumulation).
+
+Gluon (triton.experimental.gluon) gives the explicit shared memory and async copies Triton's
+pipeliner does not apply to these loads; it does not run under the Triton interpreter, so the CPU
+tests cover triton_decode.py and the GPU tests (pytest -m gpu) this kernel. The arithmetic is
+triton_decode.py's, in the same order where it matters for rounding (cache rows rounded to fp16
+before use, as the reference reads them back).
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+from ttt_decode.ops.ttt_common import TTT_NORM_EPS
+
+HEAD_DIM, MINI_BATCH = 64, 16
+
+
+@gluon.jit
+def _ln_fwd(z, gamma, beta, N: gl.constexpr, EPS: gl.constexpr):
+    mu = gl.sum(z, 0) * (1.0 / N)
+    d = z - mu
+    rstd = gl.rsqrt(gl.sum(d * d, 0) * (1.0 / N) + EPS)
+    return gamma * (d * rstd) + beta
+
+
+@gluon.jit
+def _ln_fused_l2_bwd(z, target, gamma, beta, N: gl.constexpr, EPS: gl.constexpr):
+    mu = gl.sum(z, 0) * (1.0 / N)
+    d = z - mu
+    rstd = gl.rsqrt(gl.sum(d * d, 0) * (1.0 / N) + EPS)
+    xh = d * rstd
+    gxh = (gamma * xh + beta - target) * gamma
+    return (gxh * N - gl.sum(gxh, 0) - xh * gl.sum(gxh * xh, 0)) * (rstd * (1.0 / N))
+
+
+@gluon.jit
+def _issue(w_buf, k_buf, g_buf, w1_ptr, ck_ptr, cg_ptr, item, w_off, c_off, m_old, D: gl.constexpr,
+           MB: gl.constexpr):
+    """cp.async of item's W1 [D, D] and its cache rows s < pos [MB, D] into one buffer set."""
+    cp.async_copy_global_to_shared(w_buf, w1_ptr + item * (D * D) + w_off)
+    cp.async_copy_global_to_shared(k_buf, ck_ptr + item * (MB * D) + c_off, mask=m_old)
+    cp.async_copy_global_to_shared(g_buf, cg_ptr + item * (MB * D) + c_off, mask=m_old)
+
+
+@gluon.jit
+def _m1_dual_gluon_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr, out_ptr,
+    n_items, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+    D: gl.constexpr, MB: gl.constexpr, EPS: gl.constexpr, ROWS: gl.constexpr,
+):
+    # [R, D] tiles on one warp: 8 consecutive columns (16 bytes of fp16) a lane, 8 lanes across a row.
+    L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
+    ROW: gl.constexpr = gl.SliceLayout(1, L)  # vectors along a tile's rows
+    COL: gl.constexpr = gl.SliceLayout(0, L)  # vectors along its columns
+    SH: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
+    MMA: gl.constexpr = gl.NVMMADistributedLayout([2, 0], [1, 1], [16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+    OUT_DT: gl.constexpr = out_ptr.dtype.element_ty
+
+    w_s = gl.allocate_shared_memory(gl.float16, [2, D, D], SH)
+    k_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
+    g_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
+
+    o_w = gl.arange(0, D, layout=ROW)
+    o_c = gl.arange(0, D, layout=COL)
+    o_s = gl.arange(0, MB, layout=ROW)
+    o_r = gl.arange(0, ROWS, layout=ROW)
+    pos = gl.load(pos_ptr).to(gl.int32)
+    c_i = gl.load(c_ptr + pos).to(gl.float32)
+    w_off = o_w[:, None] * D + o_c[None, :]
+    c_off = o_s[:, None] * D + o_c[None, :]
+    m_old = (o_s < pos)[:, None] & (o_c < D)[None, :]
+    m_cur = (o_s == pos)[:, None] & (o_c < D)[None, :]
+    m_rows = o_s <= pos
+
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    _issue(w_s.index(0), k_s.index(0), g_s.index(0), w1_ptr, ck_ptr, cg_ptr, pid, w_off, c_off, m_old, D, MB)
+    cp.commit_group()
+    for it in range(pid, n_items, nprog):
+        buf = ((it - pid) // nprog) % 2
+        nxt = it + nprog
+        # The other buffer was read in the previous iteration (every lane is past those reads here).
+        gl.thread_barrier()
+        if nxt < n_items:
+            _issue(w_s.index(1 - buf), k_s.index(1 - buf), g_s.index(1 - buf), w1_ptr, ck_ptr, cg_ptr, nxt,
+                   w_off, c_off, m_old, D, MB)
+        cp.commit_group()
+
+        i_b = it // H
+        i_h = it % H
+        p_q = q_ptr + i_b * stride_qb + i_h * stride_qh
+        p_k = k_ptr + i_b * stride_kb + i_h * stride_kh
+        q = gl.load(p_q + o_c).to(gl.float32)
+        k = gl.load(p_k + o_c).to(gl.float32)
+        v = gl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_c).to(gl.float32)
+        eta = gl.load(eta_ptr + i_b * stride_eb + i_h * stride_eh).to(gl.float32)
+        gam = gl.load(gamma_ptr + i_h * D + o_c).to(gl.float32)
+        bet = gl.load(beta_ptr + i_h * D + o_c).to(gl.float32)
+        b1 = gl.load(b1_ptr + it * D + o_c).to(gl.float32)
+
+        cp.wait_group(1)  # this item's copies (the next item's stay in flight)
+        gl.thread_barrier()  # ... and the other lanes' parts of them
+        w_cur = w_s.index(buf)
+        acc_k = gl.zeros([ROWS, D], gl.float32, L)
+        acc_q = gl.zeros([ROWS, D], gl.float32, L)
+        for r0 in gl.static_range(0, D, ROWS):
+            w = w_cur.slice(r0, ROWS, dim=0).load(L).to(gl.float32)
+            kr = gl.load(p_k + r0 + o_r).to(gl.float32)
+            qr = gl.load(p_q + r0 + o_r).to(gl.float32)
+            acc_k += w * kr[:, None]
+            acc_q += w * qr[:, None]
+        z1k = gl.sum(acc_k, 0) + b1
+        z1q = gl.sum(acc_q, 0) + b1
+
+        gt = (_ln_fused_l2_bwd(z1k, v - k, gam, bet, D, EPS) * eta).to(gl.float16)
+        k_r = k.to(gl.float16)
+        gl.store(ck_ptr + it * (MB * D) + pos * D + o_c, k_r)
+        gl.store(cg_ptr + it * (MB * D) + pos * D + o_c, gt)
+        kc = gl.where(m_old, k_s.index(buf).load(L).to(gl.float32), 0.0)
+        gc = gl.where(m_old, g_s.index(buf).load(L).to(gl.float32), 0.0)
+        kc = gl.where(m_cur, k_r.to(gl.float32)[None, :], kc)
+        gc = gl.where(m_cur, gt.to(gl.float32)[None, :], gc)
+        a1 = gl.where(m_rows, gl.sum(kc * q[None, :], 1) + 1.0, 0.0)
+        z = z1q - c_i * gl.sum(a1[:, None] * gc, 0)
+        out = q + _ln_fwd(z, gam, bet, D, EPS)
+        gl.store(out_ptr + it * D + o_c, out.to(OUT_DT))
+
+        if pos == MB - 1:
+            # W1 -= c K^T G and b1 -= c sum_s G_s from the mini-batch's 16 rows (this token's included),
+            # through shared memory: K^T and G as MMA operands, W1 read where it already is.
+            gl.thread_barrier()
+            k_s.index(buf).store(kc.to(gl.float16))
+            g_s.index(buf).store(gc.to(gl.float16))
+            gl.thread_barrier()
+            kt = k_s.index(buf).permute([1, 0])  # [D, MB]
+            g_op = g_s.index(buf).load(B_OP)
+            o_mr = gl.arange(0, 16, layout=gl.SliceLayout(1, MMA))
+            o_mc = gl.arange(0, D, layout=gl.SliceLayout(0, MMA))
+            for r0 in gl.static_range(0, D, 16):
+                upd = mma_v2(kt.slice(r0, 16, dim=0).load(A_OP), g_op, gl.zeros([16, D], gl.float32, MMA))
+                w_old = w_cur.slice(r0, 16, dim=0).load(MMA).to(gl.float32)
+                gl.store(w1_ptr + it * (D * D) + (r0 + o_mr)[:, None] * D + o_mc[None, :],
+                         (w_old - upd * c_i).to(gl.float16))
+            gl.store(b1_ptr + it * D + o_c, (b1 - gl.sum(gc, 0) * c_i).to(gl.float16))
+    cp.wait_group(0)
+
+
+def supported(q: torch.Tensor, W1: torch.Tensor, ck: torch.Tensor) -> bool:
+    """Whether this kernel takes these inputs: a CUDA device with cp.async and mma.sync (sm_80 on),
+    f = 64, b = 16, fp16 state and cache, each token's head rows contiguous."""
+    return (q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 0) and q.shape[-1] == HEAD_DIM
+            and ck.shape[2] == MINI_BATCH and W1.dtype == ck.dtype == torch.float16 and q.stride(-1) == 1)
+
+
+def num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16):
+    """Run the kernel into out [B, H, 64]; fp16 W1, b1 and cache, f = 64, b = 16 (supported() says)."""
+    B, H, f = q.shape
+    n = B * H
+    grid = (min(n, programs_per_sm * num_sms(q.device)),)
+    _m1_dual_gluon_kernel[grid](
+        q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
+        n, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0),
+        eta.stride(1), D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, num_warps=1)
+    return out
