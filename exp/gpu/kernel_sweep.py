@@ -64,10 +64,8 @@ RECIPES = {
             {"num_warps": 1, "UPDATE_DOT": True},
             {"GLUON": True, "programs_per_sm": 8, "rows": 16},
             {"GLUON": True, "programs_per_sm": 8, "rows": 32},
-            {"GLUON": True, "programs_per_sm": 6, "rows": 16},
-            {"GLUON": True, "programs_per_sm": 4, "rows": 16},
-            {"GLUON": True, "programs_per_sm": 16, "rows": 16},
-            {"GLUON": True, "programs_per_sm": 2, "rows": 16},
+            {"GLUON": True, "programs_per_sm": 7, "rows": 32},
+            {"GLUON": True, "programs_per_sm": 16, "rows": 32},
         ],
     },
 }

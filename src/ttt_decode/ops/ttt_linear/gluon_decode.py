@@ -50,12 +50,22 @@ def _ln_fused_l2_bwd(z, target, gamma, beta, N: gl.constexpr, EPS: gl.constexpr)
 
 
 @gluon.jit
-def _issue(w_buf, k_buf, g_buf, w1_ptr, ck_ptr, cg_ptr, item, w_off, c_off, m_old, D: gl.constexpr,
-           MB: gl.constexpr):
-    """cp.async of item's W1 [D, D] and its cache rows s < pos [MB, D] into one buffer set."""
-    cp.async_copy_global_to_shared(w_buf, w1_ptr + item * (D * D) + w_off)
-    cp.async_copy_global_to_shared(k_buf, ck_ptr + item * (MB * D) + c_off, mask=m_old)
-    cp.async_copy_global_to_shared(g_buf, cg_ptr + item * (MB * D) + c_off, mask=m_old)
+def _issue(buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr,
+           cg_ptr, item, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old,
+           o_v, D: gl.constexpr, MB: gl.constexpr):
+    """cp.async of everything item reads into buffer set buf: W1 [D, D], its cache rows s < pos [MB, D],
+    the token's q, k, v, b1 and the head's LayerNorm gamma, beta [D]."""
+    i_b = item // H
+    i_h = item % H
+    cp.async_copy_global_to_shared(w_s.index(buf), w1_ptr + item * (D * D) + w_off)
+    cp.async_copy_global_to_shared(k_s.index(buf), ck_ptr + item * (MB * D) + c_off, mask=m_old)
+    cp.async_copy_global_to_shared(g_s.index(buf), cg_ptr + item * (MB * D) + c_off, mask=m_old)
+    cp.async_copy_global_to_shared(t_s.index(4 * buf), q_ptr + i_b * stride_qb + i_h * stride_qh + o_v)
+    cp.async_copy_global_to_shared(t_s.index(4 * buf + 1), k_ptr + i_b * stride_kb + i_h * stride_kh + o_v)
+    cp.async_copy_global_to_shared(t_s.index(4 * buf + 2), v_ptr + i_b * stride_vb + i_h * stride_vh + o_v)
+    cp.async_copy_global_to_shared(b_s.index(buf), b1_ptr + item * D + o_v)
+    cp.async_copy_global_to_shared(n_s.index(2 * buf), gamma_ptr + i_h * D + o_v)
+    cp.async_copy_global_to_shared(n_s.index(2 * buf + 1), beta_ptr + i_h * D + o_v)
 
 
 @gluon.jit
@@ -68,20 +78,26 @@ def _m1_dual_gluon_kernel(
     L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
     ROW: gl.constexpr = gl.SliceLayout(1, L)  # vectors along a tile's rows
     COL: gl.constexpr = gl.SliceLayout(0, L)  # vectors along its columns
+    V1: gl.constexpr = gl.BlockedLayout([2], [32], [1], [0])  # a [D] vector's copy: 2 elements (4+ bytes) a lane
     SH: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
+    SH1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # [n, D] vector buffers, indexed by n
     MMA: gl.constexpr = gl.NVMMADistributedLayout([2, 0], [1, 1], [16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
     B_OP: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
     OUT_DT: gl.constexpr = out_ptr.dtype.element_ty
 
+    # Two buffer sets: the item being computed and the next one in flight.
     w_s = gl.allocate_shared_memory(gl.float16, [2, D, D], SH)
     k_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
     g_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
+    t_s = gl.allocate_shared_memory(q_ptr.dtype.element_ty, [8, D], SH1)  # q, k, v of set s at rows 4 s + 0..2
+    b_s = gl.allocate_shared_memory(gl.float16, [2, D], SH1)
+    n_s = gl.allocate_shared_memory(gamma_ptr.dtype.element_ty, [4, D], SH1)  # gamma, beta at rows 2 s, 2 s + 1
 
     o_w = gl.arange(0, D, layout=ROW)
     o_c = gl.arange(0, D, layout=COL)
     o_s = gl.arange(0, MB, layout=ROW)
-    o_r = gl.arange(0, ROWS, layout=ROW)
+    o_v = gl.arange(0, D, layout=V1)
     pos = gl.load(pos_ptr).to(gl.int32)
     c_i = gl.load(c_ptr + pos).to(gl.float32)
     w_off = o_w[:, None] * D + o_c[None, :]
@@ -92,39 +108,41 @@ def _m1_dual_gluon_kernel(
 
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
-    _issue(w_s.index(0), k_s.index(0), g_s.index(0), w1_ptr, ck_ptr, cg_ptr, pid, w_off, c_off, m_old, D, MB)
+    _issue(0, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr,
+           pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v, D, MB)
     cp.commit_group()
+    eta_next = gl.load(eta_ptr + (pid // H) * stride_eb + (pid % H) * stride_eh).to(gl.float32)
     for it in range(pid, n_items, nprog):
         buf = ((it - pid) // nprog) % 2
         nxt = it + nprog
-        # The other buffer was read in the previous iteration (every lane is past those reads here).
+        # The other buffer set was read in the previous iteration (every lane is past those reads here).
         gl.thread_barrier()
         if nxt < n_items:
-            _issue(w_s.index(1 - buf), k_s.index(1 - buf), g_s.index(1 - buf), w1_ptr, ck_ptr, cg_ptr, nxt,
-                   w_off, c_off, m_old, D, MB)
+            _issue(1 - buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr,
+                   ck_ptr, cg_ptr, nxt, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off,
+                   c_off, m_old, o_v, D, MB)
         cp.commit_group()
-
-        i_b = it // H
-        i_h = it % H
-        p_q = q_ptr + i_b * stride_qb + i_h * stride_qh
-        p_k = k_ptr + i_b * stride_kb + i_h * stride_kh
-        q = gl.load(p_q + o_c).to(gl.float32)
-        k = gl.load(p_k + o_c).to(gl.float32)
-        v = gl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_c).to(gl.float32)
-        eta = gl.load(eta_ptr + i_b * stride_eb + i_h * stride_eh).to(gl.float32)
-        gam = gl.load(gamma_ptr + i_h * D + o_c).to(gl.float32)
-        bet = gl.load(beta_ptr + i_h * D + o_c).to(gl.float32)
-        b1 = gl.load(b1_ptr + it * D + o_c).to(gl.float32)
+        eta = eta_next
+        nxt_c = gl.minimum(nxt, n_items - 1)
+        eta_next = gl.load(eta_ptr + (nxt_c // H) * stride_eb + (nxt_c % H) * stride_eh).to(gl.float32)
 
         cp.wait_group(1)  # this item's copies (the next item's stay in flight)
         gl.thread_barrier()  # ... and the other lanes' parts of them
+        q_sm = t_s.index(4 * buf)
+        k_sm = t_s.index(4 * buf + 1)
+        q = q_sm.load(COL).to(gl.float32)
+        k = k_sm.load(COL).to(gl.float32)
+        v = t_s.index(4 * buf + 2).load(COL).to(gl.float32)
+        b1 = b_s.index(buf).load(COL).to(gl.float32)
+        gam = n_s.index(2 * buf).load(COL).to(gl.float32)
+        bet = n_s.index(2 * buf + 1).load(COL).to(gl.float32)
         w_cur = w_s.index(buf)
         acc_k = gl.zeros([ROWS, D], gl.float32, L)
         acc_q = gl.zeros([ROWS, D], gl.float32, L)
         for r0 in gl.static_range(0, D, ROWS):
             w = w_cur.slice(r0, ROWS, dim=0).load(L).to(gl.float32)
-            kr = gl.load(p_k + r0 + o_r).to(gl.float32)
-            qr = gl.load(p_q + r0 + o_r).to(gl.float32)
+            kr = k_sm.slice(r0, ROWS).load(ROW).to(gl.float32)
+            qr = q_sm.slice(r0, ROWS).load(ROW).to(gl.float32)
             acc_k += w * kr[:, None]
             acc_q += w * qr[:, None]
         z1k = gl.sum(acc_k, 0) + b1
@@ -152,12 +170,13 @@ def _m1_dual_gluon_kernel(
             gl.thread_barrier()
             kt = k_s.index(buf).permute([1, 0])  # [D, MB]
             g_op = g_s.index(buf).load(B_OP)
-            o_mr = gl.arange(0, 16, layout=gl.SliceLayout(1, MMA))
-            o_mc = gl.arange(0, D, layout=gl.SliceLayout(0, MMA))
+            o_u = gl.arange(0, 16, layout=ROW)
             for r0 in gl.static_range(0, D, 16):
                 upd = mma_v2(kt.slice(r0, 16, dim=0).load(A_OP), g_op, gl.zeros([16, D], gl.float32, MMA))
-                w_old = w_cur.slice(r0, 16, dim=0).load(MMA).to(gl.float32)
-                gl.store(w1_ptr + it * (D * D) + (r0 + o_mr)[:, None] * D + o_mc[None, :],
+                # In the tile layout for the subtraction and 16-byte stores (the MMA layout stores 4 bytes).
+                upd = gl.convert_layout(upd, L)
+                w_old = w_cur.slice(r0, 16, dim=0).load(L).to(gl.float32)
+                gl.store(w1_ptr + it * (D * D) + (r0 + o_u)[:, None] * D + o_c[None, :],
                          (w_old - upd * c_i).to(gl.float16))
             gl.store(b1_ptr + it * D + o_c, (b1 - gl.sum(gc, 0) * c_i).to(gl.float16))
     cp.wait_group(0)
@@ -174,7 +193,7 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 32):
     """Run the kernel into out [B, H, 64]; fp16 W1, b1 and cache, f = 64, b = 16 (supported() says)."""
     B, H, f = q.shape
     n = B * H
