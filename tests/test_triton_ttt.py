@@ -245,7 +245,48 @@ def test_gpu_compiled_graph_step_matches_eager(inner_net):
         assert rel_err(b, a) < 1e-2, t
 
 
-GLUON_CONFIGS = [{"GLUON": True, "programs_per_sm": 8, "rows": 16}, {"GLUON": True, "programs_per_sm": 2, "rows": 32}]
+def _m1_dual_default(batch):
+    from ttt_decode.ops.ttt_linear import triton_decode as m1
+    return m1.dual_config(batch, 64, torch.float16)
+
+
+# The dispatcher's Gluon configuration (B >= GLUON_MIN_BATCH) and one with many items per program.
+GLUON_CONFIGS = [_m1_dual_default(512), {"GLUON": True, "programs_per_sm": 2, "rows": 32}]
+
+
+def test_m1_dual_dispatch():
+    """fp16 state at f = 64 from GLUON_MIN_BATCH on: the Gluon kernel; otherwise, and for other dtypes or
+    head dims, the Triton kernel."""
+    from ttt_decode.ops.ttt_linear import triton_decode as m1
+    lo, hi = m1.GLUON_MIN_BATCH // 2, m1.GLUON_MIN_BATCH
+    assert m1.dual_config(hi, 64, torch.float16)["GLUON"]
+    assert GLUON_CONFIGS[0]["GLUON"] and GLUON_CONFIGS[0]["rows"] == 16
+    for args in ((lo, 64, torch.float16), (hi, 64, torch.bfloat16), (hi, 64, torch.float32), (hi, 128, torch.float16)):
+        assert not m1.dual_config(*args).get("GLUON"), args
+
+
+def test_m1_dual_gluon_config_falls_back_on_cpu(nan_empty, monkeypatch):
+    """A Gluon configuration where gluon_decode.supported refuses the inputs (here: CPU tensors) runs the
+    Triton kernel, with the same results."""
+    from ttt_decode.ops.ttt_linear import gluon_decode
+    tok, state, cache = _one_step_args(False, "dual", f=64, dtype=torch.float16)
+    assert not gluon_decode.supported(*tok[:3], *tok[5:7], state.W1, state.b1, cache.k, cache.g1)
+    run_and_compare(False, "dual", 64, "fp16", nan_empty, N=17, config=GLUON_CONFIGS[0], monkeypatch=monkeypatch)
+
+
+def test_m1_dual_gluon_kernel_compiles_for_sm90():
+    """The Gluon kernel cannot run on CPU; compiling it for sm_90 (Triton's bundled ptxas, in a process
+    without the interpreter) catches a Gluon API change of the installed Triton before a GPU run does."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from ttt_decode.ops.ttt_linear import gluon_decode as g; ptx = g.compile_offline(90).asm['ptx']; "
+            "print('cp.async' in ptx, 'mma.sync' in ptx)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["True", "True"], res.stdout
 
 
 @pytest.mark.gpu

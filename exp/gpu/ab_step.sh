@@ -3,15 +3,17 @@
 # commit's src/ unpacked at $OLD_SRC (`git archive <old> src | tar -x -C <dir>`), interleaved model by model
 # so that both variants see the machine in the same state; then pytest -m gpu and the compiled step's
 # profile of the new code. Everything packed into $OUT/ab.tgz (results.jsonl per variant, logs), table last.
-#   OLD_SRC=exp/gpu/_ab_old/src OLD_COMMIT=<sha> NEW_COMMIT=<sha> bash exp/gpu/ab_step.sh
+#   OLD_SRC=exp/gpu/_ab_old/src OLD_COMMIT=<sha> NEW_COMMIT=<sha> [SPECS="model:inner_net ..."] [SKIP_PYTEST=1] bash exp/gpu/ab_step.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; D=$OUT/ab; mkdir -p "$D"
 export PYTHONUNBUFFERED=1
 start=$SECONDS; budget=${BUDGET_S:-560}
 left() { echo $((budget - (SECONDS - start))); }
-PYTHONPATH=src timeout 200 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/ > "$D/pytest_gpu.txt" 2>&1
-tail -2 "$D/pytest_gpu.txt"
+if [ "${SKIP_PYTEST:-0}" != 1 ]; then  # SKIP_PYTEST=1: when the same tree's GPU tests ran in an earlier call
+  PYTHONPATH=src timeout 200 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/ > "$D/pytest_gpu.txt" 2>&1
+  tail -2 "$D/pytest_gpu.txt"
+fi
 cells="--batches ${BATCHES:-512} --genlens 128 --use_compile --repeats 2"
 for spec in ${SPECS:-ttt-1b:mlp_1_dual_triton mamba-1.4b:mamba_triton}; do
   for v in old new; do

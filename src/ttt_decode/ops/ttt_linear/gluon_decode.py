@@ -29,6 +29,8 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS
 
 HEAD_DIM, MINI_BATCH = 64, 16
+# A barrier across the program's threads: Triton 3.6 names it thread_barrier, 3.8 barrier.
+_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 
 
 @gluon.jit
@@ -116,7 +118,7 @@ def _m1_dual_gluon_kernel(
         buf = ((it - pid) // nprog) % 2
         nxt = it + nprog
         # The other buffer set was read in the previous iteration (every lane is past those reads here).
-        gl.thread_barrier()
+        _barrier()
         if nxt < n_items:
             _issue(1 - buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr,
                    ck_ptr, cg_ptr, nxt, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off,
@@ -127,7 +129,7 @@ def _m1_dual_gluon_kernel(
         eta_next = gl.load(eta_ptr + (nxt_c // H) * stride_eb + (nxt_c % H) * stride_eh).to(gl.float32)
 
         cp.wait_group(1)  # this item's copies (the next item's stay in flight)
-        gl.thread_barrier()  # ... and the other lanes' parts of them
+        _barrier()  # ... and the other lanes' parts of them
         q_sm = t_s.index(4 * buf)
         k_sm = t_s.index(4 * buf + 1)
         q = q_sm.load(COL).to(gl.float32)
@@ -164,10 +166,10 @@ def _m1_dual_gluon_kernel(
         if pos == MB - 1:
             # W1 -= c K^T G and b1 -= c sum_s G_s from the mini-batch's 16 rows (this token's included),
             # through shared memory: K^T and G as MMA operands, W1 read where it already is.
-            gl.thread_barrier()
+            _barrier()
             k_s.index(buf).store(kc.to(gl.float16))
             g_s.index(buf).store(gc.to(gl.float16))
-            gl.thread_barrier()
+            _barrier()
             kt = k_s.index(buf).permute([1, 0])  # [D, MB]
             g_op = g_s.index(buf).load(B_OP)
             o_u = gl.arange(0, 16, layout=ROW)
@@ -182,11 +184,22 @@ def _m1_dual_gluon_kernel(
     cp.wait_group(0)
 
 
-def supported(q: torch.Tensor, W1: torch.Tensor, ck: torch.Tensor) -> bool:
-    """Whether this kernel takes these inputs: a CUDA device with cp.async and mma.sync (sm_80 on),
-    f = 64, b = 16, fp16 state and cache, each token's head rows contiguous."""
-    return (q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 0) and q.shape[-1] == HEAD_DIM
-            and ck.shape[2] == MINI_BATCH and W1.dtype == ck.dtype == torch.float16 and q.stride(-1) == 1)
+def supported(q, k, v, gamma, beta, W1, b1, ck, cg1) -> bool:
+    """Whether this kernel takes these inputs (else the caller runs the Triton kernel): a CUDA device
+    with cp.async and mma.sync (sm_80 on), f = 64, b = 16, fp16 state and cache, q, k, v of one dtype
+    and gamma, beta of one dtype, every row the kernel copies 16-byte aligned with contiguous columns
+    (cp.async copies 4-16 bytes a lane)."""
+    if not (q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 0)):
+        return False
+    if q.shape[-1] != HEAD_DIM or ck.shape[2] != MINI_BATCH:
+        return False
+    if not (W1.dtype == b1.dtype == ck.dtype == cg1.dtype == torch.float16 and q.dtype == k.dtype == v.dtype
+            and gamma.dtype == beta.dtype):
+        return False
+    for t in (q, k, v):
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
+            return False
+    return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, W1, b1, ck, cg1))
 
 
 def num_sms(device: torch.device) -> int:
@@ -194,7 +207,9 @@ def num_sms(device: torch.device) -> int:
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 32):
-    """Run the kernel into out [B, H, 64]; fp16 W1, b1 and cache, f = 64, b = 16 (supported() says)."""
+    """Run the kernel into out [B, H, 64] (contiguous) for inputs that supported() takes: programs_per_sm
+    persistent programs a multiprocessor (at most the number of items), W1 read from shared memory in
+    rows-row slices."""
     B, H, f = q.shape
     n = B * H
     grid = (min(n, programs_per_sm * num_sms(q.device)),)
@@ -203,3 +218,24 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per
         n, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0),
         eta.stride(1), D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, num_warps=1)
     return out
+
+
+def compile_offline(capability: int = 90, rows: int = 16):
+    """Compile the kernel for an NVIDIA target without a GPU (Triton's bundled ptxas): fp16 throughout,
+    the launch's 16-byte divisibility of pointers and strides assumed. For inspection (registers,
+    SASS) and for the CPU test that catches a Gluon API change; needs TRITON_INTERPRET unset at import."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    ptrs = "q k v eta c gamma beta pos w1 b1 ck cg out".split()
+    sig = {f"{n}_ptr": ("*fp32" if n == "eta" else "*i64" if n == "pos" else "*fp16") for n in ptrs}
+    ints = "n_items H stride_qb stride_qh stride_kb stride_kh stride_vb stride_vh stride_eb stride_eh".split()
+    sig.update({n: "i32" for n in ints})
+    const = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows}
+    sig.update({n: "constexpr" for n in const})
+    names = list(sig)
+    aligned = [n for n in names if n.endswith("_ptr") or n in ints[1:8]]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = GluonASTSource(fn=_m1_dual_gluon_kernel, signature=sig, constexprs=const, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 1})

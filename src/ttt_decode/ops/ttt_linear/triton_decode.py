@@ -94,6 +94,9 @@ def _m1_dual_kernel(
         tc.update_bias(p_b1, p_cg, o_d, m_d, o_s, m_all, D, c_i)
 
 
+GLUON_MIN_BATCH = 128  # batches from which the Gluon kernel is the default (H200, ttt-1b's 32 heads)
+
+
 def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     """Hand-picked launch configuration (no autotune: the state is updated in place); one for every batch.
 
@@ -102,8 +105,17 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     bandwidth) vs 123.8 us with 2 warps, 162 us with 4. H200 (exp/NOTES.md, "H200 kernel sweeps"):
     66 us; register caps (more programs per multiprocessor), the update in narrower slices, 2 warps and
     persistent programs with the next items staged in shared memory all read 66-222 us. The warps
-    grow with the tile so that f = 128 does not spill."""
-    return {"num_warps": max(1, head_dim * head_dim // 4096), "maxnreg": None, "UPDATE_DOT": True}
+    grow with the tile so that f = 128 does not spill. From GLUON_MIN_BATCH on, fp16 state at f = 64
+    runs the Gluon kernel instead (GLUON: True; launch falls back to this one where
+    gluon_decode.supported refuses the inputs, e.g. on CPU)."""
+    cfg = {"num_warps": max(1, head_dim * head_dim // 4096), "maxnreg": None, "UPDATE_DOT": True}
+    if state_dtype == torch.float16 and head_dim == 64 and batch >= GLUON_MIN_BATCH:
+        # The Gluon kernel (gluon_decode.py; taken where gluon_decode.supported says, on CUDA): 52 us at
+        # B = 512 (86% of copy bandwidth) against this kernel's 66 us, 94.5% at B = 2048; at B = 64 it is
+        # 4% slower (its persistent programs get only ~2 items each). Record:
+        # exp/results/h200/kernel_sweep_round6_h200_cb8487c.jsonl.
+        cfg.update(GLUON=True, programs_per_sm=8, rows=16)
+    return cfg
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None):
@@ -115,7 +127,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None)
     if cfg.get("GLUON"):
         from ttt_decode.ops.ttt_linear import gluon_decode  # noqa: PLC0415 (experimental API: imported where used)
 
-        if gluon_decode.supported(q, W1, ck):
+        if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, ck, cg1):
             return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
                                        programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
     _m1_dual_kernel[(B * H,)](
