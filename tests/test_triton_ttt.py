@@ -299,8 +299,11 @@ def test_gpu_m1_dual_gluon_matches_reference(config, B):
     from ttt_decode.bench.micro import check_ttt_variant
     from ttt_decode.ops.ttt_linear import gluon_decode
 
-    q = torch.empty(B, 32, 64, dtype=torch.float16, device="cuda")
-    assert gluon_decode.supported(q, q, torch.empty(B, 32, 16, 64, dtype=torch.float16, device="cuda"))
+    def t(*shape):
+        return torch.zeros(shape, dtype=torch.float16, device="cuda")
+    q, ck = t(B, 32, 64), t(B, 32, 16, 64)
+    assert gluon_decode.supported(q, q, q, t(32, 64), t(32, 64), t(B, 32, 64, 64), q, ck, ck)
+    assert not gluon_decode.supported(q, q, q.float(), t(32, 64), t(32, 64), t(B, 32, 64, 64), q, ck, ck)
     res = check_ttt_variant("mlp_1_dual_triton", torch.float16, "cuda", "ttt-1b", torch.float16, batch=B,
                             config=config)
     assert res["passed"], res
