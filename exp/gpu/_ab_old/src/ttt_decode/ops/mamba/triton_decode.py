@@ -1,0 +1,271 @@
+"""Triton decode step of the Mamba-1 recurrence (DESIGN section 5); the reference is naive.py, same signatures.
+
+Letters: B batch, D channels (d_inner), S state size, W conv width; a = activation item size (x, z, dt,
+outputs, conv ring), s = state item size, p = parameter item size.
+
+`ssm_step` (the fused kernel; one pass over the state [B, D, S]):
+    dt = softplus(dt + dt_bias); h <- h * exp(dt * A) + dt * B * x_c with A = -exp(A_log);
+    y = (h . C + D * x_c) * silu(z); and the conv-state update: the new input x goes into the ring
+    slot conv_pos (conv_state [B, W, D], see naive.py), which replaces the shift of a [B, D, W] window.
+    Compulsory bytes per call: 2 B D S s (state read + write) + 4 B D a (x, x_c, z, dt read)
+        + 2 B S a (B, C) + B D a (conv slot write) + B D a (y write) + D (S + 2) p (A_log, D, dt_bias).
+    FLOPs per call: about B D (7 S + 13) (per state element dt*A, exp, h*dA + dtx*B, h*C and its sum;
+        per channel softplus, dt*x, D skip, silu gate), the exp counted as one.
+    Grid: (cdiv(D, BLOCK_D), cdiv(B, ROWS)); a program holds a [ROWS, BLOCK_D, S] tile of the state (ROWS = 1
+        by default, see ssm_config).
+    Mutates: ssm_state (advanced one token, stored in its own dtype: fp32, fp16 or bf16; fp64 too),
+        conv_state (one slot). conv_pos is read, never moved (the model advances it once per token).
+
+`conv_step` (runs before x_proj, which needs its output; mutates nothing):
+    x_c = silu(bias + sum_j w_j u_j) over the W-1 newest ring slots and the new input x.
+    Compulsory bytes per call: (W - 1) B D a (ring slots) + B D a (x) + B D a (x_c) + D (W + 1) p.
+    FLOPs per call: about B D (2 W + 4).   Grid: (cdiv(D, BLOCK_D), cdiv(B, ROWS)).
+
+`add_rms_norm` (the block boundary; mutates nothing): h_new = h + delta, x = RMSNorm(h_new) * weight, with
+    models.common.RMSNorm's arithmetic. One kernel instead of the ~8 elementwise launches of the eager
+    norm and residual add, which cost more than the state update at small batch.
+    Compulsory bytes per call: B d (2 r + 2 a) (h read, h_new written in the residual dtype r; delta read,
+    x written) + d a (weight).   FLOPs: about 5 B d.   Grid: (B,), one row per program.
+
+Why a ring and two kernels: x_proj needs the conv output of every channel before the state update
+can start, so the conv output cannot come from the state pass. With the usual shifting [B, D, W]
+window the conv costs 2 W a per channel (read + write the window); with the ring it costs W a
+((W - 1) slots read, 1 slot written), and the slot write rides along in the state pass.
+
+Arithmetic in float32 (float64 when the state or inputs are float64). The kernels are torch custom ops
+(`ttt_decode::mamba_ssm_step` with exact mutates_args, `ttt_decode::mamba_conv_step`,
+`ttt_decode::mamba_add_rms_norm`) with fake implementations, so a step using them compiles under
+torch.compile(fullgraph=True) (the state tensors are passed to the op in place, no copies) and is
+captured in a CUDA graph. No autotuning: ssm_step updates the state in place, so its configuration is
+picked by hand (`ssm_config`, from a sweep on the H100). Inputs are asserted contiguous along D (row
+strides are taken as given); nothing is copied.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ttt_decode.ops.kernel_op import kernel_op
+from ttt_decode.ops.mamba.triton_math import compute_dtype as _compute
+from ttt_decode.ops.mamba.triton_math import sigmoid as _sigmoid
+from ttt_decode.ops.mamba.triton_math import softplus as _softplus
+
+
+@triton.jit
+def _ssm_step_kernel(
+    x_ptr, xc_ptr, z_ptr, dt_ptr, b_ptr, c_ptr,
+    alog_ptr, dskip_ptr, dtb_ptr,
+    conv_ptr, pos_ptr, state_ptr, out_ptr,
+    batch, dim, dstate,
+    stride_x, stride_xc, stride_z, stride_dt, stride_b, stride_c,
+    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ROWS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    o_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    o_s = tl.arange(0, BLOCK_S)  # [BS]
+    o_r = (pid_r * ROWS + tl.arange(0, ROWS)).to(tl.int64)  # [R]
+    m_d = o_d < dim
+    m_s = o_s < dstate
+    m_r = o_r < batch
+    m_ds = m_d[:, None] & m_s[None, :]  # [BD, BS]
+    m_rd = m_r[:, None] & m_d[None, :]  # [R, BD]
+    m_rs = m_r[:, None] & m_s[None, :]  # [R, BS]
+    m_h = m_r[:, None, None] & m_ds[None, :, :]  # [R, BD, BS]
+
+    # State tile first: the one large transfer, in flight while the small inputs arrive.
+    p_h = state_ptr + o_r[:, None, None] * dim * dstate + (o_d[:, None] * dstate + o_s[None, :])[None, :, :]
+    b_h = tl.load(p_h, mask=m_h, other=0.0).to(COMPUTE)  # [R, BD, BS]
+
+    b_A = -tl.exp(tl.load(alog_ptr + o_d[:, None] * dstate + o_s[None, :], mask=m_ds, other=0.0).to(COMPUTE))
+    b_D = tl.load(dskip_ptr + o_d, mask=m_d, other=0.0).to(COMPUTE)  # [BD]
+    b_dtb = tl.load(dtb_ptr + o_d, mask=m_d, other=0.0).to(COMPUTE)  # [BD]
+    b_x = tl.load(x_ptr + o_r[:, None] * stride_x + o_d[None, :], mask=m_rd, other=0.0)  # [R, BD]
+    b_xc = tl.load(xc_ptr + o_r[:, None] * stride_xc + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
+    b_z = tl.load(z_ptr + o_r[:, None] * stride_z + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
+    b_dt = tl.load(dt_ptr + o_r[:, None] * stride_dt + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
+    b_B = tl.load(b_ptr + o_r[:, None] * stride_b + o_s[None, :], mask=m_rs, other=0.0).to(COMPUTE)  # [R, BS]
+    b_C = tl.load(c_ptr + o_r[:, None] * stride_c + o_s[None, :], mask=m_rs, other=0.0).to(COMPUTE)
+    pos = tl.load(pos_ptr)
+
+    delta = _softplus(b_dt + b_dtb[None, :])  # [R, BD]
+    dA = tl.exp(delta[:, :, None] * b_A[None, :, :])
+    b_h = b_h * dA + (delta * b_xc)[:, :, None] * b_B[:, None, :]
+    tl.store(p_h, b_h.to(state_ptr.dtype.element_ty), mask=m_h)
+
+    y = tl.sum(b_h * b_C[:, None, :], axis=2) + b_D[None, :] * b_xc
+    y = y * (b_z * _sigmoid(b_z))
+    tl.store(out_ptr + o_r[:, None] * dim + o_d[None, :], y.to(out_ptr.dtype.element_ty), mask=m_rd)
+    tl.store(conv_ptr + o_r[:, None] * WIDTH * dim + pos * dim + o_d[None, :],
+             b_x.to(conv_ptr.dtype.element_ty), mask=m_rd)
+
+
+@triton.jit
+def _conv_step_kernel(
+    x_ptr, conv_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr,
+    batch, dim, stride_x,
+    WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    o_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    o_r = (pid_r * ROWS + tl.arange(0, ROWS)).to(tl.int64)  # [R]
+    m_d = o_d < dim
+    m_rd = (o_r < batch)[:, None] & m_d[None, :]  # [R, BD]
+    pos = tl.load(pos_ptr)
+    # The weights [D, W] as one [BLOCK_D, WP] tile (whole rows, coalesced), each tap's column taken out in
+    # registers: a column at a time strides by W items and moves several times the bytes.
+    tw = tl.arange(0, WP)
+    wt = tl.load(w_ptr + o_d[:, None] * WIDTH + tw[None, :], mask=m_d[:, None] & (tw[None, :] < WIDTH),
+                 other=0.0).to(COMPUTE)  # [BD, WP]
+    b_x = tl.load(x_ptr + o_r[:, None] * stride_x + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
+    acc = b_x * tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o_d, mask=m_d, other=0.0).to(COMPUTE)[None, :]
+    for j in tl.static_range(WIDTH - 1):
+        slot = (pos + 1 + j) % WIDTH
+        tap = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + slot * dim + o_d[None, :], mask=m_rd, other=0.0)
+        acc += tap.to(COMPUTE) * tl.sum(tl.where(tw[None, :] == j, wt, 0.0), axis=1)[None, :]
+    y = acc * _sigmoid(acc)
+    tl.store(out_ptr + o_r[:, None] * dim + o_d[None, :], y.to(out_ptr.dtype.element_ty), mask=m_rd)
+
+
+@triton.jit
+def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, hout_ptr, x_ptr, dim, stride_h, stride_d, eps,
+                         BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    o = tl.arange(0, BLOCK)
+    m = o < dim
+    b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
+    b_d = tl.load(d_ptr + row * stride_d + o, mask=m, other=0.0)
+    # delta is rounded to the residual dtype first, as `h + delta.to(h.dtype)` does.
+    b_h = (b_h + b_d.to(hout_ptr.dtype.element_ty)).to(COMPUTE)
+    tl.store(hout_ptr + row * dim + o, b_h.to(hout_ptr.dtype.element_ty), mask=m)
+    ms = tl.sum(b_h * b_h, axis=0) / dim
+    b_y = (b_h * (1.0 / tl.sqrt(ms + eps))).to(hout_ptr.dtype.element_ty).to(x_ptr.dtype.element_ty)
+    b_w = tl.load(w_ptr + o, mask=m, other=0.0)
+    tl.store(x_ptr + row * dim + o, (b_w.to(COMPUTE) * b_y.to(COMPUTE)).to(x_ptr.dtype.element_ty), mask=m)
+
+
+def _pow2_rows(batch: int, rows: int) -> int:
+    return max(1, min(rows, triton.next_power_of_2(batch)))
+
+
+def ssm_config(batch: int, state_dtype: torch.dtype, dstate: int) -> dict:
+    """Hand-picked launch configuration (no autotune: the state is updated in place).
+
+    One batch row and BLOCK_D * S = 2048 state elements per program (BLOCK_D 128 at S = 16), 4 warps, for
+    every state dtype and batch. Measured on the H100 (exp/notes_mamba.md; mamba-1.4b layer, B = 256..2048,
+    20 configurations): it was the fastest for fp32 and fp16 state at every batch; several rows per
+    program (2-8) were 3-22% slower, fp16 tiles of 256 channels 3-8% slower, 2 or 8 warps slower. The
+    batch and the state dtype are the keys a per-bucket table would use; one entry won everywhere."""
+    block_s = triton.next_power_of_2(dstate)
+    return {"BLOCK_D": max(16, min(512, 2048 // block_s)), "ROWS": 1, "num_warps": 4}
+
+
+def conv_config(batch: int) -> dict:
+    return {"BLOCK_D": 256, "ROWS": _pow2_rows(batch, 2), "num_warps": 4}
+
+
+def _rows_ok(t: torch.Tensor, name: str, rows: int, cols: int) -> None:
+    assert t.dim() == 2 and tuple(t.shape) == (rows, cols), f"{name}: expected [{rows}, {cols}], got {tuple(t.shape)}"
+    assert t.stride(1) == 1 or cols == 1, f"{name} must be contiguous along its last dim (stride {t.stride()})"
+
+
+def _check_ssm(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
+    Bsz, Dm, S = ssm_state.shape
+    W = conv_state.shape[1]
+    for name, t in (("x", x), ("x_c", x_c), ("z", z), ("dt", dt)):
+        _rows_ok(t, name, Bsz, Dm)
+    _rows_ok(B, "B", Bsz, S)
+    _rows_ok(C, "C", Bsz, S)
+    assert tuple(A_log.shape) == (Dm, S) and A_log.is_contiguous(), "A_log must be contiguous [D, S]"
+    assert tuple(D.shape) == (Dm,) and D.is_contiguous() and tuple(dt_bias.shape) == (Dm,) and dt_bias.is_contiguous()
+    assert tuple(conv_state.shape) == (Bsz, W,
+                                       Dm) and conv_state.is_contiguous(), "conv_state must be contiguous [B, W, D]"
+    assert ssm_state.is_contiguous(), "ssm_state must be contiguous [B, D, S]"
+    assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, "conv_pos must be a [1] int64 tensor"
+
+
+def _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out, config=None):
+    Bsz, Dm, S = ssm_state.shape
+    cfg = config or ssm_config(Bsz, ssm_state.dtype, S)
+    grid = (triton.cdiv(Dm, cfg["BLOCK_D"]), triton.cdiv(Bsz, cfg["ROWS"]))
+    _ssm_step_kernel[grid](
+        x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out,
+        Bsz, Dm, S, x.stride(0), x_c.stride(0), z.stride(0), dt.stride(0), B.stride(0), C.stride(0),
+        WIDTH=conv_state.shape[1], BLOCK_D=cfg["BLOCK_D"], BLOCK_S=triton.next_power_of_2(S), ROWS=cfg["ROWS"],
+        COMPUTE=_compute(x_c, dt, ssm_state, A_log), num_warps=cfg["num_warps"])
+    return out
+
+
+def _launch_conv_step(x, conv_state, conv_pos, weight, bias, out, config=None):
+    Bsz, W, Dm = conv_state.shape
+    cfg = config or conv_config(Bsz)
+    grid = (triton.cdiv(Dm, cfg["BLOCK_D"]), triton.cdiv(Bsz, cfg["ROWS"]))
+    _conv_step_kernel[grid](
+        x, conv_state, conv_pos, weight, bias if bias is not None else weight, out, Bsz, Dm, x.stride(0),
+        WIDTH=W, WP=triton.next_power_of_2(W), HAS_BIAS=bias is not None, BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"],
+        COMPUTE=_compute(x, conv_state, weight), num_warps=cfg["num_warps"])
+    return out
+
+
+def _ssm_step_impl(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
+    out = torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device)  # [B, D]
+    return _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out)
+
+
+def _conv_step_impl(x, conv_state, conv_pos, weight, bias):
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # [B, D]
+    return _launch_conv_step(x, conv_state, conv_pos, weight, bias, out)
+
+
+def _add_rms_norm_impl(h, delta, weight, eps):
+    Bsz, dim = h.shape
+    h_new = torch.empty((Bsz, dim), dtype=h.dtype, device=h.device)  # [B, d]
+    x = torch.empty((Bsz, dim), dtype=weight.dtype, device=h.device)  # [B, d]
+    block = triton.next_power_of_2(dim)
+    _add_rms_norm_kernel[(Bsz,)](h, delta, weight, h_new, x, dim, h.stride(0), delta.stride(0), eps, BLOCK=block,
+                                 COMPUTE=_compute(h), num_warps=max(1, min(16, block // 256)))
+    return h_new, x
+
+
+_SSM_ARGS = ("x", "x_c", "z", "dt", "B", "C", "A_log", "D", "dt_bias", "conv_state", "conv_pos", "ssm_state")
+kernel_op("mamba_ssm_step", [f"Tensor {n}" for n in _SSM_ARGS], ("conv_state", "ssm_state"), _ssm_step_impl,
+          lambda x, x_c, *rest: torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device))
+kernel_op("mamba_conv_step", ["Tensor x", "Tensor conv_state", "Tensor conv_pos", "Tensor weight", "Tensor? bias"], (),
+          _conv_step_impl, lambda x, *rest: torch.empty(x.shape, dtype=x.dtype, device=x.device))
+kernel_op("mamba_add_rms_norm", ["Tensor h", "Tensor delta", "Tensor weight", "float eps"], (), _add_rms_norm_impl,
+          lambda h, delta, weight, eps: (h.new_empty(h.shape), torch.empty(h.shape, dtype=weight.dtype,
+                                                                           device=h.device)),
+          returns="(Tensor, Tensor)")
+
+
+def add_rms_norm(h, delta, weight, eps: float):
+    """Residual add + RMSNorm of one row per program; same signature and semantics as naive.add_rms_norm."""
+    assert h.dim() == 2 and h.shape == delta.shape and tuple(weight.shape) == (h.shape[1],), \
+        f"add_rms_norm: h {tuple(h.shape)}, delta {tuple(delta.shape)}, weight {tuple(weight.shape)}"
+    assert h.stride(1) == 1 and delta.stride(1) == 1 and weight.is_contiguous(), "add_rms_norm needs contiguous rows"
+    return torch.ops.ttt_decode.mamba_add_rms_norm(h, delta, weight, eps)
+
+
+def ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
+    """Fused one-token state update; same signature and semantics as naive.ssm_step."""
+    _check_ssm(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state)
+    return torch.ops.ttt_decode.mamba_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos,
+                                               ssm_state)
+
+
+def conv_step(x, conv_state, conv_pos, weight, bias):
+    """Conv output for the new input; same signature and semantics as naive.conv_step."""
+    Bsz, W, Dm = conv_state.shape
+    _rows_ok(x, "x", Bsz, Dm)
+    assert conv_state.is_contiguous(), "conv_state must be contiguous [B, W, D]"
+    assert tuple(weight.shape) == (Dm, W) and weight.is_contiguous(), "conv weight must be contiguous [D, W]"
+    assert bias is None or (tuple(bias.shape) == (Dm,) and bias.is_contiguous())
+    assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, "conv_pos must be a [1] int64 tensor"
+    return torch.ops.ttt_decode.mamba_conv_step(x, conv_state, conv_pos, weight, bias)

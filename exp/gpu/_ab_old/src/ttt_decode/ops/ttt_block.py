@@ -1,0 +1,74 @@
+"""The TTT block's elementwise decode work around its GEMMs and the inner kernel, in two steps (PyTorch:
+the reference of the fused kernels in ttt_block_triton.py, and the model's path where those do not run).
+
+One token of a TTT block (Mamba backbone) is, with p = x @ in_proj = [q0 | v | g | lr]:
+
+    pre_conv_step   h <- h + delta                 delta: the previous block's MLP output (or none)
+                    h <- h + Conv(RMSNorm_c(h))    depthwise causal conv over a ring (ops.conv_ring)
+                    x  = RMSNorm_s(h)              the TTT layer's input, in the weights' dtype
+    (in_proj GEMM)  p  = x @ in_proj
+    qk_prep         q  = rotary(conv_q(q0)), k = rotary(conv_k(q0))    [B, H, f]
+                    eta = base_lr * sigmoid(lr + lr_bias) / f         [B, H] float32
+                    c   = max(0, 1/(i+1) + learnable_token_idx_i)     [b] (token coefficients)
+
+Both steps write the new conv input into slot conv_pos of their rings (the model advances conv_pos
+once per token). Keeping the previous block's residual add in the next block's first step is what lets
+the fused kernel do it without a launch of its own. Rounding follows the model's unfused PyTorch path:
+the residual stream in float32 (float64 for float64), norms and conv outputs rounded to the weights'
+dtype where the model rounds them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ttt_decode.ops.conv_ring import ring_conv_step as conv_step
+from ttt_decode.ops.norms import acc_dtype, rms_norm
+from ttt_decode.ops.ttt_common import token_coeffs
+
+__all__ = ["apply_rotary", "pre_conv_step", "eta_of", "qk_prep"]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) by angle j. x [..., N, f]; cos, sin [N, f/2]."""
+    pairs = x.unflatten(-1, (-1, 2))  # [..., N, f/2, 2]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
+
+
+def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps: float):
+    """h [B, D] residual (float32), delta [B, D] or None -> (h + delta + Conv(RMSNorm_c(h + delta)),
+    RMSNorm_s of that in the weights' dtype). Mutates ring (slot conv_pos)."""
+    if delta is not None:
+        h = h + delta.to(h.dtype)
+    y = conv_step(rms_norm(h, norm_c, eps), ring, conv_pos, conv_w, conv_b)
+    h = h + y.to(h.dtype)
+    return h, rms_norm(h, norm_s, eps)
+
+
+def eta_of(lr, lr_bias, base_lr: float, head_dim: int) -> torch.Tensor:
+    """lr [B, ..., H] (the projection's lr columns) -> the inner step's learning rate, float32 (float64)."""
+    acc = acc_dtype(lr.dtype)
+    return base_lr * torch.sigmoid(lr.to(acc) + lr_bias.to(acc)) / head_dim
+
+
+def qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+            base_lr: float, num_heads: int, lr_col: int):
+    """p [B, >= lr_col + H] = [q0 | v | (g) | lr] -> (q, k [B, H, f] in p's dtype, eta [B, H], c [b]).
+
+    q0 is p[:, :D] (q and k share it), lr is p[:, lr_col:lr_col + H].
+
+    rope_cos, rope_sin [b, f/2]: the rotary factors of the b mini-batch positions; pos [1] int64 the
+    current one. Mutates ring_q and ring_k (q0 into slot conv_pos of each)."""
+    B = p.shape[0]
+    H = num_heads
+    D = ring_q.shape[2]
+    f = D // H
+    q0, lr = p[:, :D], p[:, lr_col:lr_col + H]
+    q = conv_step(q0, ring_q, conv_pos, wq, bq)
+    k = conv_step(q0, ring_k, conv_pos, wk, bk)
+    cos, sin = rope_cos.index_select(0, pos), rope_sin.index_select(0, pos)  # [1, f/2]
+    q = apply_rotary(q.view(B, H, 1, f), cos, sin).squeeze(2)
+    k = apply_rotary(k.view(B, H, 1, f), cos, sin).squeeze(2)
+    return q, k, eta_of(lr, lr_bias, base_lr, f), token_coeffs(token_idx)

@@ -1,0 +1,250 @@
+"""The TTT block's elementwise decode work in two Triton kernels (reference: ops/ttt_block.py).
+
+Unfused, torch.compile turned this work into about 12 kernels per block, 3 of them copies of whole conv
+rings (the in-place slot write of a ring, functionalized, became a new ring plus a copy back: 0.9 ms of
+a 6.1 ms ttt-1b M1 step at B = 512 on the H200, exp/NOTES.md). Here each step is one kernel that reads
+and writes only what its data flow needs, and writes the ring slot in place (the custom op says so).
+
+`pre_conv_step` (one batch row per program, the whole row in registers: both RMSNorms reduce over it):
+    reads  h, delta (B D r), the ring's W-1 taps ((W-1) B D a), norm and conv weights
+    writes h (B D r), x (B D a), the ring slot (B D a)               r: residual item, a: activation item
+`qk_prep` (one batch row per program; the rotary pairs are adjacent columns, split apart in registers):
+    reads  q0, lr (B (D + H) a), two rings' W-1 taps (2 (W-1) B D a), conv weights, the rotary row
+    writes q, k (2 B D a), two ring slots (2 B D a), eta (B H 4), c (b, first program only)
+
+Arithmetic in float32 (float64 with float64 inputs); values are rounded to the weights' dtype where the
+PyTorch path rounds them, so the kernels agree with it to the rounding of the last operation.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ttt_decode.ops.kernel_op import check_interpreter, kernel_op
+
+
+@triton.jit
+def _rms_row(x, w, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
+    """RMSNorm of one row held in registers: w * round(x / rms(x)), the product rounded to OUT (w: the
+    norm's weights for the row's columns, loaded by the caller before anything waits)."""
+    ms = tl.sum(x * x, axis=0) / dim
+    y = (x * (1.0 / tl.sqrt(ms + eps))).to(OUT)
+    return (w.to(COMPUTE) * y.to(COMPUTE)).to(OUT)
+
+
+@triton.jit
+def _ring_old_taps(ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
+                   WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """The part of a causal conv step that does not need the new input: bias + the ring's WIDTH-1 newest
+    slots times their taps -> (that sum, the new input's tap), both [BLOCK] in COMPUTE.
+
+    Called before anything waits on the new input (the RMSNorm's reduction in pre_conv_step, the q
+    conv's stores in qk_prep), so that its loads are in flight while that runs: a load placed after a
+    reduction's barrier or after a store to another pointer is issued only then.
+    The weights [D, W] are read as one [BLOCK, W] tile (whole rows, coalesced) and each tap's column
+    taken out in registers: reading a column at a time strides by W items and moved 4-16x the bytes
+    (17-28 us a launch at B = 512 on the H200 against 4-6 us now)."""
+    tw = tl.arange(0, WP)  # WP: WIDTH rounded up to a power of two
+    wt = tl.load(w_ptr + o[:, None] * WIDTH + tw[None, :], mask=m[:, None] & (tw[None, :] < WIDTH),
+                 other=0.0).to(COMPUTE)  # [BLOCK, WP]
+    acc = tl.zeros_like(o).to(COMPUTE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
+    for j in tl.static_range(WIDTH - 1):
+        slot = (pos + 1 + j) % WIDTH
+        tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
+        acc += tap * tl.sum(tl.where(tw[None, :] == j, wt, 0.0), axis=1)
+    return acc, tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)
+
+
+@triton.jit
+def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_ptr, ns_ptr, hout_ptr, x_ptr,
+                     dim, stride_h, stride_d, eps,
+                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr,
+                     BLOCK: tl.constexpr,
+                     COMPUTE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    o = tl.arange(0, BLOCK)
+    m = o < dim
+    ACT: tl.constexpr = x_ptr.dtype.element_ty
+    RES: tl.constexpr = hout_ptr.dtype.element_ty
+    b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
+    if HAS_DELTA:
+        b_h = b_h + tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
+    b_h = b_h.to(COMPUTE)
+    pos = tl.load(cpos_ptr)
+    ring_base = row * WIDTH * dim
+    y_old, w_new = _ring_old_taps(ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    w_c = tl.load(nc_ptr + o, mask=m, other=0.0)
+    w_s = tl.load(ns_ptr + o, mask=m, other=0.0)
+    xc = _rms_row(b_h, w_c, dim, eps, ACT, COMPUTE)
+    y = y_old + xc.to(COMPUTE) * w_new
+    tl.store(ring_ptr + ring_base + pos * dim + o, xc.to(ring_ptr.dtype.element_ty), mask=m)
+    b_h = (b_h + y.to(ACT).to(COMPUTE)).to(RES)
+    tl.store(hout_ptr + row * dim + o, b_h, mask=m)
+    x = _rms_row(b_h.to(COMPUTE), w_s, dim, eps, ACT, COMPUTE)
+    tl.store(x_ptr + row * dim + o, x, mask=m)
+
+
+@triton.jit
+def _rotary(x, cos, sin, BLOCK: tl.constexpr):
+    """Rotate the interleaved pairs (x[2j], x[2j+1]) of a row x [BLOCK] by cos, sin [BLOCK // 2]."""
+    x_e, x_o = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
+    return tl.reshape(tl.join(x_e * cos - x_o * sin, x_o * cos + x_e * sin), (BLOCK,))
+
+
+@triton.jit
+def _qk_prep_kernel(p_ptr, rq_ptr, rk_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
+                    lrb_ptr, tok_ptr, q_ptr, k_ptr, eta_ptr, c_ptr,
+                    dim, heads, stride_p, lr_col, eta_scale, mb,
+                    HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr,
+                    BLOCK: tl.constexpr,
+                    BLOCK_H: tl.constexpr, BLOCK_MB: tl.constexpr, COMPUTE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    ACT: tl.constexpr = q_ptr.dtype.element_ty
+    RING: tl.constexpr = rq_ptr.dtype.element_ty
+    o = tl.arange(0, BLOCK)
+    m = o < dim
+    x = tl.load(p_ptr + row * stride_p + o, mask=m, other=0.0).to(COMPUTE)
+    cpos = tl.load(cpos_ptr)
+    base = row * WIDTH * dim
+    # The rotary row of this mini-batch position, pair j of a head at column j mod f/2; the torch path
+    # rounds the factors and the conv outputs to the activation dtype.
+    jj = tl.arange(0, BLOCK // 2) % (HEAD_DIM // 2)
+    m_half = tl.arange(0, BLOCK // 2) < dim // 2
+    rot = tl.load(pos_ptr) * (HEAD_DIM // 2)
+    cos = tl.load(cos_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
+    sin = tl.load(sin_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
+
+    # Both rings' old taps first (see _ring_old_taps), then the new input's terms.
+    q_old, wq_new = _ring_old_taps(rq_ptr, base, cpos, wq_ptr, bq_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    k_old, wk_new = _ring_old_taps(rk_ptr, base, cpos, wk_ptr, bk_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    q = _rotary((q_old + x * wq_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    tl.store(q_ptr + row * dim + o, q.to(ACT), mask=m)
+    k = _rotary((k_old + x * wk_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    tl.store(k_ptr + row * dim + o, k.to(ACT), mask=m)
+    # The new input into both rings (after the taps above were read).
+    tl.store(rq_ptr + base + cpos * dim + o, x.to(RING), mask=m)
+    tl.store(rk_ptr + base + cpos * dim + o, x.to(RING), mask=m)
+
+    o_h = tl.arange(0, BLOCK_H)
+    m_h = o_h < heads
+    lr = tl.load(p_ptr + row * stride_p + lr_col + o_h, mask=m_h, other=0.0).to(COMPUTE)
+    lr = lr + tl.load(lrb_ptr + o_h, mask=m_h, other=0.0).to(COMPUTE)
+    tl.store(eta_ptr + row * heads + o_h, (eta_scale / (1.0 + tl.exp(-lr))).to(eta_ptr.dtype.element_ty), mask=m_h)
+
+    # Token coefficients c_i = max(0, 1/(i+1) + learnable_i), rounded as the parameter: one program.
+    o_mb = tl.arange(0, BLOCK_MB)
+    m_mb = (o_mb < mb) & (row == 0)
+    TOK: tl.constexpr = c_ptr.dtype.element_ty
+    base_c = (1.0 / (o_mb + 1).to(tl.float32)).to(TOK).to(COMPUTE)
+    tok = tl.load(tok_ptr + o_mb, mask=m_mb, other=0.0).to(COMPUTE)
+    tl.store(c_ptr + o_mb, tl.maximum((base_c + tok).to(TOK).to(COMPUTE), 0.0).to(TOK), mask=m_mb)
+
+
+def _compute(*tensors) -> tl.dtype:
+    return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
+
+
+def _warps(block: int) -> int:
+    """Warps for a program holding `block` columns: 256 columns a warp (8 per thread), 1..16."""
+    return max(1, min(16, block // 256))
+
+
+def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps, num_warps=None):
+    B, D = h.shape
+    h_out = torch.empty((B, D), dtype=h.dtype, device=h.device)
+    x = torch.empty((B, D), dtype=norm_s.dtype, device=h.device)
+    block = triton.next_power_of_2(D)
+    _pre_conv_kernel[(B,)](
+        h, delta if delta is not None else h, norm_c, ring, conv_pos, conv_w, conv_b if conv_b is not None else conv_w,
+        norm_s, h_out, x, D, h.stride(0), delta.stride(0) if delta is not None else 0, eps,
+        HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1],
+        WP=triton.next_power_of_2(ring.shape[1]), BLOCK=block,
+        COMPUTE=_compute(h, ring), num_warps=num_warps or _warps(block))
+    return h_out, x
+
+
+def _pre_conv_fake(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps):
+    return torch.empty_like(h), torch.empty(h.shape, dtype=norm_s.dtype, device=h.device)
+
+
+def _qk_prep_outputs(p, ring_q, num_heads, token_idx):
+    B, D = p.shape[0], ring_q.shape[2]
+    f = D // num_heads
+    q = torch.empty((B, num_heads, f), dtype=p.dtype, device=p.device)
+    eta = torch.empty((B, num_heads), dtype=torch.float64 if p.dtype == torch.float64 else torch.float32,
+                      device=p.device)
+    return q, torch.empty_like(q), eta, torch.empty_like(token_idx)
+
+
+def _qk_prep_fake(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+                  base_lr, num_heads, lr_col):
+    return _qk_prep_outputs(p, ring_q, num_heads, token_idx)
+
+
+def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+                  base_lr, num_heads, lr_col, num_warps=None):
+    q, k, eta, c = _qk_prep_outputs(p, ring_q, num_heads, token_idx)
+    B, W, D = ring_q.shape
+    f = D // num_heads
+    block = triton.next_power_of_2(D)
+    _qk_prep_kernel[(B,)](
+        p, ring_q, ring_k, conv_pos, wq, bq if bq is not None else wq, wk, bk if bk is not None else wk,
+        rope_cos, rope_sin, pos, lr_bias, token_idx, q, k, eta, c,
+        D, num_heads, p.stride(0), lr_col, base_lr / f, token_idx.shape[0],
+        HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, WP=triton.next_power_of_2(W), BLOCK=block,
+        BLOCK_H=triton.next_power_of_2(num_heads),
+        BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring_q),
+        num_warps=num_warps or _warps(block))
+    return q, k, eta, c
+
+
+kernel_op("ttt_pre_conv_step", ["Tensor h", "Tensor? delta", "Tensor norm_c", "Tensor ring", "Tensor conv_pos",
+                                "Tensor conv_w", "Tensor? conv_b", "Tensor norm_s", "float eps"],
+          ("ring",), _pre_conv_impl, _pre_conv_fake, returns="(Tensor, Tensor)")
+kernel_op("ttt_qk_prep", ["Tensor p", "Tensor ring_q", "Tensor ring_k", "Tensor conv_pos", "Tensor wq", "Tensor? bq",
+                          "Tensor wk", "Tensor? bk", "Tensor rope_cos", "Tensor rope_sin", "Tensor pos",
+                          "Tensor lr_bias", "Tensor token_idx", "float base_lr", "int num_heads", "int lr_col"],
+          ("ring_q", "ring_k"), _qk_prep_impl, _qk_prep_fake, returns="(Tensor, Tensor, Tensor, Tensor)")
+
+
+def _check_ring(name, ring, conv_pos, weight, bias, B, D):
+    W = ring.shape[1] if ring.dim() == 3 else -1
+    assert ring.dim() == 3 and tuple(ring.shape) == (B, W, D) and ring.is_contiguous(), \
+        f"{name}: ring must be contiguous [{B}, W, {D}], got {tuple(ring.shape)}"
+    assert tuple(weight.shape) == (D, W) and weight.is_contiguous(), f"{name}: conv weight must be contiguous [D, W]"
+    assert bias is None or (tuple(bias.shape) == (D,) and bias.is_contiguous()), f"{name}: conv bias must be [D]"
+    assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, f"{name}: conv_pos must be a [1] int64 tensor"
+
+
+def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps: float):
+    """Fused; same signature and semantics as ttt_block.pre_conv_step."""
+    check_interpreter()
+    B, D = h.shape
+    assert h.stride(1) == 1 and (delta is None or (delta.shape == h.shape and delta.stride(1) == 1)), \
+        "pre_conv_step: h and delta must be [B, D] with contiguous rows"
+    assert norm_c.is_contiguous() and norm_s.is_contiguous() and norm_c.shape == norm_s.shape == (D,)
+    _check_ring("pre_conv_step", ring, conv_pos, conv_w, conv_b, B, D)
+    return torch.ops.ttt_decode.ttt_pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps)
+
+
+def qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+            base_lr: float, num_heads: int, lr_col: int):
+    """Fused; same signature and semantics as ttt_block.qk_prep."""
+    check_interpreter()
+    B, D = p.shape[0], ring_q.shape[2]
+    f = D // num_heads
+    assert D % num_heads == 0 and f % 2 == 0, f"qk_prep: width {D} must split into {num_heads} heads of even size"
+    assert p.dim() == 2 and p.stride(1) == 1 and p.shape[1] >= lr_col + num_heads, \
+        f"qk_prep: p must be [B, >= {lr_col + num_heads}] with contiguous rows, got {tuple(p.shape)}"
+    _check_ring("qk_prep", ring_q, conv_pos, wq, bq, B, D)
+    _check_ring("qk_prep", ring_k, conv_pos, wk, bk, B, D)
+    assert (bq is None) == (bk is None), "qk_prep: both convs or neither have a bias"
+    assert rope_cos.is_contiguous() and rope_sin.is_contiguous() and rope_cos.shape[1] == f // 2, \
+        f"qk_prep: rotary tables must be contiguous [b, {f // 2}]"
+    assert lr_bias.is_contiguous() and token_idx.is_contiguous() and pos.numel() == 1 and pos.dtype == torch.int64
+    return torch.ops.ttt_decode.ttt_qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos,
+                                            lr_bias, token_idx, base_lr, num_heads, lr_col)

@@ -1,0 +1,136 @@
+"""Triton dual-form decode step of TTT-Linear (M1), DESIGN section 4; the reference is naive.decode_step_dual.
+
+Per (sequence, head), f head dim, b mini-batch, i = pos (read from the device):
+    g = d/dZ 1/2 ||LN(k W1 + b1) - (v - k)||^2;  cache row i <- (k, eta g)
+    Z = q W1 + b1 - c_i sum_{s<=i} (q . k_s + 1) G_s,  out = q + LN(Z)
+and at i = b-1, in the same launch: W1 -= c_{b-1} K^T G, b1 -= c_{b-1} sum_s G_s (G = eta g as stored,
+i.e. rounded to the cache dtype, exactly as the reference reads it back).
+
+Compulsory bytes per call (s = state/cache item size, a = activation item size), per (sequence, head):
+    state read once (f^2 + f) s;  cache rows of earlier tokens read  i (2 f) s;  this token's row
+    written 2 f s;  at i = b-1 the state written (f^2 + f) s;  q, k, v read and out written 4 f a,
+    eta 4 bytes. Averaged over the b positions: ops.ttt_common.inner_step_cost(mlp=False, form="dual").
+  ttt-1b (H 32, f 64, b 16), fp16 state: 1.39 state-sized transfers, 11.6 KB per sequence-head-call;
+  B = 512: 0.19 GB, floor 44 us at 4271 GB/s.
+FLOPs per call per (sequence, head): 4 f^2 (k W1, q W1) + 4 (i+1) f (cache terms) + at i = b-1 2 b f^2.
+Grid: (B H,), one program per (sequence, head), 1 warp at f = 64, holding W1 [f, f] in registers
+  (many small programs resident per multiprocessor hide the memory latency: H200 sweep, exp/NOTES.md).
+Mutates: cache.k, cache.g1 (row pos), and at pos = b-1 state W1, b1. pos is read, never moved: with
+  advance=True the wrapper moves it after the kernel (one tiny op).
+Arithmetic in float32. No autotuning (state updated in place): a hand-picked configuration
+(`dual_config`), from the H100 and H200 sweeps recorded in exp/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ttt_decode.ops import ttt_triton_common as tc
+from ttt_decode.ops.kernel_op import step_op
+from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
+
+
+@triton.jit
+def _m1_dual_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
+    w1_ptr, b1_ptr, ck_ptr, cg1_ptr, out_ptr,
+    H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+    D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
+    UPDATE_DOT: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    i_b = pid // H
+    i_h = pid % H
+    CACHE_DT: tl.constexpr = ck_ptr.dtype.element_ty
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    o_s = tl.arange(0, BLOCK_MB)
+    pos = tl.load(pos_ptr).to(tl.int32)
+    # Rows written by the earlier tokens of this mini-batch; this token's row comes from registers.
+    m_old = o_s < pos
+    m_cur = o_s == pos
+    m_rows = m_old | m_cur
+    m_old2 = m_old[:, None] & m_d[None, :]
+
+    p_w1 = w1_ptr + pid * (D * D)
+    p_b1 = b1_ptr + pid * D
+    p_ck = ck_ptr + pid * (MB * D)
+    p_cg = cg1_ptr + pid * (MB * D)
+
+    # The state tile first: the one large transfer, in flight while the small inputs arrive.
+    b_w1 = tl.load(p_w1 + o_d[:, None] * D + o_d[None, :], mask=m_d[:, None] & m_d[None, :], other=0.0)
+    b_kc = tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)  # [BMB, BD]
+    b_gc = tl.load(p_cg + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)
+    b_b1 = tl.load(p_b1 + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
+        q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+        stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
+
+    b_w1f = b_w1.to(tl.float32)  # [BD, BD]
+    z1k = tl.sum(b_w1f * b_k[:, None], 0) + b_b1
+    z1q = tl.sum(b_w1f * b_q[:, None], 0) + b_b1
+    gt = tc.rne(tc.ln_fused_l2_bwd(z1k, b_v - b_k, gam, bet, m_d, D, EPS) * eta, CACHE_DT)
+    k_r = tc.rne(b_k, CACHE_DT)
+    tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
+    tl.store(p_cg + pos * D + o_d, gt, mask=m_d)
+    k_r = k_r.to(tl.float32)
+    gt = gt.to(tl.float32)
+
+    b_kc = tl.where(m_cur[:, None], k_r[None, :], b_kc.to(tl.float32))
+    b_gc = tl.where(m_cur[:, None], gt[None, :], b_gc.to(tl.float32))
+    a1 = tl.where(m_rows, tl.sum(b_kc * b_q[None, :], 1) + 1.0, 0.0)  # [BMB]
+    z = z1q - c_i * tl.sum(a1[:, None] * b_gc, 0)
+    out = b_q + tc.ln_fwd(z, gam, bet, m_d, D, EPS)
+    tl.store(out_ptr + pid * D + o_d, tc.rne(out, out_ptr.dtype.element_ty), mask=m_d)
+
+    # End of the mini-batch (c_i is c_{b-1} here): the rank-b update from the cache rows, which then
+    # become stale. This token's row was stored by other threads: the barrier makes it visible.
+    if pos == MB - 1:
+        tl.debug_barrier()
+        m_all = o_s < MB
+        tc.update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
+        tc.update_bias(p_b1, p_cg, o_d, m_d, o_s, m_all, D, c_i)
+
+
+def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
+    """Hand-picked launch configuration (no autotune: the state is updated in place); one for every batch.
+
+    One warp per program holds the [64, 64] W tile in registers and lets the most programs stay
+    resident. H100 (exp/results/h100/kernels_runA.jsonl): 80.9 us at B = 512 (78.5% of copy
+    bandwidth) vs 123.8 us with 2 warps, 162 us with 4. H200 (exp/NOTES.md, "H200 kernel sweeps"):
+    66 us; register caps (more programs per multiprocessor), the update in narrower slices, 2 warps and
+    persistent programs with the next items staged in shared memory all read 66-222 us. The warps
+    grow with the tile so that f = 128 does not spill."""
+    return {"num_warps": max(1, head_dim * head_dim // 4096), "maxnreg": None, "UPDATE_DOT": True}
+
+
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None):
+    """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
+
+    The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks)."""
+    B, H, f = q.shape
+    cfg = config or dual_config(B, f, W1.dtype)
+    _m1_dual_kernel[(B * H,)](
+        q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
+        H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
+        D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])), EPS=TTT_NORM_EPS,
+        UPDATE_DOT=cfg["UPDATE_DOT"], **tc.launch_options(cfg))
+    return out
+
+
+step_op("ttt_linear_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "cache_k", "cache_g1"),
+        ("W1", "b1", "cache_k", "cache_g1"), launch)
+
+
+def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualCache, advance: bool = True):
+    """One token, dual form; same arguments and semantics as naive.decode_step_dual. -> out [B, H, f].
+
+    Mutates: cache rows at pos (and pos itself if advance), state at the last mini-batch position."""
+    tc.check_kernel_inputs("ttt_linear dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False, dual=True)
+    out = torch.ops.ttt_decode.ttt_linear_dual_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
+                                                    cache.k, cache.g1)
+    if advance:
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
+    return out

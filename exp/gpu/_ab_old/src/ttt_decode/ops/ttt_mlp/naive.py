@@ -1,0 +1,152 @@
+"""TTT-MLP (M2) inner loop, pure PyTorch reference (DESIGN section 4). Any float dtype, float64 too.
+
+Inner model per head: Z = gelu(x W1 + b1) W2 + b2, W1 [f,F], W2 [F,f], F = 4f, gelu = tanh approx.
+Gradients of token s at the mini-batch start state:
+  Z1_s = k_s W1 + b1, X2_s = gelu(Z1_s), g2_s = d/dZ2 1/2 ||LN(X2_s W2 + b2) - (v_s - k_s)||^2,
+  g1_s = (g2_s W2^T) * gelu'(Z1_s).
+Output of token t at mini-batch position i:
+  Z1' = q_t W1 + b1 - c_i sum_{s<=t} eta_s (q_t . k_s + 1) g1_s;  X2' = gelu(Z1')
+  Z   = X2' W2 + b2 - c_i sum_{s<=t} eta_s (X2' . X2_s + 1) g2_s; out_t = q_t + LN(Z).
+At i = b-1: W1 -= c_{b-1} sum eta_s k_s^T g1_s, W2 -= c_{b-1} sum eta_s X2_s^T g2_s, biases likewise.
+
+Entry points and conventions as in ttt_linear/naive.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ttt_decode.ops.ttt_common import (
+    DualCache,
+    PrimalCache,
+    TTTState,
+    chunked_prefill,
+    compute_dtype,
+    gelu_tanh,
+    gelu_tanh_bwd,
+    ln_fused_l2_bwd,
+    ln_fwd,
+)
+
+
+def _inner_grads(k, v, W1, b1, W2, b2, gamma, beta):
+    """(X2, g1, g2) of tokens k, v [..., N, f] at the mini-batch start state W1 [..., f, F] etc."""
+    Z1 = k @ W1 + b1.unsqueeze(-2)  # [..., N, F]
+    X2 = gelu_tanh(Z1)
+    Z2 = X2 @ W2 + b2.unsqueeze(-2)  # [..., N, f]
+    g2 = ln_fused_l2_bwd(Z2, v - k, gamma, beta)
+    g1 = (g2 @ W2.transpose(-1, -2)) * gelu_tanh_bwd(Z1)
+    return X2, g1, g2
+
+
+def _load(state: TTTState, acc):
+    return state.W1.to(acc), state.b1.to(acc), state.W2.to(acc), state.b2.to(acc)
+
+
+def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualCache, advance: bool = True):
+    """One token, dual form. q, k, v [B,H,f]; eta [B,H]; c [b]; gamma, beta [H,f] -> out [B,H,f].
+
+    Mutates: cache (row `pos` of k, g1, x2, g2; pos advanced unless advance=False) and, at the last
+    position of the mini-batch, state.
+    """
+    acc = compute_dtype(q, state.W1)
+    b = cache.mini_batch_size
+    i = cache.pos
+    q_, k_, v_ = q.to(acc).unsqueeze(2), k.to(acc).unsqueeze(2), v.to(acc).unsqueeze(2)  # [B,H,1,f]
+    W1, b1, W2, b2 = _load(state, acc)
+    gam, bet = gamma.to(acc).unsqueeze(1), beta.to(acc).unsqueeze(1)  # [H,1,f]
+    e = eta.to(acc)[..., None, None]  # [B,H,1,1]
+
+    X2, g1, g2 = _inner_grads(k_, v_, W1, b1, W2, b2, gam, bet)
+    for buf, row in ((cache.k, k_), (cache.g1, g1 * e), (cache.x2, X2), (cache.g2, g2 * e)):
+        buf.index_copy_(2, i, row.to(buf.dtype))
+
+    valid = (torch.arange(b, device=q.device) <= i).to(acc)[:, None]  # [b,1]
+    K, G1 = cache.k.to(acc), cache.g1.to(acc) * valid  # [B,H,b,f], [B,H,b,F]
+    X2s, G2 = cache.x2.to(acc), cache.g2.to(acc) * valid  # [B,H,b,F], [B,H,b,f]
+    c_i = c.to(acc).index_select(0, i)
+
+    Z1 = q_ @ W1 + b1.unsqueeze(2) - c_i * ((q_ @ K.transpose(-1, -2) + 1.0) @ G1)  # [B,H,1,F]
+    X2q = gelu_tanh(Z1)
+    Z2 = X2q @ W2 + b2.unsqueeze(2) - c_i * ((X2q @ X2s.transpose(-1, -2) + 1.0) @ G2)  # [B,H,1,f]
+    out = (q_ + ln_fwd(Z2, gam, bet)).squeeze(2)
+
+    # At the end of the mini-batch the state advances; elsewhere the scale is exactly 0.
+    scale = (i == b - 1).to(acc) * c.to(acc)[b - 1]
+    state.W1.copy_(W1 - scale * (K.transpose(-1, -2) @ G1))
+    state.b1.copy_(b1 - scale * G1.sum(2))
+    state.W2.copy_(W2 - scale * (X2s.transpose(-1, -2) @ G2))
+    state.b2.copy_(b2 - scale * G2.sum(2))
+    if advance:
+        cache.pos.copy_((i + 1) % b)
+    return out.to(q.dtype)
+
+
+def decode_step_primal(q, k, v, eta, c, gamma, beta, state: TTTState, cache: PrimalCache, advance: bool = True):
+    """One token, primal form (W_grad accumulated every token). Same arguments as decode_step_dual.
+
+    Mutates: cache (W1_grad, b1_grad, W2_grad, b2_grad, pos) and, at the mini-batch end, state.
+    """
+    acc = compute_dtype(q, state.W1)
+    b = cache.mini_batch_size
+    i = cache.pos
+    q_, k_, v_ = q.to(acc).unsqueeze(2), k.to(acc).unsqueeze(2), v.to(acc).unsqueeze(2)  # [B,H,1,f]
+    W1, b1, W2, b2 = _load(state, acc)
+    gam, bet = gamma.to(acc).unsqueeze(1), beta.to(acc).unsqueeze(1)
+    e = eta.to(acc)[..., None, None]
+
+    X2, g1, g2 = _inner_grads(k_, v_, W1, b1, W2, b2, gam, bet)
+    g1, g2 = g1 * e, g2 * e
+    grads = {
+        "W1": cache.W1_grad.to(acc) + k_.transpose(-1, -2) @ g1,  # [B,H,f,F]
+        "b1": cache.b1_grad.to(acc) + g1.squeeze(2),
+        "W2": cache.W2_grad.to(acc) + X2.transpose(-1, -2) @ g2,  # [B,H,F,f]
+        "b2": cache.b2_grad.to(acc) + g2.squeeze(2),
+    }
+    c_i = c.to(acc).index_select(0, i)
+    bar = {"W1": W1 - c_i * grads["W1"], "b1": b1 - c_i * grads["b1"],
+           "W2": W2 - c_i * grads["W2"], "b2": b2 - c_i * grads["b2"]}
+    X2q = gelu_tanh(q_ @ bar["W1"] + bar["b1"].unsqueeze(2))
+    Z2 = X2q @ bar["W2"] + bar["b2"].unsqueeze(2)
+    out = (q_ + ln_fwd(Z2, gam, bet)).squeeze(2)
+
+    last = i == b - 1
+    keep = (~last).to(acc)
+    for name, w in zip(("W1", "b1", "W2", "b2"), (W1, b1, W2, b2)):
+        getattr(state, name).copy_(torch.where(last, bar[name], w))
+        getattr(cache, f"{name}_grad").copy_(grads[name] * keep)
+    if advance:
+        cache.pos.copy_((i + 1) % b)
+    return out.to(q.dtype)
+
+
+def dual_mini_batch(q, k, v, eta, c, gamma, beta, state: TTTState):
+    """One whole mini-batch in dual form (matrices). q, k, v [B,H,b,f]; eta [B,H,b] -> out [B,H,b,f].
+
+    Mutates: state (advanced to the next mini-batch's start).
+    """
+    acc = compute_dtype(q, state.W1)
+    q_, k_, v_ = q.to(acc), k.to(acc), v.to(acc)
+    W1, b1, W2, b2 = _load(state, acc)
+    gam, bet = gamma.to(acc).unsqueeze(1), beta.to(acc).unsqueeze(1)
+    c_ = c.to(acc)
+    e = eta.to(acc).unsqueeze(-1)  # [B,H,b,1]
+
+    X2, g1, g2 = _inner_grads(k_, v_, W1, b1, W2, b2, gam, bet)
+    G1, G2 = g1 * e, g2 * e
+    Z1 = q_ @ W1 + b1.unsqueeze(2) - c_[:, None] * (torch.tril(q_ @ k_.transpose(-1, -2) + 1.0) @ G1)
+    X2q = gelu_tanh(Z1)
+    Z2 = X2q @ W2 + b2.unsqueeze(2) - c_[:, None] * (torch.tril(X2q @ X2.transpose(-1, -2) + 1.0) @ G2)
+    out = q_ + ln_fwd(Z2, gam, bet)
+
+    state.W1.copy_(W1 - c_[-1] * (k_.transpose(-1, -2) @ G1))
+    state.b1.copy_(b1 - c_[-1] * G1.sum(2))
+    state.W2.copy_(W2 - c_[-1] * (X2.transpose(-1, -2) @ G2))
+    state.b2.copy_(b2 - c_[-1] * G2.sum(2))
+    return out.to(q.dtype)
+
+
+def prefill(q, k, v, eta, c, gamma, beta, state: TTTState, cache=None, advance: bool = True):
+    """Any number of tokens. q, k, v [B,H,N,f]; eta [B,H,N] -> out [B,H,N,f]; see ttt_common.chunked_prefill."""
+    return chunked_prefill(lambda dual: decode_step_dual if dual else decode_step_primal, dual_mini_batch,
+                           q, k, v, eta, c, gamma, beta, state, cache, advance)

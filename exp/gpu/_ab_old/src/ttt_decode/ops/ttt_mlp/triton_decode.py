@@ -1,0 +1,220 @@
+"""Triton dual-form decode step of TTT-MLP (M2), DESIGN section 4; the reference is naive.decode_step_dual.
+
+Per (sequence, head) item, f head dim, F = 4f hidden, b mini-batch, i = pos (read from the device):
+    Z1k = k W1 + b1, X2k = gelu(Z1k), g2 = d/dZ2 1/2 ||LN(X2k W2 + b2) - (v - k)||^2,
+    g1 = (g2 W2^T) * gelu'(Z1k);  cache row i <- (k, eta g1, X2k, eta g2)
+    Z1' = q W1 + b1 - c_i sum_{s<=i} (q . k_s + 1) G1_s,  X2' = gelu(Z1')
+    Z   = X2' W2 + b2 - c_i sum_{s<=i} (X2' . X2_s + 1) G2_s,  out = q + LN(Z)
+and at i = b-1, in the same launch: W1 -= c_{b-1} K^T G1, b1 -= c_{b-1} sum_s G1_s, W2 -= c_{b-1} X2^T G2,
+b2 -= c_{b-1} sum_s G2_s (G = eta * g, the cache rows as stored, i.e. rounded to the cache dtype,
+exactly as the reference reads them back).
+
+Compulsory bytes per call (s = state/cache item size, a = activation item size), per item:
+    state read once  (2 f F + F + f) s;  cache rows of earlier tokens read  i (2 f + 2 F) s;
+    this token's row written  (2 f + 2 F) s;  at i = b-1 the state written  (2 f F + F + f) s;
+    q, k, v read and out written 4 f a, eta 4 bytes.
+  Averaged over the b positions: ops.ttt_common.inner_step_cost(mlp=True, form="dual").
+  ttt-1b (H 32, f 64, b 16), fp16 state: 81.7 KB per item and call; B = 512 (16384 items): 1.34 GB,
+  floor 313 us at 4271 GB/s. The last position moves 2.0x the mean of the others (it writes W).
+FLOPs per item: 10 f F (k W1, q W1, X2k W2, g2 W2^T, X2' W2) + 4 (i+1)(f + F) (cache terms) + at i = b-1
+  4 b f F (the rank-b update); ~0.17 MFLOP, ~2 FLOP per state byte: bound by memory traffic.
+Grid: (B H,), one program per item, 1 warp at f = 64 (docs/DESIGN.md section 11.6 says why: within
+  an item the chain Z1 -> Z2 -> g2 -> g1 -> Z1' -> Z2 is serial, so few warps per item and many items
+  resident per multiprocessor win; cross-warp reductions cost more than they parallelise).
+  F is walked in BLOCK_F chunks twice (Z2k needs the full sum over F before g2 exists): pass A reads
+  W1 and W2 and keeps k W1 + b1, q W1 + b1 in a float32 scratch (2 F floats per item); pass B reads W2
+  again and the scratch. W2's second read must come from L2: with ~1000 items resident their W2 tiles
+  (32 KB each) are about the L2's size, so pass A asks L2 to keep W2 (evict last) and W1 to go first,
+  and pass B walks the chunks in reverse (the most recently read first). Each chunk's tiles are loaded
+  when the chunk is reached: the other resident programs hide the latency, and registers for a second
+  chunk in flight would cost residency (H200 sweeps, exp/NOTES.md).
+Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2.
+  pos is read, never moved: with advance=True the wrapper moves it after the kernel (one tiny op).
+Arithmetic in float32 on the CUDA cores. No autotuning (state updated in place): the configuration is
+hand-picked (`dual_config`) from the H200 sweep recorded in exp/NOTES.md and exp/results/h200/.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ttt_decode.ops import ttt_triton_common as tc
+from ttt_decode.ops.kernel_op import step_op
+from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
+from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
+
+
+@triton.jit
+def _chunk_b(b_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, b_g1, b_x2, p_cg1, p_cx2, o_f, m_f, o_s,
+             FH: tl.constexpr, CACHE_DT: tl.constexpr):
+    """Chunked kernel, with g2 known: this chunk's g1 and X2k cache rows (written), Z1', X2' and its
+    W2 / X2_s products. b_g1, b_x2 [BMB, BF]: the earlier rows of the chunk (0 at s >= pos); a1 [BMB]:
+    q . k_s + 1 for s <= pos, 0 elsewhere. Returns (X2' W2 partial [BD], X2' . X2_s partial [BMB])."""
+    b_w2f = b_w2.to(tl.float32)  # [BF, BD]
+    g1t = tc.rne(tl.sum(b_w2f * g2[None, :], 1) * dx2k * eta, CACHE_DT)
+    x2k_r = tc.rne(x2k, CACHE_DT)
+    tl.store(p_cg1 + pos * FH + o_f, g1t, mask=m_f)
+    tl.store(p_cx2 + pos * FH + o_f, x2k_r, mask=m_f)
+    cur = (o_s == pos)[:, None]
+    b_g1 = tl.where(cur, g1t.to(tl.float32)[None, :], b_g1.to(tl.float32))
+    x2q = tc.gelu(z1q0 - tl.sum(a1[:, None] * b_g1, 0) * c_i)  # [BF]
+    b_x2 = tl.where(cur, x2k_r.to(tl.float32)[None, :], b_x2.to(tl.float32))
+    return tl.sum(x2q[:, None] * b_w2f, 0), tl.sum(b_x2 * x2q[None, :], 1)
+
+
+@triton.jit
+def _load_rows(p_rows, o_s, m_old, o_c, m_c, stride):
+    """Cache rows s < pos, columns o_c: [BMB, BC] (rows at or after pos read as 0, never touched)."""
+    return tl.load(p_rows + o_s[:, None] * stride + o_c[None, :], mask=m_old[:, None] & m_c[None, :], other=0.0)
+
+
+@triton.jit
+def _m2_dual_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
+    w1_ptr, b1_ptr, w2_ptr, b2_ptr, ck_ptr, cg1_ptr, cx2_ptr, cg2_ptr, out_ptr, z1_ptr,
+    H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+    D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
+    L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    i_b = pid // H
+    i_h = pid % H
+    CACHE_DT: tl.constexpr = ck_ptr.dtype.element_ty
+    NUM_CHUNKS: tl.constexpr = (FH + BLOCK_F - 1) // BLOCK_F
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    o_s = tl.arange(0, BLOCK_MB)
+    o_f0 = tl.arange(0, BLOCK_F)
+    pos = tl.load(pos_ptr).to(tl.int32)
+    m_old = o_s < pos
+    m_cur = o_s == pos
+    m_rows = m_old | m_cur
+
+    p_w1 = w1_ptr + pid * (D * FH)
+    p_b1 = b1_ptr + pid * FH
+    p_w2 = w2_ptr + pid * (FH * D)
+    p_b2 = b2_ptr + pid * D
+    p_ck = ck_ptr + pid * (MB * D)
+    p_cg1 = cg1_ptr + pid * (MB * FH)
+    p_cx2 = cx2_ptr + pid * (MB * FH)
+    p_cg2 = cg2_ptr + pid * (MB * D)
+    p_z1 = z1_ptr + pid * (2 * FH)  # k W1 + b1 and q W1 + b1 of pass A, float32
+
+    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
+        q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+        stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
+    b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_kc = _load_rows(p_ck, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
+
+    # Weights of the rows s <= pos in Z1': q . k_s + 1 (this token's row as stored).
+    k_r = tc.rne(b_k, CACHE_DT)
+    tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
+    b_kc = tl.where(m_cur[:, None], k_r.to(tl.float32)[None, :], b_kc.to(tl.float32))
+    a1 = tl.where(m_rows, tl.sum(b_kc * b_q[None, :], 1) + 1.0, 0.0)  # [BMB]
+
+    # Pass A: Z2k = tc.gelu(k W1 + b1) W2 + b2 needs every column of W1 before g2 exists.
+    # L2_HINTS: W1 is read once (evict first), W2 again in pass B (evict last there, first after).
+    EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
+    EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
+    z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
+                      EV_ONCE, EV_AGAIN)
+    g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
+    g2t = tc.rne(g2 * eta, CACHE_DT)
+    tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)
+
+    # Pass B: g1, Z1', X2' and the X2' products, chunk by chunk; pass A's Z1 comes back from the
+    # scratch (L1/L2) instead of W1 being walked again. Its stores were made by other threads.
+    tl.debug_barrier()
+    z2q = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dots = tl.zeros([BLOCK_MB], dtype=tl.float32)
+    for cj in range(NUM_CHUNKS):
+        # REVERSE_B: the chunks pass A read last come first, while they are most likely still in L2.
+        ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
+        o_f = ci * BLOCK_F + o_f0
+        m_f = o_f < FH
+        c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
+        c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)
+        c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)
+        z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
+        z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
+        x2k, dx2k = tc.gelu_and_grad(z1k)
+        zc, dc = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f, m_f, o_s,
+                          FH, CACHE_DT)
+        z2q += zc
+        dots += dc
+
+    # Loaded where used (after the F walks): a tile held through them costs registers at every position.
+    b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
+    b_g2c = tl.where(m_cur[:, None], g2t.to(tl.float32)[None, :], b_g2c.to(tl.float32))
+    a2 = tl.where(m_rows, dots + 1.0, 0.0)
+    z2 = z2q + b_b2 - tl.sum(a2[:, None] * b_g2c, 0) * c_i
+    out = b_q + tc.ln_fwd(z2, gam, bet, m_d, D, EPS)
+    tl.store(out_ptr + pid * D + o_d, tc.rne(out, out_ptr.dtype.element_ty), mask=m_d)
+
+    # End of the mini-batch: the rank-b update from the cache rows, which this program's other threads
+    # just completed (the barrier makes them visible), in column slices of at most 64.
+    if pos == MB - 1:
+        tl.debug_barrier()
+        m_all = o_s < MB
+        UPD_F: tl.constexpr = min(BLOCK_F, 64)
+        o_u0 = tl.arange(0, UPD_F)
+        for ci in range((FH + UPD_F - 1) // UPD_F):
+            o_u = ci * UPD_F + o_u0
+            m_u = o_u < FH
+            tc.update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, True, True)
+            tc.update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
+            tc.update_bias(p_b1, p_cg1, o_u, m_u, o_s, m_all, FH, c_i)
+        tc.update_bias(p_b2, p_cg2, o_d, m_d, o_s, m_all, D, c_i)
+
+
+# ---------------------------------------------------------------- launch
+def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
+    """Hand-picked launch configuration (no autotune: the state is updated in place); one for every batch.
+
+    H200, ttt-1b shapes, fp16 state (exp/NOTES.md, "H200 kernel sweeps"; records
+    exp/results/h200/kernel_sweep_round*.jsonl): 32-column chunks, 1 warp per item (8 resident per
+    multiprocessor), each chunk loaded when reached, L2 hints that keep W2 for the second walk
+    (evict last in pass A, evict first after) and the second walk in reverse order: 617 us at B = 512
+    in round 4, against 699 us for 64-column chunks with 2 warps and no hints, and 745-758 us for the
+    55c2540 default (64 columns, 2 warps, the next chunk requested ahead) in rounds 1-3. Whole-head tiles
+    staged in shared memory by persistent programs (tensor-core products, 1-8 warps) read 944-2683 us.
+    More warps for larger heads (a [128, 32] chunk at f = 128)."""
+    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True}
+
+
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None):
+    """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
+
+    The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks)."""
+    B, H, f = q.shape
+    F = W1.shape[-1]
+    cfg = config or dual_config(B, f, W1.dtype)
+    z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
+    _m2_dual_kernel[(B * H,)](
+        q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
+        H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
+        D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
+        BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
+        EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
+        **tc.launch_options(cfg))
+    return out
+
+
+step_op("ttt_mlp_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "W2", "b2", "cache_k",
+                              "cache_g1", "cache_x2", "cache_g2"),
+        ("W1", "b1", "W2", "b2", "cache_k", "cache_g1", "cache_x2", "cache_g2"), launch)
+
+
+def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualCache, advance: bool = True):
+    """One token, dual form; same arguments and semantics as naive.decode_step_dual. -> out [B, H, f].
+
+    Mutates: cache rows at pos (and pos itself if advance), state at the last mini-batch position."""
+    tc.check_kernel_inputs("ttt_mlp dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=True)
+    out = torch.ops.ttt_decode.ttt_mlp_dual_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
+                                                 state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2)
+    if advance:
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
+    return out
