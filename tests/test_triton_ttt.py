@@ -307,22 +307,3 @@ def test_gpu_m1_dual_gluon_matches_reference(config, B):
     res = check_ttt_variant("mlp_1_dual_triton", torch.float16, "cuda", "ttt-1b", torch.float16, batch=B,
                             config=config)
     assert res["passed"], res
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("programs_per_sm", [6, 1])
-@pytest.mark.parametrize("B", [16, 512])
-def test_gpu_m2_dual_gluon_matches_reference(programs_per_sm, B):
-    """The Gluon M2 dual kernel at ttt-1b shapes against float64 (two mini-batches and one token); with one
-    program a multiprocessor each program streams many items (the slot and item-set rotation)."""
-    from ttt_decode.bench.micro import check_ttt_variant
-    from ttt_decode.ops.ttt_mlp import gluon_decode
-
-    def t(*shape):
-        return torch.zeros(shape, dtype=torch.float16, device="cuda")
-    q, ck, cf = t(B, 32, 64), t(B, 32, 16, 64), t(B, 32, 16, 256)
-    W1, W2, b1 = t(B, 32, 64, 256), t(B, 32, 256, 64), t(B, 32, 256)
-    assert gluon_decode.supported(q, q, q, t(32, 64), t(32, 64), W1, b1, W2, q, ck, cf, cf, ck)
-    res = check_ttt_variant("mlp_2_dual_triton", torch.float16, "cuda", "ttt-1b", torch.float16, batch=B,
-                            config={"GLUON": True, "programs_per_sm": programs_per_sm})
-    assert res["passed"], res

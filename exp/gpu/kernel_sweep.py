@@ -68,21 +68,9 @@ RECIPES = {
             {"GLUON": True, "programs_per_sm": 16, "rows": 32},
         ],
     },
-    # Round 7: M2 dual in Gluon (ops/ttt_mlp/gluon_decode.py): each item a fixed stream of 16 chunk units
-    # (pass A, pass B), each unit's tiles copied by cp.async while the previous one is computed.
-    "round7": {
-        "mlp_2_dual_triton": [
-            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
-            {"GLUON": True, "programs_per_sm": 6},
-            {"GLUON": True, "programs_per_sm": 5},
-            {"GLUON": True, "programs_per_sm": 4},
-            {"GLUON": True, "programs_per_sm": 12},
-        ],
-    },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
-    "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",
-                          "ttt_decode.ops.ttt_mlp.gluon_decode:_m2_dual_gluon_kernel"),
+    "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),
     "mlp_1_dual_triton": ("ttt_decode.ops.ttt_linear.triton_decode:_m1_dual_kernel",
                           "ttt_decode.ops.ttt_linear.gluon_decode:_m1_dual_gluon_kernel"),
     "mlp_2_primal_triton": ("ttt_decode.ops.ttt_mlp.triton_primal:_m2_primal_kernel",),

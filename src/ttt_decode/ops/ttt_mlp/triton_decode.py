@@ -192,12 +192,6 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
     B, H, f = q.shape
     F = W1.shape[-1]
     cfg = config or dual_config(B, f, W1.dtype)
-    if cfg.get("GLUON"):
-        from ttt_decode.ops.ttt_mlp import gluon_decode  # noqa: PLC0415 (experimental API: imported where used)
-
-        if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, W2, b2, ck, cg1, cx2, cg2):
-            return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out,
-                                       programs_per_sm=cfg.get("programs_per_sm", 6))
     z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
