@@ -38,6 +38,8 @@ RECIPES = {
     # kernels had more designs (persistent programs) and knobs than remain; their records are under
     # exp/results/h200/kernel_sweep_round*.jsonl. Round 4: the L2 reuse of the second F walk. Round 5
     # (tensor-core matrix-vector products) ran at 3adb0fe, whose MMA flag was reverted after it.
+    # Round 7 (M2 dual in Gluon, a chunk stream through a 2-slot cp.async ring) ran at 3734f49, reverted
+    # after it (3.6x slower).
     "round4": {
         "mlp_2_dual_triton": [
             {"BLOCK_F": 64, "num_warps": 2},
