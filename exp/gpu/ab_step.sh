@@ -4,6 +4,8 @@
 # so that both variants see the machine in the same state; then pytest -m gpu and the compiled step's
 # profile of the new code. Everything packed into $OUT/ab.tgz (results.jsonl per variant, logs), table last.
 #   OLD_SRC=exp/gpu/_ab_old/src OLD_COMMIT=<sha> NEW_COMMIT=<sha> [SPECS="model:inner_net ..."] [SKIP_PYTEST=1] bash exp/gpu/ab_step.sh
+# exp/gpu/_ab_old/ is git-ignored (so that it is never committed): send it to the device with the call's
+# carry (`carry: ["exp/gpu/_ab_old"]`), and delete it afterwards.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; D=$OUT/ab; mkdir -p "$D"
