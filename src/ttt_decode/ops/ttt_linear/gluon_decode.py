@@ -20,35 +20,20 @@ before use, as the reference reads them back).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS
 
 HEAD_DIM, MINI_BATCH = 64, 16
 # A barrier across the program's threads: Triton 3.6 names it thread_barrier, 3.8 barrier.
 _barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
-
-
-@gluon.jit
-def _ln_fwd(z, gamma, beta, N: gl.constexpr, EPS: gl.constexpr):
-    mu = gl.sum(z, 0) * (1.0 / N)
-    d = z - mu
-    rstd = gl.rsqrt(gl.sum(d * d, 0) * (1.0 / N) + EPS)
-    return gamma * (d * rstd) + beta
-
-
-@gluon.jit
-def _ln_fused_l2_bwd(z, target, gamma, beta, N: gl.constexpr, EPS: gl.constexpr):
-    mu = gl.sum(z, 0) * (1.0 / N)
-    d = z - mu
-    rstd = gl.rsqrt(gl.sum(d * d, 0) * (1.0 / N) + EPS)
-    xh = d * rstd
-    gxh = (gamma * xh + beta - target) * gamma
-    return (gxh * N - gl.sum(gxh, 0) - xh * gl.sum(gxh * xh, 0)) * (rstd * (1.0 / N))
 
 
 @gluon.jit
@@ -150,7 +135,9 @@ def _m1_dual_gluon_kernel(
         z1k = gl.sum(acc_k, 0) + b1
         z1q = gl.sum(acc_q, 0) + b1
 
-        gt = (_ln_fused_l2_bwd(z1k, v - k, gam, bet, D, EPS) * eta).to(gl.float16)
+        # The Triton kernel's LayerNorm helpers (a Gluon kernel calls triton.jit functions); D is exact here.
+        m_d = o_c < D
+        gt = (tc.ln_fused_l2_bwd(z1k, v - k, gam, bet, m_d, D, EPS) * eta).to(gl.float16)
         k_r = k.to(gl.float16)
         gl.store(ck_ptr + it * (MB * D) + pos * D + o_c, k_r)
         gl.store(cg_ptr + it * (MB * D) + pos * D + o_c, gt)
@@ -160,7 +147,7 @@ def _m1_dual_gluon_kernel(
         gc = gl.where(m_cur, gt.to(gl.float32)[None, :], gc)
         a1 = gl.where(m_rows, gl.sum(kc * q[None, :], 1) + 1.0, 0.0)
         z = z1q - c_i * gl.sum(a1[:, None] * gc, 0)
-        out = q + _ln_fwd(z, gam, bet, D, EPS)
+        out = q + tc.ln_fwd(z, gam, bet, m_d, D, EPS)
         gl.store(out_ptr + it * D + o_c, out.to(OUT_DT))
 
         if pos == MB - 1:
@@ -202,11 +189,12 @@ def supported(q, k, v, gamma, beta, W1, b1, ck, cg1) -> bool:
     return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, W1, b1, ck, cg1))
 
 
+@functools.lru_cache(maxsize=None)
 def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 32):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16):
     """Run the kernel into out [B, H, 64] (contiguous) for inputs that supported() takes: programs_per_sm
     persistent programs a multiprocessor (at most the number of items), W1 read from shared memory in
     rows-row slices."""
