@@ -245,65 +245,81 @@ def test_gpu_compiled_graph_step_matches_eager(inner_net):
         assert rel_err(b, a) < 1e-2, t
 
 
-def _m1_dual_default(batch):
-    from ttt_decode.ops.ttt_linear import triton_decode as m1
-    return m1.dual_config(batch, 64, torch.float16)
+def _m1_default(form, batch):
+    from ttt_decode.ops.ttt_linear import triton_decode, triton_primal
+    return (triton_decode.dual_config if form == "dual" else triton_primal.primal_config)(batch, 64, torch.float16)
 
 
-# The dispatcher's Gluon configuration (B >= GLUON_MIN_BATCH) and one with many items per program.
-GLUON_CONFIGS = [_m1_dual_default(512), {"GLUON": True, "programs_per_sm": 2, "rows": 32}]
+def _m1_gluon(form):
+    """(the Triton module whose dispatcher picks the Gluon kernel, the Gluon module) of an M1 form."""
+    from ttt_decode.ops.ttt_linear import gluon_decode, gluon_primal, triton_decode, triton_primal
+    return (triton_decode, gluon_decode) if form == "dual" else (triton_primal, gluon_primal)
 
 
-def test_m1_dual_dispatch():
+# Each M1 form's Gluon configuration as the dispatcher picks it (B >= GLUON_MIN_BATCH), and one with many
+# items per program (every buffer set reused many times).
+GLUON_CONFIGS = {form: [_m1_default(form, 512), {"GLUON": True, "programs_per_sm": 2, "rows": 32}]
+                 for form in ("dual", "primal")}
+
+
+@pytest.mark.parametrize("form", ["dual", "primal"])
+def test_m1_gluon_dispatch(form):
     """fp16 state at f = 64 from GLUON_MIN_BATCH on: the Gluon kernel; otherwise, and for other dtypes or
     head dims, the Triton kernel."""
-    from ttt_decode.ops.ttt_linear import triton_decode as m1
-    lo, hi = m1.GLUON_MIN_BATCH // 2, m1.GLUON_MIN_BATCH
-    assert m1.dual_config(hi, 64, torch.float16)["GLUON"]
-    assert GLUON_CONFIGS[0]["GLUON"] and GLUON_CONFIGS[0]["rows"] == 16
+    tri, _ = _m1_gluon(form)
+    lo, hi = tri.GLUON_MIN_BATCH // 2, tri.GLUON_MIN_BATCH
+    assert _m1_default(form, hi)["GLUON"]
+    assert GLUON_CONFIGS[form][0]["GLUON"] and GLUON_CONFIGS[form][0]["rows"] == 16
     for args in ((lo, 64, torch.float16), (hi, 64, torch.bfloat16), (hi, 64, torch.float32), (hi, 128, torch.float16)):
-        assert not m1.dual_config(*args).get("GLUON"), args
+        cfg = (tri.dual_config if form == "dual" else tri.primal_config)(*args)
+        assert not cfg.get("GLUON"), args
 
 
-def test_m1_dual_gluon_config_falls_back_on_cpu(nan_empty, monkeypatch):
-    """A Gluon configuration where gluon_decode.supported refuses the inputs (here: CPU tensors) runs the
-    Triton kernel, with the same results."""
-    from ttt_decode.ops.ttt_linear import gluon_decode
-    tok, state, cache = _one_step_args(False, "dual", f=64, dtype=torch.float16)
-    assert not gluon_decode.supported(*tok[:3], *tok[5:7], state.W1, state.b1, cache.k, cache.g1)
-    run_and_compare(False, "dual", 64, "fp16", nan_empty, N=17, config=GLUON_CONFIGS[0], monkeypatch=monkeypatch)
+@pytest.mark.parametrize("form", ["dual", "primal"])
+def test_m1_gluon_config_falls_back_on_cpu(form, nan_empty, monkeypatch):
+    """A Gluon configuration where supported() refuses the inputs (here: CPU tensors) runs the Triton
+    kernel, with the same results."""
+    _, glu = _m1_gluon(form)
+    tok, state, cache = _one_step_args(False, form, f=64, dtype=torch.float16)
+    extra = [t for n, t in cache.tensors().items() if n != "pos"]
+    assert not glu.supported(*tok[:3], *tok[5:7], state.W1, state.b1, *extra)
+    run_and_compare(False, form, 64, "fp16", nan_empty, N=17, config=GLUON_CONFIGS[form][0], monkeypatch=monkeypatch)
 
 
-def test_m1_dual_gluon_kernel_compiles_for_sm90():
-    """The Gluon kernel cannot run on CPU; compiling it for sm_90 (Triton's bundled ptxas, in a process
+def test_m1_gluon_kernels_compile_for_sm90():
+    """The Gluon kernels cannot run on CPU; compiling them for sm_90 (Triton's bundled ptxas, in a process
     without the interpreter) catches a Gluon API change of the installed Triton before a GPU run does."""
     import os
     import subprocess
     import sys
 
-    code = ("from ttt_decode.ops.ttt_linear import gluon_decode as g; ptx = g.compile_offline(90).asm['ptx']; "
-            "print('cp.async' in ptx, 'mma.sync' in ptx)")
+    code = ("from ttt_decode.ops.ttt_linear import gluon_decode as d, gluon_primal as p; "
+            "a = d.compile_offline(90).asm['ptx']; b = p.compile_offline(90).asm['ptx']; "
+            "print('cp.async' in a, 'mma.sync' in a, 'cp.async' in b)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["True", "True"], res.stdout
+    assert res.stdout.split() == ["True", "True", "True"], res.stdout
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", GLUON_CONFIGS, ids=["P8-R16", "P2-R32"])
+@pytest.mark.parametrize("form,config", [(f, c) for f, cs in GLUON_CONFIGS.items() for c in cs],
+                         ids=["dual-P8-R16", "dual-P2-R32", "primal-P6-R16", "primal-P2-R32"])
 @pytest.mark.parametrize("B", [16, 512])
-def test_gpu_m1_dual_gluon_matches_reference(config, B):
-    """The Gluon M1 dual kernel (persistent programs, cp.async double buffering) at ttt-1b shapes: every
+def test_gpu_m1_gluon_matches_reference(form, config, B):
+    """The Gluon M1 kernels (persistent programs, cp.async double buffering) at ttt-1b shapes: every
     position of two mini-batches and one token, both end-of-mini-batch updates, against float64; with 2
     programs a multiprocessor every program loops over many items (the buffer rotation is exercised)."""
     from ttt_decode.bench.micro import check_ttt_variant
-    from ttt_decode.ops.ttt_linear import gluon_decode
+
+    _, glu = _m1_gluon(form)
 
     def t(*shape):
         return torch.zeros(shape, dtype=torch.float16, device="cuda")
-    q, ck = t(B, 32, 64), t(B, 32, 16, 64)
-    assert gluon_decode.supported(q, q, q, t(32, 64), t(32, 64), t(B, 32, 64, 64), q, ck, ck)
-    assert not gluon_decode.supported(q, q, q.float(), t(32, 64), t(32, 64), t(B, 32, 64, 64), q, ck, ck)
-    res = check_ttt_variant("mlp_1_dual_triton", torch.float16, "cuda", "ttt-1b", torch.float16, batch=B,
+    q = t(B, 32, 64)
+    extra = (t(B, 32, 16, 64),) * 2 if form == "dual" else (t(B, 32, 64, 64), q)
+    assert glu.supported(q, q, q, t(32, 64), t(32, 64), t(B, 32, 64, 64), q, *extra)
+    assert not glu.supported(q, q, q.float(), t(32, 64), t(32, 64), t(B, 32, 64, 64), q, *extra)
+    res = check_ttt_variant(f"mlp_1_{form}_triton", torch.float16, "cuda", "ttt-1b", torch.float16, batch=B,
                             config=config)
     assert res["passed"], res

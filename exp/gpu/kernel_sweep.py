@@ -70,13 +70,26 @@ RECIPES = {
             {"GLUON": True, "programs_per_sm": 16, "rows": 32},
         ],
     },
+    # Round 8: M1 primal in Gluon (ops/ttt_linear/gluon_primal.py), round 6's design with W1 and W1_grad
+    # in each buffer set (2 x 16.5 KB a program: at most 6 programs a multiprocessor on sm_90).
+    "round8": {
+        "mlp_1_primal_triton": [
+            {"num_warps": 2},
+            {"GLUON": True, "programs_per_sm": 6, "rows": 16},
+            {"GLUON": True, "programs_per_sm": 6, "rows": 8},
+            {"GLUON": True, "programs_per_sm": 6, "rows": 32},
+            {"GLUON": True, "programs_per_sm": 5, "rows": 16},
+            {"GLUON": True, "programs_per_sm": 4, "rows": 16},
+        ],
+    },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),
     "mlp_1_dual_triton": ("ttt_decode.ops.ttt_linear.triton_decode:_m1_dual_kernel",
                           "ttt_decode.ops.ttt_linear.gluon_decode:_m1_dual_gluon_kernel"),
     "mlp_2_primal_triton": ("ttt_decode.ops.ttt_mlp.triton_primal:_m2_primal_kernel",),
-    "mlp_1_primal_triton": ("ttt_decode.ops.ttt_linear.triton_primal:_m1_primal_kernel",),
+    "mlp_1_primal_triton": ("ttt_decode.ops.ttt_linear.triton_primal:_m1_primal_kernel",
+                            "ttt_decode.ops.ttt_linear.gluon_primal:_m1_primal_gluon_kernel"),
 }
 
 

@@ -81,7 +81,7 @@ def profile_session(session, steps: int, trace_path: str) -> dict:
 # the hand-written elementwise kernels around it (conv rings, norms) count as fused elementwise.
 KERNEL_GROUPS = (
     ("inner kernel", ("_m2_dual_kernel", "_m1_dual_kernel", "_m1_dual_gluon_kernel", "_m2_primal_kernel",
-                      "_m1_primal_kernel", "_ssm_step_kernel", "_decode_attention_kernel")),
+                      "_m1_primal_kernel", "_m1_primal_gluon_kernel", "_ssm_step_kernel", "_decode_attention_kernel")),
     ("GEMM", ("gemm", "Gemm", "GEMM", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "sm80_", "ampere_", "splitK",
               "gemv", "Gemv", "dot_kernel")),
     ("copies", ("Memcpy", "memcpy", "Memset", "memset", "copy_kernel", "CatArrayBatchedCopy", "direct_copy")),

@@ -72,14 +72,21 @@ def _m1_primal_kernel(
     tl.store(b1_ptr + pid * D + o_d, tc.rne(bias_bar, b1_ptr.dtype.element_ty), mask=m_d & last)
 
 
+GLUON_MIN_BATCH = 128  # batches from which the Gluon kernel is the default (fp16 state, f = 64)
+
+
 def primal_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     """Hand-picked launch configuration (no autotune: the state is updated in place); one for every batch.
 
     H100 sweep at B=512 (exp/results/h100/kernels_runA.jsonl): 2 warps 159.6 us (89.8% of copy
     bandwidth), 4 warps 165.8 us, 1 warp 194 us. H200 (exp/NOTES.md, "H200 kernel sweeps"): 134 us; 1 or
     4 warps, register caps and persistent programs 147-425 us. More warps for f = 128's four-times larger
-    tile."""
-    return {"num_warps": max(2, head_dim * head_dim // 2048)}
+    tile. From GLUON_MIN_BATCH on, fp16 state at f = 64 runs the Gluon kernel (gluon_primal.py) instead
+    (GLUON: True; launch falls back to this one where gluon_primal.supported refuses the inputs)."""
+    cfg = {"num_warps": max(2, head_dim * head_dim // 2048)}
+    if state_dtype == torch.float16 and head_dim == 64 and batch >= GLUON_MIN_BATCH:
+        cfg.update(GLUON=True, programs_per_sm=6, rows=16)
+    return cfg
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out, config=None):
@@ -88,6 +95,12 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out, config=None
     The tensors as the custom op takes them; nothing is checked here (decode_step_primal checks)."""
     B, H, f = q.shape
     cfg = config or primal_config(B, f, W1.dtype)
+    if cfg.get("GLUON"):
+        from ttt_decode.ops.ttt_linear import gluon_primal  # noqa: PLC0415 (experimental API: imported where used)
+
+        if gluon_primal.supported(q, k, v, gamma, beta, W1, b1, gW1, gb1):
+            return gluon_primal.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out,
+                                       programs_per_sm=cfg.get("programs_per_sm", 6), rows=cfg.get("rows", 16))
     _m1_primal_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
