@@ -4,7 +4,7 @@ on the PyTorch path.
 
 Each op case runs 21 consecutive tokens (every conv-ring slot several times, every mini-batch position
 of the rotary table, the first token without a pending residual), with fresh random inputs each
-token, and checks the outputs and both rings after every token. Errors are measured against the
+token, and checks the outputs and the ring after every token. Errors are measured against the
 reference run in float64 on the same (rounded) inputs: float32 within 1e-5; float16 / bfloat16 at
 most 2x the error of the PyTorch path run in the same dtype (plus 1e-6), and under 2e-2. Outputs are
 NaN-poisoned, so an unwritten element fails. The Triton interpreter truncates float32 -> bfloat16
@@ -123,22 +123,22 @@ def run_qk_prep(B, H, f, act, bias, device):
     angles = torch.arange(MB)[:, None] * torch.rand(f // 2, generator=g)[None]
     cos, sin = angles.cos().to(device), angles.sin().to(device)  # float32, as the model's table
     lr_bias, token_idx = r(H, scale=0.3), r(MB, scale=0.1)
-    rq0, rk0 = r(B, W, D), r(B, W, D)
-    rings = [(rq0.double(), rk0.double()), (rq0.clone(), rk0.clone()), (rq0.clone(), rk0.clone())]
+    ring0 = r(B, W, D)  # the q and k convs' one ring
+    rings = [ring0.double(), ring0.clone(), ring0.clone()]
     conv_pos, pos = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(2)]
     lr_col = 3 * D
     for t in range(TOKENS):
         p = r(B, 3 * D + H)
 
         def args(i, cast):
-            return (cast(p), *rings[i], conv_pos, cast(wq), cast(bq) if bias else None, cast(wk),
+            return (cast(p), rings[i], conv_pos, cast(wq), cast(bq) if bias else None, cast(wk),
                     cast(bk) if bias else None, cos, sin, pos, cast(lr_bias), cast(token_idx), 1.0, H, lr_col)
         out64, same, out = _run_three("qk_prep", args(0, _d), args(1, lambda x: x), args(2, lambda x: x))
         for i, what in enumerate(("q", "k", "eta", "c")):
             assert out[i].dtype == same[i].dtype and out[i].shape == same[i].shape, what
             _check(what, t, out[i], same[i], out64[i], act if what in ("q", "k", "c") else torch.float32)
-        for i in range(2):  # the slot gets q0 itself: exact
-            torch.testing.assert_close(rings[2][i], rings[1][i], atol=0, rtol=0)
+        # The slot gets q0 itself, once for both convs: exact.
+        torch.testing.assert_close(rings[2], rings[1], atol=0, rtol=0)
         conv_pos.copy_((conv_pos + 1) % W)
         pos.copy_((pos + 1) % MB)
 
@@ -156,7 +156,7 @@ def test_fused_ops_schema_and_fake():
     p = torch.randn(B, 3 * D + H)
     cos = torch.randn(MB, f // 2)
     torch.library.opcheck(torch.ops.ttt_decode.ttt_qk_prep.default,
-                          (p, ring.clone(), ring.clone(), pos, w, b_, w.clone(), b_.clone(), cos, cos.clone(), pos,
+                          (p, ring.clone(), pos, w, b_, w.clone(), b_.clone(), cos, cos.clone(), pos,
                            torch.randn(H), torch.randn(MB), 1.0, H, 3 * D),
                           test_utils=("test_schema", "test_faketensor"))
 

@@ -68,6 +68,27 @@ def test_state_after_prefill_equals_token_by_token(inner_net):
             assert rel_err(a, b) < 1e-9, k
 
 
+@pytest.mark.parametrize("inner_net", NAIVE_NETS)
+@pytest.mark.parametrize("name", ["ttt-tiny", "ttt-tiny-transformer-backbone"])
+def test_state_layout_and_accounting(inner_net, name):
+    """One conv ring for q and k (both convolve q0: two rings would always hold the same), and the byte
+    accounting counts exactly the allocated tensors: state_bytes_per_seq their size, decode_cost one
+    ring's worth (W-1 slots read, one written) of traffic per ring."""
+    from ttt_decode.ops.ttt_common import inner_step_cost
+
+    model = tiny(inner_net, name=name)
+    c, B = model.config, 3
+    for state_dtype in (None, torch.float32):  # rings in the weight dtype, the rest in the state dtype
+        state = model.allocate_state(B, state_dtype)
+        rings = {n for n in state.layers[0].tensors() if n.startswith("conv_")}
+        assert rings == {n for n, on in (("conv_pre", c.pre_conv), ("conv_qk", c.share_qk)) if on}
+        assert state.nbytes() == B * model.state_bytes_per_seq(state_dtype)
+        ring_bytes = sum(ls.tensors()[n].nbytes for ls in state.layers for n in rings)
+        inner = inner_step_cost(model.kind == "mlp", model.form, c.num_heads, c.head_dim, c.mini_batch_size,
+                                state.state_dtype.itemsize, model.dtype.itemsize)["bytes"]
+        assert model.decode_cost(B, state_dtype)["state_bytes"] == B * c.num_layers * inner + ring_bytes
+
+
 def test_dual_and_primal_models_agree():
     x = ids(2, 40, seed=3)
     for m in (1, 2):

@@ -38,13 +38,13 @@ def cases(B, D=2048, H=32, W=4, mb=16, act=torch.float16):
                conv_pos=torch.tensor([1], device="cuda"), conv_w=r(D, W, scale=0.5), conv_b=r(D, scale=0.1),
                norm_s=r(D, scale=0.1, shift=1.0), eps=1e-6)
     ang = torch.arange(mb, device="cuda")[:, None] * torch.rand(f // 2, device="cuda", generator=g)[None]
-    qk = dict(p=r(B, 3 * D + H), ring_q=r(B, W, D), ring_k=r(B, W, D), conv_pos=torch.tensor([1], device="cuda"),
+    qk = dict(p=r(B, 3 * D + H), ring=r(B, W, D), conv_pos=torch.tensor([1], device="cuda"),
               wq=r(D, W, scale=0.5), bq=r(D, scale=0.1), wk=r(D, W, scale=0.5), bk=r(D, scale=0.1),
               rope_cos=ang.cos(), rope_sin=ang.sin(), pos=torch.tensor([3], device="cuda"), lr_bias=r(H),
               token_idx=r(mb, scale=0.1), base_lr=1.0, num_heads=H, lr_col=3 * D)
     a, r_, w = 2, 4, W - 1  # activation, residual item sizes; taps read
     bytes_pre = B * D * (2 * r_ + 3 * a + w * a)
-    bytes_qk = B * D * (a + 2 * w * a + 2 * a + 2 * a) + B * H * (a + 4)
+    bytes_qk = B * D * (a + w * a + 2 * a + a) + B * H * (a + 4)  # q0, the taps, q and k, the slot
     return (("pre_conv", pre, tri._pre_conv_impl, ref.pre_conv_step, bytes_pre),
             ("qk_prep", qk, tri._qk_prep_impl, ref.qk_prep, bytes_qk))
 

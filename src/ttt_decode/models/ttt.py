@@ -7,7 +7,7 @@ Per block (Mamba backbone: pre_conv, share_qk, use_gate):
     h = h + SwiGLU(RMSNorm(h))
 TTT layer on x = RMSNorm(h):
     [q0 | v | g | lr] = x @ in_proj                one fused projection (q and k share q0)
-    q = conv_q(q0), k = conv_k(q0)                 separate depthwise causal convs
+    q = conv_q(q0), k = conv_k(q0)                 separate depthwise causal convs over one ring of q0
     q, k = rotary(q, k) at position t mod b        interleaved pairs (ttt.py's permute_qk convention)
     eta = ttt_base_lr * sigmoid(lr + lr_bias) / f  per head, per token
     z = inner_loop(q, k, v, eta)                   ops.ttt_linear / ops.ttt_mlp: q + LN(f_W(q))
@@ -37,6 +37,7 @@ from ttt_decode.models.common import (
     stage,
 )
 from ttt_decode.ops import ttt_block, ttt_linear, ttt_mlp
+from ttt_decode.ops.conv_ring import ring_prefill
 from ttt_decode.ops.ttt_block import apply_rotary, eta_of
 from ttt_decode.ops.ttt_common import (
     DualCache,
@@ -71,12 +72,11 @@ class TTTLayerState:
     ttt: TTTState
     cache: DualCache | PrimalCache
     conv_pre: torch.Tensor | None  # [B, W, D] ring (ops.conv_ring)
-    conv_q: torch.Tensor | None  # [B, W, D]
-    conv_k: torch.Tensor | None  # [B, W, D]
+    # [B, W, D]: the q and k convs' one ring. Both convolve q0, so two rings would always hold the same.
+    conv_qk: torch.Tensor | None
 
     def tensors(self):
-        convs = {n: t for n, t in (("conv_pre", self.conv_pre), ("conv_q", self.conv_q), ("conv_k", self.conv_k))
-                 if t is not None}
+        convs = {n: t for n, t in (("conv_pre", self.conv_pre), ("conv_qk", self.conv_qk)) if t is not None}
         cache = {f"cache.{n}": t for n, t in self.cache.tensors().items() if n != "pos"}
         return {**{f"ttt.{n}": t for n, t in self.ttt.tensors().items()}, **cache, **convs}
 
@@ -171,7 +171,12 @@ class TTTLayer(nn.Module):
         """x [B, N, D] normed input; cos, sin [N, f/2]. Returns [B, N, D]; advances ls (pos restored)."""
         p = self._project(x)
         if self.config.share_qk:
-            q, k = self.conv_q(p["q"], ls.conv_q, conv_pos), self.conv_k(p["q"], ls.conv_k, conv_pos)
+            # One ring for both convs: k's reads it without updating it, then q's reads it and leaves the
+            # last W inputs in it (what CausalConv1d.forward does with a state).
+            q0, cd = p["q"], residual_dtype(p["q"].dtype)
+            k = ring_prefill(q0, ls.conv_qk, conv_pos, self.conv_k.weight, self.conv_k.bias, cd, update=False)
+            q = ring_prefill(q0, ls.conv_qk, conv_pos, self.conv_q.weight, self.conv_q.bias, cd)
+            q, k = q.to(q0.dtype), k.to(q0.dtype)
         else:
             q, k = p["q"], p["k"]
         q, k, v = apply_rotary(self._heads(q), cos, sin), apply_rotary(self._heads(k), cos, sin), self._heads(p["v"])
@@ -192,7 +197,7 @@ class TTTLayer(nn.Module):
         with stage("ttt.conv_qk"):
             if c.share_qk:
                 q, k, eta, cc = fused.qk_prep(
-                    p, ls.conv_q, ls.conv_k, conv_pos, self.conv_q.weight, self.conv_q.bias, self.conv_k.weight,
+                    p, ls.conv_qk, conv_pos, self.conv_q.weight, self.conv_q.bias, self.conv_k.weight,
                     self.conv_k.bias, rope_cos, rope_sin, pos, self.lr_bias, self.learnable_token_idx,
                     c.ttt_base_lr, H, cols["lr"].start)
             else:
@@ -297,8 +302,7 @@ class TTTLM(DecodeLM):
             ttt = TTTState.from_params(batch, state_dtype, *block.ttt.fast_weights())
             layers.append(TTTLayerState(
                 ttt=ttt, cache=cache_cls.empty_like_state(ttt, c.mini_batch_size, pos=pos),
-                conv_pre=conv() if c.pre_conv else None,
-                conv_q=conv() if c.share_qk else None, conv_k=conv() if c.share_qk else None))
+                conv_pre=conv() if c.pre_conv else None, conv_qk=conv() if c.share_qk else None))
         cos, sin = rotary_cos_sin(torch.arange(c.mini_batch_size, device=self.device), c.head_dim, c.rope_theta)
         return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype,
                                  conv_pos=torch.zeros(1, dtype=torch.int64, device=self.device),
@@ -323,7 +327,7 @@ class TTTLM(DecodeLM):
         per_row = f + F_ + ((F_ + f) if self.kind == "mlp" else 0)
         cache = c.num_heads * c.mini_batch_size * per_row if self.form == "dual" else weights
         item = torch.empty((), dtype=state_dtype or self.dtype).element_size()
-        n_conv = int(c.pre_conv) + 2 * int(c.share_qk)
+        n_conv = int(c.pre_conv) + int(c.share_qk)  # the pre-conv's ring, the one q and k share
         conv = n_conv * c.hidden_size * c.conv_kernel * torch.empty((), dtype=self.dtype).element_size()
         return c.num_layers * ((weights + cache) * item + conv)
 
@@ -333,8 +337,9 @@ class TTTLM(DecodeLM):
         w_item = torch.empty((), dtype=self.dtype).element_size()
         inner = inner_step_cost(self.kind == "mlp", self.form, c.num_heads, c.head_dim, c.mini_batch_size,
                                 s_item, w_item)
-        # Each causal conv reads the W-1 newest slots of its ring and writes one: W D items.
-        conv = (int(c.pre_conv) + 2 * int(c.share_qk)) * c.hidden_size * c.conv_kernel * w_item
+        # Each ring's W-1 newest slots are read and one slot written: W D items. The q and k convs share
+        # one ring (their taps are read once for both).
+        conv = (int(c.pre_conv) + int(c.share_qk)) * c.hidden_size * c.conv_kernel * w_item
         state_bytes = batch * c.num_layers * (inner["bytes"] + conv)
         weight_bytes = self.weight_bytes()
         matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))

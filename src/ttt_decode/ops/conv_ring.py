@@ -1,5 +1,5 @@
 """Depthwise causal convolution over a ring buffer of the last W inputs (PyTorch; the reference of the
-Mamba conv kernels and the TTT model's q/k and pre-convolutions).
+Mamba conv kernels and the TTT model's q/k and pre-convolutions; the q and k convs share one ring).
 
 Layout (docs/DESIGN.md section 10): conv_state [B, W, D], one slot per input, channels contiguous;
 conv_pos [1] int64 on the device is the slot of the oldest input, the one the next token overwrites.
@@ -38,11 +38,12 @@ def ring_conv_step(x, conv_state, conv_pos, weight, bias) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def ring_prefill(x, conv_state, conv_pos, weight, bias, cd: torch.dtype):
+def ring_prefill(x, conv_state, conv_pos, weight, bias, cd: torch.dtype, update: bool = True):
     """x [B, N, D] -> the causal convolution continued from the ring, [B, N, D] in cd.
 
-    Mutates conv_state so that it holds the last W inputs laid out for position (conv_pos + N) % W
-    (the caller advances conv_pos)."""
+    With update, mutates conv_state so that it holds the last W inputs laid out for position
+    (conv_pos + N) % W (the caller advances conv_pos). Without, mutates nothing: for a second conv of
+    the same input over the same ring (the TTT layer's k conv), run before the one that updates it."""
     Dm = x.shape[2]
     W = conv_state.shape[1]
     ar = torch.arange(W, device=x.device)
@@ -50,6 +51,7 @@ def ring_prefill(x, conv_state, conv_pos, weight, bias, cd: torch.dtype):
     full = torch.cat([hist.to(x.dtype), x], dim=1)  # [B, W + N, D]
     inp = full[:, 1:].to(cd).transpose(1, 2)  # [B, D, W - 1 + N]
     y = F.conv1d(inp, weight.to(cd).unsqueeze(1), None if bias is None else bias.to(cd), groups=Dm)  # [B, D, N]
-    new_pos = (conv_pos + x.shape[1]) % W
-    conv_state.index_copy_(1, (new_pos + ar) % W, full[:, -W:].to(conv_state.dtype))
+    if update:
+        new_pos = (conv_pos + x.shape[1]) % W
+        conv_state.index_copy_(1, (new_pos + ar) % W, full[:, -W:].to(conv_state.dtype))
     return y.transpose(1, 2)

@@ -11,9 +11,10 @@ One token of a TTT block (Mamba backbone) is, with p = x @ in_proj = [q0 | v | g
                     eta = base_lr * sigmoid(lr + lr_bias) / f         [B, H] float32
                     c   = max(0, 1/(i+1) + learnable_token_idx_i)     [b] (token coefficients)
 
-Both steps write the new conv input into slot conv_pos of their rings (the model advances conv_pos
-once per token). Keeping the previous block's residual add in the next block's first step is what lets
-the fused kernel do it without a launch of its own. Rounding follows the model's unfused PyTorch path:
+Both steps write the new conv input into slot conv_pos of their ring (the model advances conv_pos
+once per token). qk_prep's two convs (different weights) read the same input q0, so they share one
+ring. Keeping the previous block's residual add in the next block's first step is what lets the fused
+kernel do it without a launch of its own. Rounding follows the model's unfused PyTorch path:
 the residual stream in float32 (float64 for float64), norms and conv outputs rounded to the weights'
 dtype where the model rounds them.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ttt_decode.ops.conv_ring import ring_conv_step as conv_step
+from ttt_decode.ops.conv_ring import ring_step
 from ttt_decode.ops.norms import acc_dtype, rms_norm
 from ttt_decode.ops.ttt_common import token_coeffs
 
@@ -53,21 +55,24 @@ def eta_of(lr, lr_bias, base_lr: float, head_dim: int) -> torch.Tensor:
     return base_lr * torch.sigmoid(lr.to(acc) + lr_bias.to(acc)) / head_dim
 
 
-def qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+def qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
             base_lr: float, num_heads: int, lr_col: int):
     """p [B, >= lr_col + H] = [q0 | v | (g) | lr] -> (q, k [B, H, f] in p's dtype, eta [B, H], c [b]).
 
     q0 is p[:, :D] (q and k share it), lr is p[:, lr_col:lr_col + H].
 
     rope_cos, rope_sin [b, f/2]: the rotary factors of the b mini-batch positions; pos [1] int64 the
-    current one. Mutates ring_q and ring_k (q0 into slot conv_pos of each)."""
+    current one. ring [B, W, D]: the last W values of q0, read by both convs. Mutates ring (q0 into slot
+    conv_pos, after both convs have read the old slots)."""
     B = p.shape[0]
     H = num_heads
-    D = ring_q.shape[2]
+    D = ring.shape[2]
     f = D // H
     q0, lr = p[:, :D], p[:, lr_col:lr_col + H]
-    q = conv_step(q0, ring_q, conv_pos, wq, bq)
-    k = conv_step(q0, ring_k, conv_pos, wk, bk)
+    cd = acc_dtype(q0.dtype)
+    q = ring_step(q0, ring, conv_pos, wq, bq, cd).to(q0.dtype)
+    k = ring_step(q0, ring, conv_pos, wk, bk, cd).to(q0.dtype)
+    ring.index_copy_(1, conv_pos, q0.unsqueeze(1).to(ring.dtype))  # once both convs have read the old slots
     cos, sin = rope_cos.index_select(0, pos), rope_sin.index_select(0, pos)  # [1, f/2]
     q = apply_rotary(q.view(B, H, 1, f), cos, sin).squeeze(2)
     k = apply_rotary(k.view(B, H, 1, f), cos, sin).squeeze(2)

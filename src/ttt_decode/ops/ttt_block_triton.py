@@ -9,8 +9,10 @@ and writes only what its data flow needs, and writes the ring slot in place (the
     reads  h, delta (B D r), the ring's W-1 taps ((W-1) B D a), norm and conv weights
     writes h (B D r), x (B D a), the ring slot (B D a)               r: residual item, a: activation item
 `qk_prep` (one batch row per program; the rotary pairs are adjacent columns, split apart in registers):
-    reads  q0, lr (B (D + H) a), two rings' W-1 taps (2 (W-1) B D a), conv weights, the rotary row
-    writes q, k (2 B D a), two ring slots (2 B D a), eta (B H 4), c (b, first program only)
+    reads  q0, lr (B (D + H) a), the ring's W-1 taps ((W-1) B D a), both convs' weights, the rotary row
+    writes q, k (2 B D a), the ring slot (B D a), eta (B H 4), c (b, first program only)
+    The q and k convs read the same input q0, so they share one ring and each tap is loaded once for
+    both: at ttt-1b's D = 2048, W = 4, fp16, B = 512 that is 14 MiB a launch (two rings were 22 MiB).
 
 Arithmetic in float32 (float64 with float64 inputs); values are rounded to the weights' dtype where the
 PyTorch path rounds them, so the kernels agree with it to the rounding of the last operation.
@@ -35,28 +37,60 @@ def _rms_row(x, w, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _ring_old_taps(ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
-                   WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """The part of a causal conv step that does not need the new input: bias + the ring's WIDTH-1 newest
-    slots times their taps -> (that sum, the new input's tap), both [BLOCK] in COMPUTE.
+def _conv_weights(w_ptr, b_ptr, o, m,
+                  WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """A conv's weights [D, W] for the columns o as one [BLOCK, WP] tile, and its bias (0 without one).
 
-    Called before anything waits on the new input (the RMSNorm's reduction in pre_conv_step, the q
-    conv's stores in qk_prep), so that its loads are in flight while that runs: a load placed after a
-    reduction's barrier or after a store to another pointer is issued only then.
-    The weights [D, W] are read as one [BLOCK, W] tile (whole rows, coalesced) and each tap's column
-    taken out in registers: reading a column at a time strides by W items and moved 4-16x the bytes
-    (17-28 us a launch at B = 512 on the H200 against 4-6 us now)."""
+    Whole rows, coalesced; each tap's column is taken out in registers (_tap): reading a column at a time
+    strides by W items and moved 4-16x the bytes (17-28 us a launch at B = 512 on the H200 against
+    4-6 us now)."""
     tw = tl.arange(0, WP)  # WP: WIDTH rounded up to a power of two
     wt = tl.load(w_ptr + o[:, None] * WIDTH + tw[None, :], mask=m[:, None] & (tw[None, :] < WIDTH),
                  other=0.0).to(COMPUTE)  # [BLOCK, WP]
     acc = tl.zeros_like(o).to(COMPUTE)
     if HAS_BIAS:
         acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
+    return wt, acc
+
+
+@triton.jit
+def _tap(wt, j, WP: tl.constexpr):
+    """Column j of a weight tile [BLOCK, WP]: tap j of every column, [BLOCK]."""
+    return tl.sum(tl.where(tl.arange(0, WP)[None, :] == j, wt, 0.0), axis=1)
+
+
+@triton.jit
+def _ring_old_taps(ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
+                   WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """The part of a causal conv step that does not need the new input: bias + the ring's WIDTH-1 newest
+    slots times their taps -> (that sum, the new input's tap), both [BLOCK] in COMPUTE.
+
+    Called before anything waits on the new input (the RMSNorm's reduction in pre_conv_step), so that
+    its loads are in flight while that runs: a load placed after a reduction's barrier or after a store
+    to another pointer is issued only then."""
+    wt, acc = _conv_weights(w_ptr, b_ptr, o, m, WIDTH, WP, HAS_BIAS, COMPUTE)
     for j in tl.static_range(WIDTH - 1):
         slot = (pos + 1 + j) % WIDTH
         tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
-        acc += tap * tl.sum(tl.where(tw[None, :] == j, wt, 0.0), axis=1)
-    return acc, tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)
+        acc += tap * _tap(wt, j, WP)
+    return acc, _tap(wt, WIDTH - 1, WP)
+
+
+@triton.jit
+def _ring_old_taps_qk(ring_ptr, row_base, pos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m, dim,
+                      WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """_ring_old_taps for two convs over one ring (qk_prep's q and k convs of the same input): each
+    slot is loaded once and used by both -> (q's sum, q's new-input tap, k's sum, k's new-input tap).
+
+    Called before the q conv's stores, for the reason _ring_old_taps gives."""
+    wq, q = _conv_weights(wq_ptr, bq_ptr, o, m, WIDTH, WP, HAS_BIAS, COMPUTE)
+    wk, k = _conv_weights(wk_ptr, bk_ptr, o, m, WIDTH, WP, HAS_BIAS, COMPUTE)
+    for j in tl.static_range(WIDTH - 1):
+        slot = (pos + 1 + j) % WIDTH
+        tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
+        q += tap * _tap(wq, j, WP)
+        k += tap * _tap(wk, j, WP)
+    return q, _tap(wq, WIDTH - 1, WP), k, _tap(wk, WIDTH - 1, WP)
 
 
 @triton.jit
@@ -96,7 +130,7 @@ def _rotary(x, cos, sin, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _qk_prep_kernel(p_ptr, rq_ptr, rk_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
+def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
                     lrb_ptr, tok_ptr, q_ptr, k_ptr, eta_ptr, c_ptr,
                     dim, heads, stride_p, lr_col, eta_scale, mb,
                     HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr,
@@ -104,7 +138,7 @@ def _qk_prep_kernel(p_ptr, rq_ptr, rk_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_
                     BLOCK_H: tl.constexpr, BLOCK_MB: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     ACT: tl.constexpr = q_ptr.dtype.element_ty
-    RING: tl.constexpr = rq_ptr.dtype.element_ty
+    RING: tl.constexpr = ring_ptr.dtype.element_ty
     o = tl.arange(0, BLOCK)
     m = o < dim
     x = tl.load(p_ptr + row * stride_p + o, mask=m, other=0.0).to(COMPUTE)
@@ -118,16 +152,15 @@ def _qk_prep_kernel(p_ptr, rq_ptr, rk_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_
     cos = tl.load(cos_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
     sin = tl.load(sin_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
 
-    # Both rings' old taps first (see _ring_old_taps), then the new input's terms.
-    q_old, wq_new = _ring_old_taps(rq_ptr, base, cpos, wq_ptr, bq_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
-    k_old, wk_new = _ring_old_taps(rk_ptr, base, cpos, wk_ptr, bk_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    # Both convs' old taps first (see _ring_old_taps), then the new input's terms.
+    q_old, wq_new, k_old, wk_new = _ring_old_taps_qk(ring_ptr, base, cpos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m,
+                                                     dim, WIDTH, WP, HAS_BIAS, COMPUTE)
     q = _rotary((q_old + x * wq_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(q_ptr + row * dim + o, q.to(ACT), mask=m)
     k = _rotary((k_old + x * wk_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(k_ptr + row * dim + o, k.to(ACT), mask=m)
-    # The new input into both rings (after the taps above were read).
-    tl.store(rq_ptr + base + cpos * dim + o, x.to(RING), mask=m)
-    tl.store(rk_ptr + base + cpos * dim + o, x.to(RING), mask=m)
+    # The new input into the ring (after the taps above were read).
+    tl.store(ring_ptr + base + cpos * dim + o, x.to(RING), mask=m)
 
     o_h = tl.arange(0, BLOCK_H)
     m_h = o_h < heads
@@ -171,8 +204,8 @@ def _pre_conv_fake(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps
     return torch.empty_like(h), torch.empty(h.shape, dtype=norm_s.dtype, device=h.device)
 
 
-def _qk_prep_outputs(p, ring_q, num_heads, token_idx):
-    B, D = p.shape[0], ring_q.shape[2]
+def _qk_prep_outputs(p, ring, num_heads, token_idx):
+    B, D = p.shape[0], ring.shape[2]
     f = D // num_heads
     q = torch.empty((B, num_heads, f), dtype=p.dtype, device=p.device)
     eta = torch.empty((B, num_heads), dtype=torch.float64 if p.dtype == torch.float64 else torch.float32,
@@ -180,24 +213,24 @@ def _qk_prep_outputs(p, ring_q, num_heads, token_idx):
     return q, torch.empty_like(q), eta, torch.empty_like(token_idx)
 
 
-def _qk_prep_fake(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+def _qk_prep_fake(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
                   base_lr, num_heads, lr_col):
-    return _qk_prep_outputs(p, ring_q, num_heads, token_idx)
+    return _qk_prep_outputs(p, ring, num_heads, token_idx)
 
 
-def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+def _qk_prep_impl(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
                   base_lr, num_heads, lr_col, num_warps=None):
-    q, k, eta, c = _qk_prep_outputs(p, ring_q, num_heads, token_idx)
-    B, W, D = ring_q.shape
+    q, k, eta, c = _qk_prep_outputs(p, ring, num_heads, token_idx)
+    B, W, D = ring.shape
     f = D // num_heads
     block = triton.next_power_of_2(D)
     _qk_prep_kernel[(B,)](
-        p, ring_q, ring_k, conv_pos, wq, bq if bq is not None else wq, wk, bk if bk is not None else wk,
+        p, ring, conv_pos, wq, bq if bq is not None else wq, wk, bk if bk is not None else wk,
         rope_cos, rope_sin, pos, lr_bias, token_idx, q, k, eta, c,
         D, num_heads, p.stride(0), lr_col, base_lr / f, token_idx.shape[0],
         HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, WP=triton.next_power_of_2(W), BLOCK=block,
         BLOCK_H=triton.next_power_of_2(num_heads),
-        BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring_q),
+        BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring),
         num_warps=num_warps or _warps(block))
     return q, k, eta, c
 
@@ -205,10 +238,10 @@ def _qk_prep_impl(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_si
 kernel_op("ttt_pre_conv_step", ["Tensor h", "Tensor? delta", "Tensor norm_c", "Tensor ring", "Tensor conv_pos",
                                 "Tensor conv_w", "Tensor? conv_b", "Tensor norm_s", "float eps"],
           ("ring",), _pre_conv_impl, _pre_conv_fake, returns="(Tensor, Tensor)")
-kernel_op("ttt_qk_prep", ["Tensor p", "Tensor ring_q", "Tensor ring_k", "Tensor conv_pos", "Tensor wq", "Tensor? bq",
+kernel_op("ttt_qk_prep", ["Tensor p", "Tensor ring", "Tensor conv_pos", "Tensor wq", "Tensor? bq",
                           "Tensor wk", "Tensor? bk", "Tensor rope_cos", "Tensor rope_sin", "Tensor pos",
                           "Tensor lr_bias", "Tensor token_idx", "float base_lr", "int num_heads", "int lr_col"],
-          ("ring_q", "ring_k"), _qk_prep_impl, _qk_prep_fake, returns="(Tensor, Tensor, Tensor, Tensor)")
+          ("ring",), _qk_prep_impl, _qk_prep_fake, returns="(Tensor, Tensor, Tensor, Tensor)")
 
 
 def _check_ring(name, ring, conv_pos, weight, bias, B, D):
@@ -231,20 +264,20 @@ def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps:
     return torch.ops.ttt_decode.ttt_pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps)
 
 
-def qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+def qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
             base_lr: float, num_heads: int, lr_col: int):
     """Fused; same signature and semantics as ttt_block.qk_prep."""
     check_interpreter()
-    B, D = p.shape[0], ring_q.shape[2]
+    B, D = p.shape[0], ring.shape[2]
     f = D // num_heads
     assert D % num_heads == 0 and f % 2 == 0, f"qk_prep: width {D} must split into {num_heads} heads of even size"
     assert p.dim() == 2 and p.stride(1) == 1 and p.shape[1] >= lr_col + num_heads, \
         f"qk_prep: p must be [B, >= {lr_col + num_heads}] with contiguous rows, got {tuple(p.shape)}"
-    _check_ring("qk_prep", ring_q, conv_pos, wq, bq, B, D)
-    _check_ring("qk_prep", ring_k, conv_pos, wk, bk, B, D)
+    for w, b in ((wq, bq), (wk, bk)):  # both convs over the one ring
+        _check_ring("qk_prep", ring, conv_pos, w, b, B, D)
     assert (bq is None) == (bk is None), "qk_prep: both convs or neither have a bias"
     assert rope_cos.is_contiguous() and rope_sin.is_contiguous() and rope_cos.shape[1] == f // 2, \
         f"qk_prep: rotary tables must be contiguous [b, {f // 2}]"
     assert lr_bias.is_contiguous() and token_idx.is_contiguous() and pos.numel() == 1 and pos.dtype == torch.int64
-    return torch.ops.ttt_decode.ttt_qk_prep(p, ring_q, ring_k, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos,
-                                            lr_bias, token_idx, base_lr, num_heads, lr_col)
+    return torch.ops.ttt_decode.ttt_qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
+                                            token_idx, base_lr, num_heads, lr_col)
