@@ -304,7 +304,7 @@ def test_m1_gluon_kernels_compile_for_sm90():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("form,config", [(f, c) for f, cs in GLUON_CONFIGS.items() for c in cs],
-                         ids=["dual-P8-R16", "dual-P2-R32", "primal-P6-R16", "primal-P2-R32"])
+                         ids=["dual-P8-R16", "dual-P2-R32", "primal-P4-R16", "primal-P2-R32"])
 @pytest.mark.parametrize("B", [16, 512])
 def test_gpu_m1_gluon_matches_reference(form, config, B):
     """The Gluon M1 kernels (persistent programs, cp.async double buffering) at ttt-1b shapes: every

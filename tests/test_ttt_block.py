@@ -51,7 +51,7 @@ def _check(name, t, tri_out, same_out, ref_out, act):
 def _params(D, act, g, bias):
     def r(*shape, scale=1.0, shift=0.0):
         return (shift + scale * torch.randn(*shape, generator=g)).to(act)
-    return dict(norm_c=r(D, scale=0.1, shift=1.0), norm_s=r(D, scale=0.1, shift=1.0), conv_w=r(D, W, scale=0.5),
+    return dict(norm_c=r(D, scale=0.1, shift=1.0), norm_s=r(D, scale=0.1, shift=1.0), conv_w=r(W, D, scale=0.5),
                 conv_b=r(D, scale=0.1) if bias else None)
 
 
@@ -118,7 +118,7 @@ def run_qk_prep(B, H, f, act, bias, device):
 
     def r(*shape, scale=1.0):
         return (scale * torch.randn(*shape, generator=g)).to(act).to(device)
-    wq, wk = r(D, W, scale=0.5), r(D, W, scale=0.5)
+    wq, wk = r(W, D, scale=0.5), r(W, D, scale=0.5)  # tap-major, as the model's state keeps them
     bq, bk = (r(D, scale=0.1), r(D, scale=0.1)) if bias else (None, None)
     angles = torch.arange(MB)[:, None] * torch.rand(f // 2, generator=g)[None]
     cos, sin = angles.cos().to(device), angles.sin().to(device)  # float32, as the model's table
@@ -150,7 +150,7 @@ def test_fused_ops_schema_and_fake():
     x = torch.randn(B, D)
     ring = torch.randn(B, W, D)
     pos = torch.zeros(1, dtype=torch.int64)
-    w, b_, n = torch.randn(D, W), torch.randn(D), torch.ones(D)
+    w, b_, n = torch.randn(W, D), torch.randn(D), torch.ones(D)  # conv weights tap-major
     torch.library.opcheck(torch.ops.ttt_decode.ttt_pre_conv_step.default, (x, x.clone(), n, ring, pos, w, b_, n, 1e-6),
                           test_utils=("test_schema", "test_faketensor"))
     p = torch.randn(B, 3 * D + H)

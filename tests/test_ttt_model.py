@@ -89,6 +89,26 @@ def test_state_layout_and_accounting(inner_net, name):
         assert model.decode_cost(B, state_dtype)["state_bytes"] == B * c.num_layers * inner + ring_bytes
 
 
+@pytest.mark.parametrize("name", ["ttt-tiny", "ttt-tiny-transformer-backbone"])
+def test_state_conv_taps_follow_the_weights(name):
+    """The state's tap-major conv weights (what the fused kernels read) are the parameters transposed,
+    contiguous, and reset_state refreshes them after the weights change (as it does the fast weights)."""
+    model = tiny("mlp_1_dual", name=name)
+    state = model.allocate_state(2)
+    for block, ls in zip(model.layers, state.layers):
+        assert set(ls.taps) == set(block.convs()) == ({"pre", "q", "k"} if model.config.pre_conv else set())
+        for n, conv in block.convs().items():
+            assert ls.taps[n].is_contiguous() and torch.equal(ls.taps[n], conv.weight.t())
+    with torch.no_grad():
+        for block in model.layers:
+            for conv in block.convs().values():
+                conv.weight.mul_(-2.0)
+    model.reset_state(state)
+    for block, ls in zip(model.layers, state.layers):
+        for n, conv in block.convs().items():
+            assert torch.equal(ls.taps[n], conv.weight.t())
+
+
 def test_dual_and_primal_models_agree():
     x = ids(2, 40, seed=3)
     for m in (1, 2):

@@ -18,7 +18,7 @@ The inner loop implementation is chosen by `inner_net` (ttt_decode.registry).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -74,6 +74,11 @@ class TTTLayerState:
     conv_pre: torch.Tensor | None  # [B, W, D] ring (ops.conv_ring)
     # [B, W, D]: the q and k convs' one ring. Both convolve q0, so two rings would always hold the same.
     conv_qk: torch.Tensor | None
+    # The layer's conv weights tap-major, [W, D] each, by conv ("pre", "q", "k"; TTTBlock.convs): contiguous
+    # copies of the parameters [D, W] transposed, made with the state and refreshed by reset_state as the
+    # fast weights are, so that the fused kernels read each tap as one contiguous row (ops.ttt_block).
+    # Not per sequence: left out of tensors().
+    taps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def tensors(self):
         convs = {n: t for n, t in (("conv_pre", self.conv_pre), ("conv_qk", self.conv_qk)) if t is not None}
@@ -197,9 +202,9 @@ class TTTLayer(nn.Module):
         with stage("ttt.conv_qk"):
             if c.share_qk:
                 q, k, eta, cc = fused.qk_prep(
-                    p, ls.conv_qk, conv_pos, self.conv_q.weight, self.conv_q.bias, self.conv_k.weight,
-                    self.conv_k.bias, rope_cos, rope_sin, pos, self.lr_bias, self.learnable_token_idx,
-                    c.ttt_base_lr, H, cols["lr"].start)
+                    p, ls.conv_qk, conv_pos, ls.taps["q"], self.conv_q.bias, ls.taps["k"], self.conv_k.bias,
+                    rope_cos, rope_sin, pos, self.lr_bias, self.learnable_token_idx, c.ttt_base_lr, H,
+                    cols["lr"].start)
             else:
                 cos, sin = rope_cos.index_select(0, pos), rope_sin.index_select(0, pos)  # [1, f/2]
                 q = apply_rotary(p[:, cols["q"]].view(-1, H, 1, f), cos, sin).squeeze(2)  # [B, H, f]
@@ -229,6 +234,13 @@ class TTTBlock(nn.Module):
         # Triton kernels too (CUDA, or the interpreter in tests), the PyTorch reference otherwise.
         self.fused = ttt_block_triton() if impl == "triton" else ttt_block
 
+    def convs(self) -> dict[str, CausalConv1d]:
+        """The block's causal convs by name (TTTLayerState.taps holds their weights tap-major)."""
+        convs = {"pre": self.conv} if self.pre_conv else {}
+        if self.ttt.config.share_qk:
+            convs.update(q=self.ttt.conv_q, k=self.ttt.conv_k)
+        return convs
+
     def prefill(self, h, ls, conv_pos, cos, sin):
         if self.pre_conv:
             h = h + self.conv(self.conv_norm(h), ls.conv_pre, conv_pos).to(h.dtype)
@@ -241,7 +253,7 @@ class TTTBlock(nn.Module):
         with stage("pre_conv"):
             if self.pre_conv:
                 h, x = self.fused.pre_conv_step(h, delta, self.conv_norm.weight, ls.conv_pre, conv_pos,
-                                                self.conv.weight, self.conv.bias, self.seq_norm.weight,
+                                                ls.taps["pre"], self.conv.bias, self.seq_norm.weight,
                                                 self.seq_norm.eps)
             else:
                 h = h if delta is None else h + delta.to(h.dtype)
@@ -302,7 +314,8 @@ class TTTLM(DecodeLM):
             ttt = TTTState.from_params(batch, state_dtype, *block.ttt.fast_weights())
             layers.append(TTTLayerState(
                 ttt=ttt, cache=cache_cls.empty_like_state(ttt, c.mini_batch_size, pos=pos),
-                conv_pre=conv() if c.pre_conv else None, conv_qk=conv() if c.share_qk else None))
+                conv_pre=conv() if c.pre_conv else None, conv_qk=conv() if c.share_qk else None,
+                taps={n: m.weight.detach().t().contiguous() for n, m in block.convs().items()}))
         cos, sin = rotary_cos_sin(torch.arange(c.mini_batch_size, device=self.device), c.head_dim, c.rope_theta)
         return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype,
                                  conv_pos=torch.zeros(1, dtype=torch.int64, device=self.device),
@@ -316,6 +329,8 @@ class TTTLM(DecodeLM):
             for dst, src in zip((ls.ttt.W1, ls.ttt.b1, ls.ttt.W2, ls.ttt.b2), block.ttt.fast_weights()):
                 if dst is not None:
                     dst.copy_(src.unsqueeze(0).expand_as(dst))
+            for name, conv in block.convs().items():
+                ls.taps[name].copy_(conv.weight.t())
             for name, t in ls.tensors().items():
                 if not name.startswith("ttt."):
                     t.zero_()

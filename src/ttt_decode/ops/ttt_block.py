@@ -17,6 +17,11 @@ ring. Keeping the previous block's residual add in the next block's first step i
 kernel do it without a launch of its own. Rounding follows the model's unfused PyTorch path:
 the residual stream in float32 (float64 for float64), norms and conv outputs rounded to the weights'
 dtype where the model rounds them.
+
+The conv weights come tap-major, [W, D] (row j: tap j of every channel, row W-1 the newest input's),
+a contiguous copy of the parameter [D, W] transposed that the model's decode state keeps
+(models.ttt.TTTLayerState.taps): the fused kernels then read each tap as one contiguous row, in
+the layout of the rest of the row's data.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
 
 
-def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps: float):
+def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_taps, conv_b, norm_s, eps: float):
     """h [B, D] residual (float32), delta [B, D] or None -> (h + delta + Conv(RMSNorm_c(h + delta)),
-    RMSNorm_s of that in the weights' dtype). Mutates ring (slot conv_pos)."""
+    RMSNorm_s of that in the weights' dtype). conv_taps [W, D]: the conv's weights tap-major (the
+    parameter [D, W] transposed, contiguous; see the module docstring). Mutates ring (slot conv_pos)."""
     if delta is not None:
         h = h + delta.to(h.dtype)
-    y = conv_step(rms_norm(h, norm_c, eps), ring, conv_pos, conv_w, conv_b)
+    y = conv_step(rms_norm(h, norm_c, eps), ring, conv_pos, conv_taps.t(), conv_b)
     h = h + y.to(h.dtype)
     return h, rms_norm(h, norm_s, eps)
 
@@ -62,7 +68,8 @@ def qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
     q0 is p[:, :D] (q and k share it), lr is p[:, lr_col:lr_col + H].
 
     rope_cos, rope_sin [b, f/2]: the rotary factors of the b mini-batch positions; pos [1] int64 the
-    current one. ring [B, W, D]: the last W values of q0, read by both convs. Mutates ring (q0 into slot
+    current one. wq, wk [W, D]: the convs' weights tap-major. ring [B, W, D]: the last W values of q0,
+    read by both convs. Mutates ring (q0 into slot
     conv_pos, after both convs have read the old slots)."""
     B = p.shape[0]
     H = num_heads
@@ -70,8 +77,8 @@ def qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
     f = D // H
     q0, lr = p[:, :D], p[:, lr_col:lr_col + H]
     cd = acc_dtype(q0.dtype)
-    q = ring_step(q0, ring, conv_pos, wq, bq, cd).to(q0.dtype)
-    k = ring_step(q0, ring, conv_pos, wk, bk, cd).to(q0.dtype)
+    q = ring_step(q0, ring, conv_pos, wq.t(), bq, cd).to(q0.dtype)
+    k = ring_step(q0, ring, conv_pos, wk.t(), bk, cd).to(q0.dtype)
     ring.index_copy_(1, conv_pos, q0.unsqueeze(1).to(ring.dtype))  # once both convs have read the old slots
     cos, sin = rope_cos.index_select(0, pos), rope_sin.index_select(0, pos)  # [1, f/2]
     q = apply_rotary(q.view(B, H, 1, f), cos, sin).squeeze(2)

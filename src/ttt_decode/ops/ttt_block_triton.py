@@ -37,66 +37,57 @@ def _rms_row(x, w, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _conv_weights(w_ptr, b_ptr, o, m,
-                  WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """A conv's weights [D, W] for the columns o as one [BLOCK, WP] tile, and its bias (0 without one).
-
-    Whole rows, coalesced; each tap's column is taken out in registers (_tap): reading a column at a time
-    strides by W items and moved 4-16x the bytes (17-28 us a launch at B = 512 on the H200 against
-    4-6 us now)."""
-    tw = tl.arange(0, WP)  # WP: WIDTH rounded up to a power of two
-    wt = tl.load(w_ptr + o[:, None] * WIDTH + tw[None, :], mask=m[:, None] & (tw[None, :] < WIDTH),
-                 other=0.0).to(COMPUTE)  # [BLOCK, WP]
-    acc = tl.zeros_like(o).to(COMPUTE)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
-    return wt, acc
-
-
-@triton.jit
-def _tap(wt, j, WP: tl.constexpr):
-    """Column j of a weight tile [BLOCK, WP]: tap j of every column, [BLOCK]."""
-    return tl.sum(tl.where(tl.arange(0, WP)[None, :] == j, wt, 0.0), axis=1)
+def _tap(w_ptr, j, o, m, dim, COMPUTE: tl.constexpr):
+    """Tap j of a conv's tap-major weights [W, D] for the columns o: one contiguous row, loaded in the
+    row's own layout. (The [D, W] parameter read as a [BLOCK, W] tile took each tap's column out with
+    a reduction whose result lands in another layout: 8 shared-memory conversions with barriers in
+    qk_prep, offline for sm_90.)"""
+    return tl.load(w_ptr + j * dim + o, mask=m, other=0.0).to(COMPUTE)
 
 
 @triton.jit
 def _ring_old_taps(ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
-                   WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+                   WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
     """The part of a causal conv step that does not need the new input: bias + the ring's WIDTH-1 newest
     slots times their taps -> (that sum, the new input's tap), both [BLOCK] in COMPUTE.
 
     Called before anything waits on the new input (the RMSNorm's reduction in pre_conv_step), so that
     its loads are in flight while that runs: a load placed after a reduction's barrier or after a store
     to another pointer is issued only then."""
-    wt, acc = _conv_weights(w_ptr, b_ptr, o, m, WIDTH, WP, HAS_BIAS, COMPUTE)
+    acc = tl.zeros_like(o).to(COMPUTE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
     for j in tl.static_range(WIDTH - 1):
         slot = (pos + 1 + j) % WIDTH
         tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
-        acc += tap * _tap(wt, j, WP)
-    return acc, _tap(wt, WIDTH - 1, WP)
+        acc += tap * _tap(w_ptr, j, o, m, dim, COMPUTE)
+    return acc, _tap(w_ptr, WIDTH - 1, o, m, dim, COMPUTE)
 
 
 @triton.jit
 def _ring_old_taps_qk(ring_ptr, row_base, pos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m, dim,
-                      WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
     """_ring_old_taps for two convs over one ring (qk_prep's q and k convs of the same input): each
     slot is loaded once and used by both -> (q's sum, q's new-input tap, k's sum, k's new-input tap).
 
     Called before the q conv's stores, for the reason _ring_old_taps gives."""
-    wq, q = _conv_weights(wq_ptr, bq_ptr, o, m, WIDTH, WP, HAS_BIAS, COMPUTE)
-    wk, k = _conv_weights(wk_ptr, bk_ptr, o, m, WIDTH, WP, HAS_BIAS, COMPUTE)
+    q = tl.zeros_like(o).to(COMPUTE)
+    k = tl.zeros_like(o).to(COMPUTE)
+    if HAS_BIAS:
+        q += tl.load(bq_ptr + o, mask=m, other=0.0).to(COMPUTE)
+        k += tl.load(bk_ptr + o, mask=m, other=0.0).to(COMPUTE)
     for j in tl.static_range(WIDTH - 1):
         slot = (pos + 1 + j) % WIDTH
         tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
-        q += tap * _tap(wq, j, WP)
-        k += tap * _tap(wk, j, WP)
-    return q, _tap(wq, WIDTH - 1, WP), k, _tap(wk, WIDTH - 1, WP)
+        q += tap * _tap(wq_ptr, j, o, m, dim, COMPUTE)
+        k += tap * _tap(wk_ptr, j, o, m, dim, COMPUTE)
+    return q, _tap(wq_ptr, WIDTH - 1, o, m, dim, COMPUTE), k, _tap(wk_ptr, WIDTH - 1, o, m, dim, COMPUTE)
 
 
 @triton.jit
 def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_ptr, ns_ptr, hout_ptr, x_ptr,
                      dim, stride_h, stride_d, eps,
-                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr,
+                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
                      BLOCK: tl.constexpr,
                      COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -110,7 +101,7 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
     b_h = b_h.to(COMPUTE)
     pos = tl.load(cpos_ptr)
     ring_base = row * WIDTH * dim
-    y_old, w_new = _ring_old_taps(ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+    y_old, w_new = _ring_old_taps(ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, HAS_BIAS, COMPUTE)
     w_c = tl.load(nc_ptr + o, mask=m, other=0.0)
     w_s = tl.load(ns_ptr + o, mask=m, other=0.0)
     xc = _rms_row(b_h, w_c, dim, eps, ACT, COMPUTE)
@@ -133,7 +124,7 @@ def _rotary(x, cos, sin, BLOCK: tl.constexpr):
 def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, pos_ptr,
                     lrb_ptr, tok_ptr, q_ptr, k_ptr, eta_ptr, c_ptr,
                     dim, heads, stride_p, lr_col, eta_scale, mb,
-                    HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
                     BLOCK: tl.constexpr,
                     BLOCK_H: tl.constexpr, BLOCK_MB: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -154,7 +145,7 @@ def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, c
 
     # Both convs' old taps first (see _ring_old_taps), then the new input's terms.
     q_old, wq_new, k_old, wk_new = _ring_old_taps_qk(ring_ptr, base, cpos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m,
-                                                     dim, WIDTH, WP, HAS_BIAS, COMPUTE)
+                                                     dim, WIDTH, HAS_BIAS, COMPUTE)
     q = _rotary((q_old + x * wq_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(q_ptr + row * dim + o, q.to(ACT), mask=m)
     k = _rotary((k_old + x * wk_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
@@ -194,8 +185,7 @@ def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps
     _pre_conv_kernel[(B,)](
         h, delta if delta is not None else h, norm_c, ring, conv_pos, conv_w, conv_b if conv_b is not None else conv_w,
         norm_s, h_out, x, D, h.stride(0), delta.stride(0) if delta is not None else 0, eps,
-        HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1],
-        WP=triton.next_power_of_2(ring.shape[1]), BLOCK=block,
+        HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1], BLOCK=block,
         COMPUTE=_compute(h, ring), num_warps=num_warps or _warps(block))
     return h_out, x
 
@@ -228,7 +218,7 @@ def _qk_prep_impl(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr
         p, ring, conv_pos, wq, bq if bq is not None else wq, wk, bk if bk is not None else wk,
         rope_cos, rope_sin, pos, lr_bias, token_idx, q, k, eta, c,
         D, num_heads, p.stride(0), lr_col, base_lr / f, token_idx.shape[0],
-        HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, WP=triton.next_power_of_2(W), BLOCK=block,
+        HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, BLOCK=block,
         BLOCK_H=triton.next_power_of_2(num_heads),
         BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring),
         num_warps=num_warps or _warps(block))
@@ -248,7 +238,8 @@ def _check_ring(name, ring, conv_pos, weight, bias, B, D):
     W = ring.shape[1] if ring.dim() == 3 else -1
     assert ring.dim() == 3 and tuple(ring.shape) == (B, W, D) and ring.is_contiguous(), \
         f"{name}: ring must be contiguous [{B}, W, {D}], got {tuple(ring.shape)}"
-    assert tuple(weight.shape) == (D, W) and weight.is_contiguous(), f"{name}: conv weight must be contiguous [D, W]"
+    assert tuple(weight.shape) == (W, D) and weight.is_contiguous(), \
+        f"{name}: conv weights must be tap-major and contiguous [W, D] (the parameter [D, W] transposed)"
     assert bias is None or (tuple(bias.shape) == (D,) and bias.is_contiguous()), f"{name}: conv bias must be [D]"
     assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, f"{name}: conv_pos must be a [1] int64 tensor"
 
