@@ -143,6 +143,36 @@ def run_qk_prep(B, H, f, act, bias, device):
         pos.copy_((pos + 1) % MB)
 
 
+@pytest.mark.parametrize("gate", [True, False], ids=["gate", "nogate"])
+@pytest.mark.parametrize("key", list(DTYPES))
+@pytest.mark.parametrize("B,D", [(3, 64), (2, 96)], ids=["D64", "D96"])
+def test_gate_norm_matches_reference(B, D, key, gate):
+    run_gate_norm(B, D, DTYPES[key], gate, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("key", list(DTYPES))
+def test_gpu_gate_norm_matches_reference(key):
+    run_gate_norm(512, 2048, DTYPES[key], True, "cuda")
+
+
+def run_gate_norm(B, D, act, gate, device):
+    """gelu_tanh(g) * LayerNorm(z): the gate columns read from a wider projection row (strided, as the
+    model passes them), several rows, inputs of a few scales."""
+    g_ = torch.Generator().manual_seed(3)
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return (shift + scale * torch.randn(*shape, generator=g_)).to(act).to(device)
+    z = r(B, D, scale=3.0, shift=0.5)
+    p = r(B, 3 * D + 5)
+    g = p[:, D:2 * D] if gate else None
+    w, b = r(D, scale=0.1, shift=1.0), r(D, scale=0.1)
+    out64, same, out = _run_three("gate_norm", (_d(z), _d(g), _d(w), _d(b), 1e-6), (z, g, w, b, 1e-6),
+                                  (z, g, w, b, 1e-6))
+    assert out.dtype == same.dtype == act and out.shape == same.shape == (B, D)
+    _check("gate_norm", 0, out, same, out64, act)
+
+
 def test_fused_ops_schema_and_fake():
     """The custom ops' schemas (the rings are mutated) and fake implementations are right for compile."""
     B, H, f = 2, 2, 16
@@ -158,6 +188,8 @@ def test_fused_ops_schema_and_fake():
     torch.library.opcheck(torch.ops.ttt_decode.ttt_qk_prep.default,
                           (p, ring.clone(), pos, w, b_, w.clone(), b_.clone(), cos, cos.clone(), pos,
                            torch.randn(H), torch.randn(MB), 1.0, H, 3 * D),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.ttt_decode.ttt_gate_norm.default, (x, x.clone(), n, b_, 1e-6),
                           test_utils=("test_schema", "test_faketensor"))
 
 

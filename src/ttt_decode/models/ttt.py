@@ -43,7 +43,6 @@ from ttt_decode.ops.ttt_common import (
     DualCache,
     PrimalCache,
     TTTState,
-    gelu_tanh,
     inner_step_cost,
     pick_step,
     token_coeffs,
@@ -163,12 +162,11 @@ class TTTLayer(nn.Module):
         """[B, N, D] -> [B, H, N, f]."""
         return x.unflatten(-1, (self.config.num_heads, self.config.head_dim)).transpose(1, 2)
 
-    def _finish(self, z, p, x_dtype):
-        """Inner-loop output z [B, N, D] -> o_proj(gelu(g) * LayerNorm(z))."""
+    def _finish(self, z, g, gate_norm):
+        """Inner-loop output z [..., D] (in the activations' dtype), gate columns g or None ->
+        o_proj(gelu(g) * LayerNorm(z)); gate_norm: ops.ttt_block's or its fused kernel (2-D rows only)."""
         with stage("ttt.gate_norm"):
-            y = self.post_norm(z.to(x_dtype))
-            if self.config.use_gate:
-                y = gelu_tanh(p["g"]) * y
+            y = gate_norm(z, g, self.post_norm.weight, self.post_norm.bias, self.post_norm.eps)
         with stage("ttt.o_proj"):
             return self.o_proj(y)
 
@@ -189,7 +187,8 @@ class TTTLayer(nn.Module):
         c = token_coeffs(self.learnable_token_idx)
         z = self.op.prefill(q, k, v, eta, c, self.ttt_norm_weight, self.ttt_norm_bias, ls.ttt, ls.cache,
                             impl=self.impl, advance=False)  # [B, H, N, f]
-        return self._finish(z.transpose(1, 2).flatten(2), p, x.dtype)
+        return self._finish(z.transpose(1, 2).flatten(2).to(x.dtype), p["g"] if self.config.use_gate else None,
+                            ttt_block.gate_norm)
 
     def step(self, x, ls: TTTLayerState, conv_pos, pos, rope_cos, rope_sin, fused):
         """x [B, D] normed input; pos [1] the mini-batch position, rope_cos/sin [b, f/2] its rotary table;
@@ -214,7 +213,7 @@ class TTTLayer(nn.Module):
         with stage("ttt.inner_loop"):
             z = self.decode_step(q, k, v, eta, cc, self.ttt_norm_weight, self.ttt_norm_bias,
                                  ls.ttt, ls.cache, advance=False)  # [B, H, f]
-        return self._finish(z.flatten(1), {"g": p[:, cols["g"]]} if c.use_gate else {}, x.dtype)
+        return self._finish(z.flatten(1).to(x.dtype), p[:, cols["g"]] if c.use_gate else None, fused.gate_norm)
 
 
 class TTTBlock(nn.Module):

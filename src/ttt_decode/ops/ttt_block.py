@@ -1,4 +1,4 @@
-"""The TTT block's elementwise decode work around its GEMMs and the inner kernel, in two steps (PyTorch:
+"""The TTT block's elementwise decode work around its GEMMs and the inner kernel, in three steps (PyTorch:
 the reference of the fused kernels in ttt_block_triton.py, and the model's path where those do not run).
 
 One token of a TTT block (Mamba backbone) is, with p = x @ in_proj = [q0 | v | g | lr]:
@@ -11,7 +11,10 @@ One token of a TTT block (Mamba backbone) is, with p = x @ in_proj = [q0 | v | g
                     eta = base_lr * sigmoid(lr + lr_bias) / f         [B, H] float32
                     c   = max(0, 1/(i+1) + learnable_token_idx_i)     [b] (token coefficients)
 
-Both steps write the new conv input into slot conv_pos of their ring (the model advances conv_pos
+    (inner kernel)  z  = the TTT inner loop's output                 [B, D]
+    gate_norm       y  = gelu_tanh(g) * LayerNorm(z)                  the o_proj's input
+
+Both conv steps write the new conv input into slot conv_pos of their ring (the model advances conv_pos
 once per token). qk_prep's two convs (different weights) read the same input q0, so they share one
 ring. Keeping the previous block's residual add in the next block's first step is what lets the fused
 kernel do it without a launch of its own. Rounding follows the model's unfused PyTorch path:
@@ -27,13 +30,14 @@ the layout of the rest of the row's data.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ttt_decode.ops.conv_ring import ring_conv_step as conv_step
 from ttt_decode.ops.conv_ring import ring_step
 from ttt_decode.ops.norms import acc_dtype, rms_norm
-from ttt_decode.ops.ttt_common import token_coeffs
+from ttt_decode.ops.ttt_common import gelu_tanh, token_coeffs
 
-__all__ = ["apply_rotary", "pre_conv_step", "eta_of", "qk_prep"]
+__all__ = ["apply_rotary", "pre_conv_step", "eta_of", "qk_prep", "gate_norm"]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -84,3 +88,10 @@ def qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
     q = apply_rotary(q.view(B, H, 1, f), cos, sin).squeeze(2)
     k = apply_rotary(k.view(B, H, 1, f), cos, sin).squeeze(2)
     return q, k, eta_of(lr, lr_bias, base_lr, f), token_coeffs(token_idx)
+
+
+def gate_norm(z, g, weight, bias, eps: float):
+    """z [B, D] the inner loop's output (heads flattened), g [B, D] the gate columns of the projection or
+    None -> gelu_tanh(g) * LayerNorm(z) in z's dtype (the o_proj's input); weight, bias [D] the post-norm's."""
+    y = F.layer_norm(z, (z.shape[-1],), weight, bias, eps)
+    return y if g is None else gelu_tanh(g) * y

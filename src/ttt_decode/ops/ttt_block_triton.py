@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import check_interpreter, kernel_op
 
 
@@ -168,6 +169,28 @@ def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, c
     tl.store(c_ptr + o_mb, tl.maximum((base_c + tok).to(TOK).to(COMPUTE), 0.0).to(TOK), mask=m_mb)
 
 
+@triton.jit
+def _gate_norm_kernel(z_ptr, g_ptr, w_ptr, b_ptr, out_ptr, dim, stride_z, stride_g, eps,
+                      HAS_GATE: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+    """One row: gelu_tanh(g) * LayerNorm(z), each rounded to the output dtype where the PyTorch path
+    rounds (the LayerNorm's output, the gate, the product)."""
+    row = tl.program_id(0).to(tl.int64)
+    o = tl.arange(0, BLOCK)
+    m = o < dim
+    OUT: tl.constexpr = out_ptr.dtype.element_ty
+    z = tl.load(z_ptr + row * stride_z + o, mask=m, other=0.0).to(COMPUTE)
+    w = tl.load(w_ptr + o, mask=m, other=0.0).to(COMPUTE)
+    b = tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
+    if HAS_GATE:
+        g = tl.load(g_ptr + row * stride_g + o, mask=m, other=0.0).to(COMPUTE)
+    mean = tl.sum(z, axis=0) / dim
+    d = tl.where(m, z - mean, 0.0)
+    y = (d * (1.0 / tl.sqrt(tl.sum(d * d, axis=0) / dim + eps)) * w + b).to(OUT)
+    if HAS_GATE:
+        y = (tc.gelu(g).to(OUT).to(COMPUTE) * y.to(COMPUTE)).to(OUT)
+    tl.store(out_ptr + row * dim + o, y, mask=m)
+
+
 def _compute(*tensors) -> tl.dtype:
     return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
 
@@ -225,6 +248,20 @@ def _qk_prep_impl(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr
     return q, k, eta, c
 
 
+def _gate_norm_impl(z, g, weight, bias, eps, num_warps=None):
+    B, D = z.shape
+    out = torch.empty((B, D), dtype=z.dtype, device=z.device)
+    block = triton.next_power_of_2(D)
+    _gate_norm_kernel[(B,)](
+        z, g if g is not None else z, weight, bias, out, D, z.stride(0), g.stride(0) if g is not None else 0, eps,
+        HAS_GATE=g is not None, BLOCK=block, COMPUTE=_compute(z), num_warps=num_warps or _warps(block))
+    return out
+
+
+def _gate_norm_fake(z, g, weight, bias, eps):
+    return torch.empty(z.shape, dtype=z.dtype, device=z.device)
+
+
 kernel_op("ttt_pre_conv_step", ["Tensor h", "Tensor? delta", "Tensor norm_c", "Tensor ring", "Tensor conv_pos",
                                 "Tensor conv_w", "Tensor? conv_b", "Tensor norm_s", "float eps"],
           ("ring",), _pre_conv_impl, _pre_conv_fake, returns="(Tensor, Tensor)")
@@ -232,6 +269,9 @@ kernel_op("ttt_qk_prep", ["Tensor p", "Tensor ring", "Tensor conv_pos", "Tensor 
                           "Tensor wk", "Tensor? bk", "Tensor rope_cos", "Tensor rope_sin", "Tensor pos",
                           "Tensor lr_bias", "Tensor token_idx", "float base_lr", "int num_heads", "int lr_col"],
           ("ring",), _qk_prep_impl, _qk_prep_fake, returns="(Tensor, Tensor, Tensor, Tensor)")
+
+kernel_op("ttt_gate_norm", ["Tensor z", "Tensor? g", "Tensor weight", "Tensor bias", "float eps"], (),
+          _gate_norm_impl, _gate_norm_fake)
 
 
 def _check_ring(name, ring, conv_pos, weight, bias, B, D):
@@ -272,3 +312,14 @@ def qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
     assert lr_bias.is_contiguous() and token_idx.is_contiguous() and pos.numel() == 1 and pos.dtype == torch.int64
     return torch.ops.ttt_decode.ttt_qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
                                             token_idx, base_lr, num_heads, lr_col)
+
+
+def gate_norm(z, g, weight, bias, eps: float):
+    """Fused; same signature and semantics as ttt_block.gate_norm."""
+    check_interpreter()
+    B, D = z.shape
+    assert z.stride(1) == 1 and (g is None or (g.shape == z.shape and g.stride(1) == 1)), \
+        "gate_norm: z and g must be [B, D] with contiguous rows"
+    assert weight.is_contiguous() and bias.is_contiguous() and weight.shape == bias.shape == (D,), \
+        f"gate_norm: LayerNorm weight and bias must be contiguous [{D}]"
+    return torch.ops.ttt_decode.ttt_gate_norm(z, g, weight, bias, eps)
