@@ -12,6 +12,7 @@ from ttt_decode.bench.profiler import GROUPS, kernel_group
     ("_ssm_step_kernel", "inner kernel"),
     ("_decode_attention_kernel", "inner kernel"),
     ("_pre_conv_kernel", "fused elementwise"),
+    ("_gate_norm_kernel", "fused elementwise"),
     ("_m1_dual_gluon_kernel", "inner kernel"),
     ("_m1_primal_gluon_kernel", "inner kernel"),
     ("_qk_prep_kernel", "fused elementwise"),

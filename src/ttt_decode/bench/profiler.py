@@ -86,7 +86,7 @@ KERNEL_GROUPS = (
               "gemv", "Gemv", "dot_kernel")),
     ("copies", ("Memcpy", "memcpy", "Memset", "memset", "copy_kernel", "CatArrayBatchedCopy", "direct_copy")),
     ("fused elementwise", ("triton_", "elementwise_kernel", "reduce_kernel", "vectorized_", "_pre_conv_kernel",
-                           "_qk_prep_kernel", "_conv_step_kernel", "_add_rms_norm_kernel")),
+                           "_qk_prep_kernel", "_gate_norm_kernel", "_conv_step_kernel", "_add_rms_norm_kernel")),
 )
 GROUPS = tuple(g for g, _ in KERNEL_GROUPS) + ("other",)
 
