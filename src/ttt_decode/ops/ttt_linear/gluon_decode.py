@@ -171,22 +171,26 @@ def _m1_dual_gluon_kernel(
     cp.wait_group(0)
 
 
-def supported(q, k, v, gamma, beta, W1, b1, ck, cg1) -> bool:
-    """Whether this kernel takes these inputs (else the caller runs the Triton kernel): a CUDA device
-    with cp.async and mma.sync (sm_80 on), f = 64, b = 16, fp16 state and cache, q, k, v of one dtype
-    and gamma, beta of one dtype, every row the kernel copies 16-byte aligned with contiguous columns
-    (cp.async copies 4-16 bytes a lane)."""
+def copyable(q, k, v, gamma, beta, *state) -> bool:
+    """What both M1 Gluon kernels need of their inputs: a CUDA device with cp.async (sm_80 on), f = 64,
+    q, k, v of one dtype and gamma, beta of one dtype, every row the kernel copies 16-byte aligned with
+    contiguous columns (cp.async copies 4-16 bytes a lane), the state tensors fp16 and contiguous."""
     if not (q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 0)):
         return False
-    if q.shape[-1] != HEAD_DIM or ck.shape[2] != MINI_BATCH:
+    if q.shape[-1] != HEAD_DIM or not (q.dtype == k.dtype == v.dtype and gamma.dtype == beta.dtype):
         return False
-    if not (W1.dtype == b1.dtype == ck.dtype == cg1.dtype == torch.float16 and q.dtype == k.dtype == v.dtype
-            and gamma.dtype == beta.dtype):
+    if not all(t.dtype == torch.float16 for t in state):
         return False
     for t in (q, k, v):
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
             return False
-    return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, W1, b1, ck, cg1))
+    return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, *state))
+
+
+def supported(q, k, v, gamma, beta, W1, b1, ck, cg1) -> bool:
+    """Whether this kernel takes these inputs (else the caller runs the Triton kernel): those of
+    copyable(), with W1, b1 and the cache as the state, and mini-batch 16 (mma.sync's K)."""
+    return ck.shape[2] == MINI_BATCH and copyable(q, k, v, gamma, beta, W1, b1, ck, cg1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -208,22 +212,27 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per
     return out
 
 
-def compile_offline(capability: int = 90, rows: int = 16):
-    """Compile the kernel for an NVIDIA target without a GPU (Triton's bundled ptxas): fp16 throughout,
-    the launch's 16-byte divisibility of pointers and strides assumed. For inspection (registers,
-    SASS) and for the CPU test that catches a Gluon API change; needs TRITON_INTERPRET unset at import."""
+def compile_for_target(fn, ptrs: list[str], consts: dict, capability: int = 90):
+    """Compile an M1 Gluon kernel for an NVIDIA target without a GPU (Triton's bundled ptxas): fp16
+    pointers (eta float32, pos int64), int32 sizes and strides, the launch's 16-byte divisibility of
+    pointers and strides assumed. For inspection (registers, SASS) and for the CPU test that catches a
+    Gluon API change; needs TRITON_INTERPRET unset at import."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    ptrs = "q k v eta c gamma beta pos w1 b1 ck cg out".split()
     sig = {f"{n}_ptr": ("*fp32" if n == "eta" else "*i64" if n == "pos" else "*fp16") for n in ptrs}
     ints = "n_items H stride_qb stride_qh stride_kb stride_kh stride_vb stride_vh stride_eb stride_eh".split()
     sig.update({n: "i32" for n in ints})
-    const = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows}
-    sig.update({n: "constexpr" for n in const})
+    sig.update({n: "constexpr" for n in consts})
     names = list(sig)
     aligned = [n for n in names if n.endswith("_ptr") or n in ints[1:8]]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    src = GluonASTSource(fn=_m1_dual_gluon_kernel, signature=sig, constexprs=const, attrs=attrs)
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 1})
+
+
+def compile_offline(capability: int = 90, rows: int = 16):
+    """This kernel compiled for an NVIDIA target without a GPU (compile_for_target)."""
+    return compile_for_target(_m1_dual_gluon_kernel, "q k v eta c gamma beta pos w1 b1 ck cg out".split(),
+                              {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows}, capability)

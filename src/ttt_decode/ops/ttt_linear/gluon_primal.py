@@ -22,14 +22,13 @@ Gluon does not run under the Triton interpreter: the CPU tests compile it for sm
 
 from __future__ import annotations
 
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS
-from ttt_decode.ops.ttt_linear.gluon_decode import HEAD_DIM, _barrier, num_sms
+from ttt_decode.ops.ttt_linear.gluon_decode import HEAD_DIM, _barrier, compile_for_target, copyable, num_sms
 
 
 @gluon.jit
@@ -161,20 +160,9 @@ def _m1_primal_gluon_kernel(
 
 
 def supported(q, k, v, gamma, beta, W1, b1, gW1, gb1) -> bool:
-    """Whether this kernel takes these inputs (else the caller runs the Triton kernel): a CUDA device
-    with cp.async (sm_80 on), f = 64, fp16 state and gradients, q, k, v of one dtype and gamma, beta of
-    one dtype, every row the kernel copies 16-byte aligned with contiguous columns."""
-    if not (q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 0)):
-        return False
-    if q.shape[-1] != HEAD_DIM:
-        return False
-    if not (W1.dtype == b1.dtype == gW1.dtype == gb1.dtype == torch.float16 and q.dtype == k.dtype == v.dtype
-            and gamma.dtype == beta.dtype):
-        return False
-    for t in (q, k, v):
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
-            return False
-    return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, W1, b1, gW1, gb1))
+    """Whether this kernel takes these inputs (else the caller runs the Triton kernel): those of
+    gluon_decode.copyable(), with W1, b1 and the gradients as the state."""
+    return copyable(q, k, v, gamma, beta, W1, b1, gW1, gb1)
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out, programs_per_sm: int = 4, rows: int = 16):
@@ -193,19 +181,6 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, gW1, gb1, out, programs_pe
 
 
 def compile_offline(capability: int = 90, rows: int = 16, mini_batch: int = 16):
-    """Compile the kernel for an NVIDIA target without a GPU (as gluon_decode.compile_offline)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    ptrs = "q k v eta c gamma beta pos w1 b1 gw1 gb1 out".split()
-    sig = {f"{n}_ptr": ("*fp32" if n == "eta" else "*i64" if n == "pos" else "*fp16") for n in ptrs}
-    ints = "n_items H stride_qb stride_qh stride_kb stride_kh stride_vb stride_vh stride_eb stride_eh".split()
-    sig.update({n: "i32" for n in ints})
-    const = {"D": HEAD_DIM, "MB": mini_batch, "EPS": TTT_NORM_EPS, "ROWS": rows}
-    sig.update({n: "constexpr" for n in const})
-    names = list(sig)
-    aligned = [n for n in names if n.endswith("_ptr") or n in ints[1:8]]
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    src = GluonASTSource(fn=_m1_primal_gluon_kernel, signature=sig, constexprs=const, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 1})
+    """This kernel compiled for an NVIDIA target without a GPU (gluon_decode.compile_for_target)."""
+    return compile_for_target(_m1_primal_gluon_kernel, "q k v eta c gamma beta pos w1 b1 gw1 gb1 out".split(),
+                              {"D": HEAD_DIM, "MB": mini_batch, "EPS": TTT_NORM_EPS, "ROWS": rows}, capability)
