@@ -195,6 +195,7 @@ def test_unsupported_inputs_refused(kernel):
 def test_custom_op_schema_and_fake(kernel):
     """mutates_args and the fake implementation pass torch.library.opcheck (what torch.compile relies on)."""
     mlp, form = KERNELS[kernel]
+    _mods(mlp, form)  # importing the kernel's module registers its op (the test must not rely on others')
     tok, state, cache = _one_step_args(mlp, form)
     q, k, v, eta, c, gamma, beta = tok
     name = f"ttt_{'mlp' if mlp else 'linear'}_{form}_step"
