@@ -162,11 +162,12 @@ def _compile_seconds() -> float:
 def compiled_step(model):
     """torch.compile of a model's decode step.
 
-    Regional compilation where the model names its repeated blocks (`compile_regions()`: e.g. every
-    TTT block's step): each is compiled once and the same compiled code serves every layer (parameters
-    are graph inputs, so the guards do not tell the layers apart), so the cold start is one block's,
-    not 24 blocks'; the glue between blocks (embedding, LM head, position updates) runs as it is, all
-    of it captured in the same CUDA graph. Otherwise the whole step is one compiled graph."""
+    Regional compilation where the model names its regions (`compile_regions()`: e.g. every TTT
+    block's step, and the TTT step's tail after the blocks): a repeated block is compiled once and the
+    same compiled code serves every layer (parameters are graph inputs, so the guards do not tell the
+    layers apart), so the cold start is one block's, not 24 blocks'; what no region covers (embedding,
+    the LM head's GEMM) runs as it is, all of it captured in the same CUDA graph. Otherwise the whole
+    step is one compiled graph."""
     regions = model.compile_regions() if hasattr(model, "compile_regions") else []
     if not regions:
         return torch.compile(model.step, fullgraph=True, dynamic=False)

@@ -173,8 +173,11 @@ class DecodeLM(nn.Module):
 
     def lm_head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + tied head: h [..., D] (residual dtype) -> logits [..., V_padded] in residual dtype."""
+        return self.head_logits(self.norm_f(h))
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head alone: x [..., D] (normed, the weights' dtype) -> logits [..., V_padded] in residual dtype."""
         weight = self.head_weight if self.head_weight is not None else self.embed.weight
-        x = self.norm_f(h)
         out_dtype = residual_dtype(self.dtype)
         if x.is_cuda and x.dtype != out_dtype and out_dtype == torch.float32:
             # fp16/bf16 weights, float32 logits: cuBLAS writes them from its float32 accumulator. Rounding

@@ -293,8 +293,10 @@ class TTTLM(DecodeLM):
         return self.config.mini_batch_size  # whole mini-batches go through the dual form's matrices
 
     def compile_regions(self):
-        """The repeated blocks torch.compile compiles once and reuses (decode.engine.compiled_step)."""
-        return [(block, "step") for block in self.layers]
+        """What torch.compile compiles (decode.engine.compiled_step): the repeated blocks, compiled once and
+        reused, and the step's tail after them (eager, its adds, norm and position updates were ~15
+        small kernels a step, each a launch in the CUDA graph)."""
+        return [(block, "step") for block in self.layers] + [(self, "finish_step")]
 
     # ---- inference state ----
     def allocate_state(self, batch: int, state_dtype: torch.dtype | None = None) -> TTTInferenceState:
@@ -391,8 +393,14 @@ class TTTLM(DecodeLM):
             h = torch.zeros(delta.shape, dtype=residual_dtype(self.dtype), device=delta.device)
         for block, ls in zip(self.layers, state.layers):
             h, delta = block.step(h, delta, ls, state.conv_pos, state.pos, state.rope_cos, state.rope_sin)
-        h = h + delta.to(h.dtype)
+        x = self.finish_step(h, delta, state)
+        with stage("lm_head"):
+            return self.head_logits(x)
+
+    def finish_step(self, h, delta, state: TTTInferenceState) -> torch.Tensor:
+        """After the last block: its MLP output added, the final norm (-> the head's input x), both
+        positions advanced."""
+        x = self.norm_f(h + delta.to(h.dtype))
         state.pos.copy_((state.pos + 1) % self.config.mini_batch_size)
         state.conv_pos.copy_((state.conv_pos + 1) % self.config.conv_kernel)
-        with stage("lm_head"):
-            return self.lm_head(h)
+        return x
