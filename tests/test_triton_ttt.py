@@ -287,6 +287,14 @@ def test_m1_gluon_config_falls_back_on_cpu(form, nan_empty, monkeypatch):
     run_and_compare(False, form, 64, "fp16", nan_empty, N=17, config=GLUON_CONFIGS[form][0], monkeypatch=monkeypatch)
 
 
+def test_m1_gluon_offsets_fit_int32():
+    """The Gluon kernels compute element offsets in int32: a state of 2^31 elements or more (e.g. B = 16384
+    at 32 heads of f = 64) is refused, so the Triton kernel (int64 offsets) runs it."""
+    from ttt_decode.ops.ttt_linear import gluon_decode
+    big = torch.empty(16384, 32, 64, 64, dtype=torch.float16, device="meta")
+    assert gluon_decode.offsets_fit(big[:8192]) and not gluon_decode.offsets_fit(big)
+
+
 def test_m1_gluon_kernels_compile_for_sm90():
     """The Gluon kernels cannot run on CPU; compiling them for sm_90 (Triton's bundled ptxas, in a process
     without the interpreter) catches a Gluon API change of the installed Triton before a GPU run does."""

@@ -171,15 +171,22 @@ def _m1_dual_gluon_kernel(
     cp.wait_group(0)
 
 
+def offsets_fit(*tensors) -> bool:
+    """Whether every element offset of these tensors fits the kernels' int32 arithmetic (item * D * D and
+    the like are int32 there; the Triton kernels, which take over otherwise, index with int64)."""
+    return all(t.numel() < 2 ** 31 for t in tensors)
+
+
 def copyable(q, k, v, gamma, beta, *state) -> bool:
     """What both M1 Gluon kernels need of their inputs: a CUDA device with cp.async (sm_80 on), f = 64,
     q, k, v of one dtype and gamma, beta of one dtype, every row the kernel copies 16-byte aligned with
-    contiguous columns (cp.async copies 4-16 bytes a lane), the state tensors fp16 and contiguous."""
+    contiguous columns (cp.async copies 4-16 bytes a lane), the state tensors fp16, contiguous and
+    small enough for int32 offsets (offsets_fit)."""
     if not (q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 0)):
         return False
     if q.shape[-1] != HEAD_DIM or not (q.dtype == k.dtype == v.dtype and gamma.dtype == beta.dtype):
         return False
-    if not all(t.dtype == torch.float16 for t in state):
+    if not all(t.dtype == torch.float16 for t in state) or not offsets_fit(*state):
         return False
     for t in (q, k, v):
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
