@@ -222,8 +222,9 @@ def test_model_step_fused_matches_pytorch_path(config, mlp):
 @pytest.mark.parametrize("config", ["ttt-tiny", "ttt-tiny-transformer-backbone"])
 def test_compiled_step_traces_the_block_once(config, monkeypatch):
     """Regional compilation: every block, the first included, hits one compiled graph (the first block
-    gets the embedding as its pending residual, so its guards are those of the others). Traced with
-    dynamo's eager backend: what is counted is the graphs, not inductor's code."""
+    gets the embedding as its pending residual, so its guards are those of the others), and the step's
+    tail after the blocks one more. Traced with dynamo's eager backend: what is counted is the graphs,
+    not inductor's code."""
     from torch._dynamo.utils import counters
 
     from ttt_decode.decode import engine
@@ -239,6 +240,7 @@ def test_compiled_step_traces_the_block_once(config, monkeypatch):
     step = engine.compiled_step(model)
     ids = torch.tensor([3, 7])
     out = step(ids, state)
-    assert counters["stats"]["unique_graphs"] == 1
+    assert [name for _, name in model.compile_regions()] == ["step"] * model.config.num_layers + ["finish_step"]
+    assert counters["stats"]["unique_graphs"] == 2  # the block's step, the tail
     ref_state = model.allocate_state(2)
     torch.testing.assert_close(out, eager(ids, ref_state))
