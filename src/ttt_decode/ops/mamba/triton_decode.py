@@ -43,8 +43,6 @@ strides are taken as given); nothing is copied.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -103,81 +101,6 @@ def _ssm_step_kernel(
     tl.store(out_ptr + o_r[:, None] * dim + o_d[None, :], y.to(out_ptr.dtype.element_ty), mask=m_rd)
     tl.store(conv_ptr + o_r[:, None] * WIDTH * dim + pos * dim + o_d[None, :],
              b_x.to(conv_ptr.dtype.element_ty), mask=m_rd)
-
-
-@triton.jit
-def _ssm_step_dt_kernel(
-    x_ptr, xc_ptr, z_ptr, dtr_ptr, dtw_ptr, b_ptr, c_ptr,
-    alog_ptr, dskip_ptr, dtb_ptr,
-    conv_ptr, pos_ptr, state_ptr, out_ptr, dt_ptr,
-    batch, dim, dstate, rank,
-    stride_x, stride_xc, stride_z, stride_dtr, stride_b, stride_c,
-    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
-    ROWS: tl.constexpr, USE_DOT: tl.constexpr, KC: tl.constexpr, COMPUTE: tl.constexpr,
-):
-    """_ssm_step_kernel with dt_proj inside, for ROWS rows and BLOCK_D channels: dt = dt_r @ dt_weight^T as
-    one [ROWS, BLOCK_D] product (the weight tile read once for all ROWS rows), rounded to the activation
-    dtype as the separate GEMM's output was and written to dt_ptr ([B, D] scratch, L2-resident); then the
-    rows one at a time, each a [BLOCK_D, S] state tile as in _ssm_step_kernel (one row's state tile per
-    iteration keeps the registers of the one-row kernel; a [ROWS, BLOCK_D, S] tile spills)."""
-    pid_d = tl.program_id(0)
-    pid_r = tl.program_id(1)
-    o_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
-    o_s = tl.arange(0, BLOCK_S)  # [BS]
-    o_k = tl.arange(0, BLOCK_R)  # [BR]
-    o_rr = (pid_r * ROWS + tl.arange(0, ROWS)).to(tl.int64)  # [R]
-    m_d = o_d < dim
-    m_s = o_s < dstate
-    m_ds = m_d[:, None] & m_s[None, :]  # [BD, BS]
-    m_rrd = (o_rr < batch)[:, None] & m_d[None, :]  # [R, BD]
-
-    # dt_proj for the tile: [R, BR] x [BD, BR]^T (tensor cores for 16-bit inputs).
-    if USE_DOT:
-        b_dtr = tl.load(dtr_ptr + o_rr[:, None] * stride_dtr + o_k[None, :],
-                        mask=(o_rr < batch)[:, None] & (o_k < rank)[None, :], other=0.0)  # [R, BR]
-        b_dtw = tl.load(dtw_ptr + o_d[:, None] * rank + o_k[None, :], mask=m_d[:, None] & (o_k < rank)[None, :],
-                        other=0.0)  # [BD, BR]
-        acc = tl.dot(b_dtr, tl.trans(b_dtw))  # [R, BD] float32
-    else:  # float32 / float64 inputs: the product in the compute dtype, KC ranks at a time
-        acc = tl.zeros((ROWS, BLOCK_D), dtype=COMPUTE)
-        for k0 in tl.static_range(0, BLOCK_R, KC):
-            o_kc = k0 + tl.arange(0, KC)
-            a = tl.load(dtr_ptr + o_rr[:, None] * stride_dtr + o_kc[None, :],
-                        mask=(o_rr < batch)[:, None] & (o_kc < rank)[None, :], other=0.0).to(COMPUTE)  # [R, KC]
-            w = tl.load(dtw_ptr + o_d[:, None] * rank + o_kc[None, :], mask=m_d[:, None] & (o_kc < rank)[None, :],
-                        other=0.0).to(COMPUTE)  # [BD, KC]
-            acc += tl.sum(a[:, None, :] * w[None, :, :], axis=2)
-    tl.store(dt_ptr + o_rr[:, None] * dim + o_d[None, :], acc.to(dt_ptr.dtype.element_ty), mask=m_rrd)
-    # The rows below read dt back in another layout: a CTA barrier makes this program's stores visible.
-    tl.debug_barrier()
-
-    # Per-channel parameters, loaded once for the ROWS rows.
-    b_A = -tl.exp(tl.load(alog_ptr + o_d[:, None] * dstate + o_s[None, :], mask=m_ds, other=0.0).to(COMPUTE))
-    b_D = tl.load(dskip_ptr + o_d, mask=m_d, other=0.0).to(COMPUTE)  # [BD]
-    b_dtb = tl.load(dtb_ptr + o_d, mask=m_d, other=0.0).to(COMPUTE)  # [BD]
-    pos = tl.load(pos_ptr)
-    for i in range(ROWS):
-        r = pid_r.to(tl.int64) * ROWS + i
-        live = r < batch
-        m_row = m_d & live
-        p_h = state_ptr + r * dim * dstate + o_d[:, None] * dstate + o_s[None, :]
-        b_h = tl.load(p_h, mask=m_ds & live, other=0.0).to(COMPUTE)  # [BD, BS]
-        b_x = tl.load(x_ptr + r * stride_x + o_d, mask=m_row, other=0.0)  # [BD]
-        b_xc = tl.load(xc_ptr + r * stride_xc + o_d, mask=m_row, other=0.0).to(COMPUTE)
-        b_z = tl.load(z_ptr + r * stride_z + o_d, mask=m_row, other=0.0).to(COMPUTE)
-        b_dt = tl.load(dt_ptr + r * dim + o_d, mask=m_row, other=0.0).to(COMPUTE)
-        b_B = tl.load(b_ptr + r * stride_b + o_s, mask=m_s & live, other=0.0).to(COMPUTE)  # [BS]
-        b_C = tl.load(c_ptr + r * stride_c + o_s, mask=m_s & live, other=0.0).to(COMPUTE)
-
-        delta = _softplus(b_dt + b_dtb)  # [BD]
-        dA = tl.exp(delta[:, None] * b_A)
-        b_h = b_h * dA + (delta * b_xc)[:, None] * b_B[None, :]
-        tl.store(p_h, b_h.to(state_ptr.dtype.element_ty), mask=m_ds & live)
-
-        y = tl.sum(b_h * b_C[None, :], axis=1) + b_D * b_xc
-        y = y * (b_z * _sigmoid(b_z))
-        tl.store(out_ptr + r * dim + o_d, y.to(out_ptr.dtype.element_ty), mask=m_row)
-        tl.store(conv_ptr + r * WIDTH * dim + pos * dim + o_d, b_x.to(conv_ptr.dtype.element_ty), mask=m_row)
 
 
 @triton.jit
@@ -277,31 +200,6 @@ def _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_po
         Bsz, Dm, S, x.stride(0), x_c.stride(0), z.stride(0), dt.stride(0), B.stride(0), C.stride(0),
         WIDTH=conv_state.shape[1], BLOCK_D=cfg["BLOCK_D"], BLOCK_S=triton.next_power_of_2(S), ROWS=cfg["ROWS"],
         COMPUTE=_compute(x_c, dt, ssm_state, A_log), num_warps=cfg["num_warps"])
-    return out
-
-
-def ssm_dt_config(batch: int, state_dtype: torch.dtype, dstate: int) -> dict:
-    return {"BLOCK_D": 128, "ROWS": 16, "num_warps": 4}
-
-
-def _launch_ssm_step_dt(x, x_c, z, dt_r, dt_weight, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out,
-                        config=None):
-    Bsz, Dm, S = ssm_state.shape
-    R = dt_weight.shape[1]
-    cfg = config or ssm_dt_config(Bsz, ssm_state.dtype, S)
-    block_r = max(16, triton.next_power_of_2(R))
-    # Tensor cores for 16-bit inputs and tiles of at least 16 x 16. The Triton interpreter's bfloat16 dot
-    # is wrong (it returns garbage), so on CPU bfloat16 takes the float32 sum; pytest -m gpu covers its dot.
-    dots = (torch.float16,) if os.environ.get("TRITON_INTERPRET") == "1" else (torch.float16, torch.bfloat16)
-    use_dot = dt_r.dtype in dots and dt_weight.dtype == dt_r.dtype and cfg["ROWS"] >= 16 and cfg["BLOCK_D"] >= 16
-    grid = (triton.cdiv(Dm, cfg["BLOCK_D"]), triton.cdiv(Bsz, cfg["ROWS"]))
-    dt = torch.empty((Bsz, Dm), dtype=dt_r.dtype, device=dt_r.device)  # scratch: the dt_proj output
-    _ssm_step_dt_kernel[grid](
-        x, x_c, z, dt_r, dt_weight, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out, dt,
-        Bsz, Dm, S, R, x.stride(0), x_c.stride(0), z.stride(0), dt_r.stride(0), B.stride(0), C.stride(0),
-        WIDTH=conv_state.shape[1], BLOCK_D=cfg["BLOCK_D"], BLOCK_S=triton.next_power_of_2(S), BLOCK_R=block_r,
-        ROWS=cfg["ROWS"], USE_DOT=use_dot, KC=min(8, block_r), COMPUTE=_compute(x_c, dt_r, ssm_state, A_log),
-        num_warps=cfg["num_warps"])
     return out
 
 
