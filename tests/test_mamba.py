@@ -158,6 +158,42 @@ def test_triton_step_other_launch_configs(config):
     assert rel_err(got, want) < 1e-5 and rel_err(st_b, st_a) < 1e-5 and torch.equal(conv_b, conv_a)
 
 
+def _dispatched(fn, *args_per_batch):
+    """The distinct configurations a dispatcher returns over batches on both sides of its thresholds."""
+    out = []
+    for args in args_per_batch:
+        c = fn(*args)
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def test_triton_every_dispatched_launch_config():
+    """Every configuration ssm_config and conv_config can pick (small and large batch, each state dtype)
+    computes the same step as the reference; D=136 leaves a partial channel tile, B=5 a partial row tile."""
+    from ttt_decode.ops.mamba import triton_decode as td
+
+    S = 16
+    ssm_cfgs = _dispatched(td.ssm_config, *[(b, sd, S) for b in (1, td.LARGE_BATCH - 1, td.LARGE_BATCH, 4096)
+                                            for sd in (torch.float32, torch.float16, torch.bfloat16, torch.float64)])
+    conv_cfgs = _dispatched(td.conv_config, *[(b,) for b in (1, 5, td.LARGE_BATCH - 1, td.LARGE_BATCH, 4096)])
+    assert len(ssm_cfgs) == 3 and len(conv_cfgs) >= 3, (ssm_cfgs, conv_cfgs)
+    c = op_case(Bsz=5, N=1, D=136, S=S, dtype=torch.float32, seed=22, pos=2)
+    x = c["x"][:, 0]
+    want_xc = naive.conv_step(x, c["conv_state"], c["conv_pos"], c["w"], c["bias"])
+    for cfg in conv_cfgs:
+        got = td._launch_conv_step(x, c["conv_state"], c["conv_pos"], c["w"], c["bias"],
+                                   torch.full_like(want_xc, float("nan")), cfg)
+        assert rel_err(got, want_xc) < 1e-6, cfg
+    args = [x, want_xc, c["z"][:, 0], c["dt"][:, 0], c["B"][:, 0], c["C"][:, 0], c["A_log"], c["D"], c["dt_bias"]]
+    conv_a, st_a = c["conv_state"].clone(), c["ssm_state"].clone()
+    want = naive.ssm_step(*args, conv_a, c["conv_pos"], st_a)
+    for cfg in ssm_cfgs:
+        conv_b, st_b = c["conv_state"].clone(), c["ssm_state"].clone()
+        got = td._launch_ssm_step(*args, conv_b, c["conv_pos"], st_b, torch.full_like(want, float("nan")), cfg)
+        assert rel_err(got, want) < 1e-5 and rel_err(st_b, st_a) < 1e-5 and torch.equal(conv_b, conv_a), cfg
+
+
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_add_rms_norm_matches_rmsnorm_module(wdtype):
     """The fused block boundary equals `h + delta` then models.common.RMSNorm, reference and kernel."""

@@ -37,8 +37,8 @@ Arithmetic in float32 (float64 when the state or inputs are float64). The kernel
 `ttt_decode::mamba_add_rms_norm`) with fake implementations, so a step using them compiles under
 torch.compile(fullgraph=True) (the state tensors are passed to the op in place, no copies) and is
 captured in a CUDA graph. No autotuning: ssm_step updates the state in place, so its configuration is
-picked by hand (`ssm_config`, from a sweep on the H100). Inputs are asserted contiguous along D (row
-strides are taken as given); nothing is copied.
+picked by hand (`ssm_config`, `conv_config`: sweeps on the H100, then the H200). Inputs are asserted
+contiguous along D (row strides are taken as given); nothing is copied.
 """
 
 from __future__ import annotations
@@ -155,19 +155,37 @@ def _pow2_rows(batch: int, rows: int) -> int:
     return max(1, min(rows, triton.next_power_of_2(batch)))
 
 
-def ssm_config(batch: int, state_dtype: torch.dtype, dstate: int) -> dict:
-    """Hand-picked launch configuration (no autotune: the state is updated in place).
+# Batch from which the H200 sweep's large-batch configurations win (measured at 64, 512 and 1024).
+LARGE_BATCH = 256
 
-    One batch row and BLOCK_D * S = 2048 state elements per program (BLOCK_D 128 at S = 16), 4 warps, for
-    every state dtype and batch. Measured on the H100 (exp/notes_mamba.md; mamba-1.4b layer, B = 256..2048,
-    20 configurations): it was the fastest for fp32 and fp16 state at every batch; several rows per
-    program (2-8) were 3-22% slower, fp16 tiles of 256 channels 3-8% slower, 2 or 8 warps slower. The
-    batch and the state dtype are the keys a per-bucket table would use; one entry won everywhere."""
+
+def ssm_config(batch: int, state_dtype: torch.dtype, dstate: int) -> dict:
+    """Hand-picked launch configuration (no autotune: the state is updated in place). One batch row per
+    program; the state tile and warps by state item size, from the H200 sweep at mamba-1.4b shapes
+    (exp/results/h200/mamba_config_sweep_h200_64560f1.jsonl; 14 configurations, B = 64 / 512 / 1024):
+      - 2-byte state (fp16, bf16): BLOCK_D * S = 2048 elements, 2 warps: 45.5 us against 49.1 for the
+        4 warps the H100 sweep picked (B=512), 90.4 against 96.5 (B=1024);
+      - fp32 state from B = 256: 1024 elements, 1 warp: 74.4 against 79.0 us (B=512), 146 against 153
+        (B=1024); below, 2048 elements and 4 warps (B=64: 8.2 against 8.5 us);
+      - fp64 state: 2048 elements, 4 warps (not timed: a reference dtype).
+    Several rows per program lost everywhere (by 15-50% on the H200; by 3-22% on the H100,
+    exp/notes_mamba.md)."""
     block_s = triton.next_power_of_2(dstate)
-    return {"BLOCK_D": max(16, min(512, 2048 // block_s)), "ROWS": 1, "num_warps": 4}
+    item = torch.empty((), dtype=state_dtype).element_size()
+    if item == 2:
+        elements, warps = 2048, 2
+    elif item == 4 and batch >= LARGE_BATCH:
+        elements, warps = 1024, 1
+    else:
+        elements, warps = 2048, 4
+    return {"BLOCK_D": max(16, min(512, elements // block_s)), "ROWS": 1, "num_warps": warps}
 
 
 def conv_config(batch: int) -> dict:
+    """512 channels x 4 rows, 8 warps from B = 256 (5.25 us against 6.75 for 256 x 2 at B=512, 9.85
+    against 12.6 at B=1024: the same H200 sweep); 256 x 2, 4 warps below (2.04 against 2.18 us at B=64)."""
+    if batch >= LARGE_BATCH:
+        return {"BLOCK_D": 512, "ROWS": _pow2_rows(batch, 4), "num_warps": 8}
     return {"BLOCK_D": 256, "ROWS": _pow2_rows(batch, 2), "num_warps": 4}
 
 
