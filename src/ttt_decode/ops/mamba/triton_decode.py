@@ -155,7 +155,7 @@ def _pow2_rows(batch: int, rows: int) -> int:
     return max(1, min(rows, triton.next_power_of_2(batch)))
 
 
-# Batch from which the H200 sweep's large-batch configurations win (measured at 64, 512 and 1024).
+# Batch from which the H200 sweep's large-batch state-pass configuration wins (measured at 64, 512, 1024).
 LARGE_BATCH = 256
 
 
@@ -182,10 +182,9 @@ def ssm_config(batch: int, state_dtype: torch.dtype, dstate: int) -> dict:
 
 
 def conv_config(batch: int) -> dict:
-    """512 channels x 4 rows, 8 warps from B = 256 (5.25 us against 6.75 for 256 x 2 at B=512, 9.85
-    against 12.6 at B=1024: the same H200 sweep); 256 x 2, 4 warps below (2.04 against 2.18 us at B=64)."""
-    if batch >= LARGE_BATCH:
-        return {"BLOCK_D": 512, "ROWS": _pow2_rows(batch, 4), "num_warps": 8}
+    """256 channels x 2 rows, 4 warps. The H200 sweep timed 512 x 4 on 8 warps at 5.25 us against 6.75 (B=512),
+    but with its 16 MB ring resident in L2 across replays; inside the decode step, where the ring comes from
+    HBM, both took 7.35 us a layer (exp/NOTES.md, sixth session), so the H100's choice stays."""
     return {"BLOCK_D": 256, "ROWS": _pow2_rows(batch, 2), "num_warps": 4}
 
 
