@@ -1,6 +1,7 @@
 """Launch configurations of the Mamba decode kernels on this GPU, per layer at mamba-1.4b shapes: the state pass
 (`_ssm_step_kernel`, fp32 and fp16 state), the conv output (`_conv_step_kernel`) and the block boundary
-(`_add_rms_norm_kernel`, its warps). The defaults were picked on the H100 (triton_decode.ssm_config).
+(`_add_rms_norm_kernel`, its warps). The first defaults were picked on the H100 (triton_decode.ssm_config).
+The conv ring and the norm's rows fit in L2 at these batches, so their replays read L2, not HBM.
 
 Each configuration is checked against the default one on the same inputs and state first; times are
 medians of CUDA-graph replays (triton.testing.do_bench_cudagraph) after warm-up, with the copy bandwidth
@@ -51,6 +52,10 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--batches", default="512,1024,64")
+    ap.add_argument("--ssm-configs", default=None,
+                    help="BLOCK_D:ROWS:warps,... for the state pass (default: the 14 of SSM); the first is the "
+                         "reference the others are checked against")
+    ap.add_argument("--kernels", default="ssm,conv", help="ssm and/or conv (conv includes add_rms_norm)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     cfg = get_config("mamba-1.4b")
@@ -67,7 +72,9 @@ def main() -> None:
         print(json.dumps(kw), flush=True)
 
     batches = [int(b) for b in args.batches.split(",")]
-    for state_dtype in (torch.float32, torch.float16):
+    kernels = args.kernels.split(",")
+    ssm_cfgs = [tuple(int(v) for v in c.split(":")) for c in args.ssm_configs.split(",")] if args.ssm_configs else SSM
+    for state_dtype in (torch.float32, torch.float16) if "ssm" in kernels else ():
         for batch in batches:
             a = make_inputs(cfg, batch, state_dtype, torch.device("cuda"))
             out = torch.empty(batch, D, dtype=torch.float16, device="cuda")
@@ -75,9 +82,10 @@ def main() -> None:
                    a["conv_state"], a["conv_pos"])
             st0 = a["ssm_state"].clone()
             ref_st = st0.clone()
-            ref_y = td._launch_ssm_step(*ins, ref_st, out.clone(), dict(zip(("BLOCK_D", "ROWS", "num_warps"), SSM[0])))
+            ref_y = td._launch_ssm_step(*ins, ref_st, out.clone(),
+                                        dict(zip(("BLOCK_D", "ROWS", "num_warps"), ssm_cfgs[0])))
             nbytes = ssm_step_bytes(batch, D, S, 2, state_dtype.itemsize, 2)
-            for bd, r, w in SSM:
+            for bd, r, w in ssm_cfgs:
                 c = {"BLOCK_D": bd, "ROWS": r, "num_warps": w}
                 st = st0.clone()
                 y = td._launch_ssm_step(*ins, st, out, c).clone()
@@ -85,7 +93,7 @@ def main() -> None:
                 us = timed(lambda c=c, st=st: td._launch_ssm_step(*ins, st, out, c)) if ok else None
                 record(kernel="ssm_step", config=c, state_dtype=str(state_dtype).split(".")[-1], batch=batch, us=us,
                        ok=ok, bytes=nbytes)
-    for batch in batches:
+    for batch in batches if "conv" in kernels else ():
         a = make_inputs(cfg, batch, torch.float32, torch.device("cuda"))
         w_conv = torch.randn(D, W, device="cuda").half()
         bias = torch.randn(D, device="cuda").half()
@@ -112,7 +120,8 @@ def main() -> None:
                 td._add_rms_norm_kernel[(batch,)](h, delta, wn, h_new, x, d, h.stride(0), delta.stride(0), 1e-5,
                                                   BLOCK=triton.next_power_of_2(d), COMPUTE=td.tl.float32, num_warps=nw)
             norm()
-            ok = torch.equal(h_new, ref_h) and torch.equal(x, ref_x)
+            # h_new is exact; x within rounding (the warps change the order of the sum of squares).
+            ok = torch.equal(h_new, ref_h) and rel(x, ref_x) < 1e-3
             record(kernel="add_rms_norm", config={"num_warps": nw}, batch=batch, us=timed(norm) if ok else None,
                    ok=ok, bytes=nbytes)
     with open(os.path.join(args.out, f"mamba_config_sweep_{args.commit}.jsonl"), "w") as f:
