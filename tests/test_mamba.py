@@ -49,7 +49,7 @@ def step_through(c, t0, t1, impl="naive", conv_state=None, ssm_state=None):
     W, ys = conv_state.shape[1], []
     for t in range(t0, t1):
         x = c["x"][:, t]
-        xc = conv_step(x, conv_state, c["conv_pos"], c["w"], c["bias"])
+        xc = conv_step(x, conv_state, c["conv_pos"], c["w"].t().contiguous(), c["bias"])
         ys.append(ssm_step(x, xc, c["z"][:, t], c["dt"][:, t], c["B"][:, t], c["C"][:, t], c["A_log"], c["D"],
                            c["dt_bias"], conv_state, c["conv_pos"], ssm_state))
         mops.advance_(c["conv_pos"], 1, W)
@@ -116,7 +116,7 @@ def test_triton_step_matches_reference(act, state, Bsz, D, S):
     def f64(t):
         return t.double() if t.is_floating_point() else t
 
-    conv_args = (x, c["conv_state"], c["conv_pos"], c["w"], c["bias"])
+    conv_args = (x, c["conv_state"], c["conv_pos"], c["w"].t().contiguous(), c["bias"])
     xc_tri = mops.conv_step(*conv_args, impl="triton")
     xc_torch = mops.conv_step(*conv_args, impl="naive")
     xc64 = mops.conv_step(*map(f64, conv_args), impl="naive")
@@ -148,7 +148,7 @@ def test_triton_step_other_launch_configs(config):
     from ttt_decode.ops.mamba import triton_decode
 
     c = op_case(Bsz=5, N=1, D=40, S=16, dtype=torch.float32, seed=21, pos=1)
-    args = [c["x"][:, 0], naive.conv_step(c["x"][:, 0], c["conv_state"], c["conv_pos"], c["w"], c["bias"]),
+    args = [c["x"][:, 0], naive.conv_step(c["x"][:, 0], c["conv_state"], c["conv_pos"], c["w"].t(), c["bias"]),
             c["z"][:, 0], c["dt"][:, 0], c["B"][:, 0], c["C"][:, 0], c["A_log"], c["D"], c["dt_bias"]]
     conv_a, st_a = c["conv_state"].clone(), c["ssm_state"].clone()
     conv_b, st_b = c["conv_state"].clone(), c["ssm_state"].clone()
@@ -180,9 +180,10 @@ def test_triton_every_dispatched_launch_config():
     assert len(ssm_cfgs) == 3 and len(conv_cfgs) == 2, (ssm_cfgs, conv_cfgs)
     c = op_case(Bsz=5, N=1, D=136, S=S, dtype=torch.float32, seed=22, pos=2)
     x = c["x"][:, 0]
-    want_xc = naive.conv_step(x, c["conv_state"], c["conv_pos"], c["w"], c["bias"])
+    taps = c["w"].t().contiguous()
+    want_xc = naive.conv_step(x, c["conv_state"], c["conv_pos"], taps, c["bias"])
     for cfg in conv_cfgs:
-        got = td._launch_conv_step(x, c["conv_state"], c["conv_pos"], c["w"], c["bias"],
+        got = td._launch_conv_step(x, c["conv_state"], c["conv_pos"], taps, c["bias"],
                                    torch.full_like(want_xc, float("nan")), cfg)
         assert rel_err(got, want_xc) < 1e-6, cfg
     args = [x, want_xc, c["z"][:, 0], c["dt"][:, 0], c["B"][:, 0], c["C"][:, 0], c["A_log"], c["D"], c["dt_bias"]]
@@ -283,7 +284,7 @@ def test_custom_ops_registered_for_compile():
     """Schema (mutates_args), fake implementations and dispatch of both ops pass torch.library.opcheck."""
     c = op_case(Bsz=2, N=1, D=24, S=8, dtype=torch.float32, seed=3)
     x = c["x"][:, 0]
-    conv_args = (x, c["conv_state"], c["conv_pos"], c["w"], c["bias"])
+    conv_args = (x, c["conv_state"], c["conv_pos"], c["w"].t().contiguous(), c["bias"])
     torch.library.opcheck(torch.ops.ttt_decode.mamba_conv_step.default, conv_args,
                           test_utils=("test_schema", "test_faketensor"))
     xc = naive.conv_step(*conv_args)
@@ -312,6 +313,25 @@ def test_prefill_then_decode_equals_full_forward_float64(n_prompt):
     ids = torch.randint(0, 500, (3, 15), generator=torch.Generator().manual_seed(n_prompt))
     full = model(ids)
     assert rel_err(teacher_force(model, ids, n_prompt), full) < 1e-9
+
+
+def test_state_conv_taps_follow_the_weights():
+    """The state's tap-major conv weights (what the decode conv reads) are the parameters transposed and
+    contiguous, and reset_state refreshes them after the weights change; the decode step then uses the new
+    weights (it equals the full forward of the changed model)."""
+    model = tiny()
+    state = model.allocate_state(2)
+    assert len(state.taps) == len(model.layers)
+    for block, taps in zip(model.layers, state.taps):
+        assert taps.is_contiguous() and torch.equal(taps, block.mixer.conv1d.weight.t())
+    with torch.no_grad():
+        for block in model.layers:
+            block.mixer.conv1d.weight.mul_(-2.0)
+    model.reset_state(state)
+    for block, taps in zip(model.layers, state.taps):
+        assert torch.equal(taps, block.mixer.conv1d.weight.t())
+    ids = torch.randint(0, 500, (2, 6), generator=torch.Generator().manual_seed(3))
+    assert rel_err(teacher_force(model, ids, 1), model(ids)) < 1e-9
 
 
 def test_prefill_in_pieces_equals_one_prefill_float64():
@@ -572,7 +592,7 @@ def test_gpu_kernel_error_bound(act, state):
     c = op_case(Bsz=33, N=1, D=4096, S=16, R=128, dtype=act, state_dtype=state, seed=1)
     c = {k: v.cuda() for k, v in c.items()}
     x = c["x"][:, 0]
-    xc = mops.conv_step(x, c["conv_state"], c["conv_pos"], c["w"], c["bias"])
+    xc = mops.conv_step(x, c["conv_state"], c["conv_pos"], c["w"].t().contiguous(), c["bias"])
     args = (x, xc, c["z"][:, 0], c["dt"][:, 0], c["B"][:, 0], c["C"][:, 0], c["A_log"], c["D"], c["dt_bias"])
     outs = {}
     for impl in ("triton", "naive"):

@@ -173,9 +173,10 @@ def st_kernel(args):
         a["conv_pos"].fill_(2)
         w = (torch.randn(cfg.d_inner, cfg.d_conv, device=args.device) * 0.5).half()
         bias = (torch.randn(cfg.d_inner, device=args.device) * 0.3).half()
-        c_tri = mops.conv_step(a["x"], a["conv_state"], a["conv_pos"], w, bias, impl="triton")
-        c_ref = mops.conv_step(a["x"].double(), a["conv_state"].double(), a["conv_pos"], w.double(), bias.double())
-        c_torch = mops.conv_step(a["x"], a["conv_state"], a["conv_pos"], w, bias)
+        taps = w.t().contiguous()  # the decode conv takes its weights tap-major, [W, D]
+        c_tri = mops.conv_step(a["x"], a["conv_state"], a["conv_pos"], taps, bias, impl="triton")
+        c_ref = mops.conv_step(a["x"].double(), a["conv_state"].double(), a["conv_pos"], taps.double(), bias.double())
+        c_torch = mops.conv_step(a["x"], a["conv_state"], a["conv_pos"], taps, bias)
         args_ = [a[k] for k in ("x", "x_c", "z", "dt", "B", "C", "A_log", "D", "dt_bias")]
         res = {}
         for impl in ("triton", "naive"):
@@ -256,6 +257,7 @@ def _micro_sets(cfg, B, sd, args, n_sets):
     for i in range(n_sets):
         a = make_inputs(cfg, B, sd, args.device, seed=100 + i)
         a["w"] = (torch.randn(cfg.d_inner, cfg.d_conv, device=args.device) * 0.5).half()
+        a["taps"] = a["w"].t().contiguous()  # what our decode conv reads, [W, D]
         a["bias"] = (torch.randn(cfg.d_inner, device=args.device) * 0.3).half()
         sets.append(a)
     return sets
@@ -327,7 +329,7 @@ def st_micro(args):
 
             def conv_fn(a):
                 out = torch.empty(B, D, dtype=torch.float16, device=args.device)
-                return lambda: td._launch_conv_step(a["x"], a["conv_state"], a["conv_pos"], a["w"], a["bias"], out)
+                return lambda: td._launch_conv_step(a["x"], a["conv_state"], a["conv_pos"], a["taps"], a["bias"], out)
 
             us_c, _ = time_rotated([conv_fn(a) for a in sets], args)
             row["conv"] = record("mamba_conv_step_triton", us_c, cb, {"config": td.conv_config(B)})

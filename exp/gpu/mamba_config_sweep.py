@@ -95,7 +95,7 @@ def main() -> None:
                        ok=ok, bytes=nbytes)
     for batch in batches if "conv" in kernels else ():
         a = make_inputs(cfg, batch, torch.float32, torch.device("cuda"))
-        w_conv = torch.randn(D, W, device="cuda").half()
+        w_conv = torch.randn(W, D, device="cuda").half()  # tap-major, as the decode state holds it
         bias = torch.randn(D, device="cuda").half()
         out = torch.empty(batch, D, dtype=torch.float16, device="cuda")
         ref = td._launch_conv_step(a["x"], a["conv_state"], a["conv_pos"], w_conv, bias, out.clone(),

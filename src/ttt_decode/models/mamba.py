@@ -23,7 +23,7 @@ state dtype (float32 by default, DESIGN section 5; float64 for a float64 model);
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,8 @@ class MambaInferenceState:
 
     conv_pos [1] int64: ring slot of the oldest conv input, shared by every layer.
     conv[i] [B, W, D] in the weight dtype; ssm[i] [B, D, S] in state_dtype.
+    taps[i] [W, D]: layer i's conv weight tap-major, a copy the decode kernel reads one contiguous row
+    per tap from; refreshed from the parameters by reset_state (not per sequence, so not in nbytes).
     """
 
     conv_pos: torch.Tensor
@@ -96,6 +98,7 @@ class MambaInferenceState:
     ssm: list[torch.Tensor]
     batch: int
     state_dtype: torch.dtype
+    taps: list[torch.Tensor] = field(default_factory=list)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.conv + self.ssm)
@@ -145,14 +148,14 @@ class MambaMixer(nn.Module):
         y = self.scan(xc, z, dt, Bm, Cm, self.A_log, self.D, self.dt_proj.bias, ssm_state)
         return self.out_proj(y)
 
-    def step(self, x, conv_state, conv_pos, ssm_state):
-        """x [B, d_model] normed -> [B, d_model]; one token."""
+    def step(self, x, conv_state, conv_pos, ssm_state, taps):
+        """x [B, d_model] normed -> [B, d_model]; one token. taps [W, D]: conv1d's weight tap-major."""
         D = self.d_inner
         with stage("mamba.in_proj"):
             xz = self.in_proj(x)  # [B, 2D]
             u, z = xz[:, :D], xz[:, D:]
         with stage("mamba.conv"):
-            xc = self.conv_step(u, conv_state, conv_pos, self.conv1d.weight, self.conv1d.bias)  # [B, D]
+            xc = self.conv_step(u, conv_state, conv_pos, taps, self.conv1d.bias)  # [B, D]
         with stage("mamba.x_proj_dt"):
             dt_r, Bm, Cm = self._split_dbc(self.x_proj(xc))  # [B, R], [B, S], [B, S]
             dt = F.linear(dt_r, self.dt_proj.weight)  # [B, D]
@@ -204,14 +207,18 @@ class MambaLM(DecodeLM):
         c, dev = self.config, self.device
         conv = [torch.zeros(batch, c.d_conv, c.d_inner, dtype=self.dtype, device=dev) for _ in range(c.n_layer)]
         ssm = [torch.zeros(batch, c.d_inner, c.d_state, dtype=state_dtype, device=dev) for _ in range(c.n_layer)]
+        taps = [block.mixer.conv1d.weight.detach().t().contiguous() for block in self.layers]
         return MambaInferenceState(conv_pos=torch.zeros(1, dtype=torch.int64, device=dev), conv=conv, ssm=ssm,
-                                   batch=batch, state_dtype=state_dtype)
+                                   batch=batch, state_dtype=state_dtype, taps=taps)
 
     @torch.no_grad()
     def reset_state(self, state: MambaInferenceState) -> None:
         state.conv_pos.zero_()
         for t in state.conv + state.ssm:
             t.zero_()
+        # The weights may have changed since allocate_state (a checkpoint loaded into the same model).
+        for taps, block in zip(state.taps, self.layers):
+            taps.copy_(block.mixer.conv1d.weight.t())
 
     def state_bytes_per_seq(self, state_dtype: torch.dtype | None = None) -> int:
         return mamba_state_bytes_per_seq(self.config, self.dtype, state_dtype or self.default_state_dtype())
@@ -247,8 +254,9 @@ class MambaLM(DecodeLM):
             h = self.embed(input_ids).to(residual_dtype(self.dtype))  # [B, d_model]
             x = self.layers[0].norm(h)
         next_norms = [block.norm.weight for block in self.layers[1:]] + [self.norm_f.weight]
-        for block, w_next, conv, ssm in zip(self.layers, next_norms, state.conv, state.ssm):
-            out = block.mixer.step(x, conv, state.conv_pos, ssm)  # [B, d_model]
+        for block, w_next, conv, ssm, taps in zip(self.layers, next_norms, state.conv, state.ssm, state.taps,
+                                                  strict=True):
+            out = block.mixer.step(x, conv, state.conv_pos, ssm, taps)  # [B, d_model]
             # Counted with out_proj in profiles: the residual add that ends the block.
             with stage("mamba.out_proj"):
                 h, x = self.add_rms_norm(h, out, w_next, eps)

@@ -1,6 +1,6 @@
 """Mamba-1 recurrence: the functional op API (DESIGN section 5).
 
-    conv_step(x, conv_state, conv_pos, weight, bias, impl="naive") -> x_c [B, D]
+    conv_step(x, conv_state, conv_pos, taps, bias, impl="naive") -> x_c [B, D]
     ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, impl="naive") -> y [B, D]
     add_rms_norm(h, delta, weight, eps, impl="naive") -> (h + delta, RMSNorm(h + delta))
     conv_prefill(x, conv_state, conv_pos, weight, bias) -> x_c [B, N, D]
@@ -8,7 +8,8 @@
     advance_(conv_pos, n, width)
 
 Shapes: x, x_c, z, dt [B, D] ([B, N, D] for prefill); B, C [B, S] ([B, N, S]); A_log [D, S]; D, dt_bias [D];
-conv weight [D, W], bias [D]; conv_state [B, W, D] (a ring, slot conv_pos = oldest input; naive.py);
+conv weight [D, W] (prefill) and the same tap-major, taps [W, D] (the decode step), bias [D];
+conv_state [B, W, D] (a ring, slot conv_pos = oldest input; naive.py);
 conv_pos [1] int64; ssm_state [B, D, S]. The steps do not move conv_pos: the caller advances it once
 per token for every layer (`advance_`). `impl` picks "naive" (PyTorch, any dtype incl. float64) or
 "triton" (triton_decode.py: CUDA, or TRITON_INTERPRET=1 on CPU). Prefill: conv_prefill is PyTorch for
@@ -53,9 +54,9 @@ def pick_scan(impl: str):
     raise UserError(f"unknown Mamba op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
 
 
-def conv_step(x, conv_state, conv_pos, weight, bias, impl="naive"):
-    """Conv output for the new input x [B, D]; mutates nothing."""
-    return pick_steps(impl)[0](x, conv_state, conv_pos, weight, bias)
+def conv_step(x, conv_state, conv_pos, taps, bias, impl="naive"):
+    """Conv output for the new input x [B, D] (taps [W, D]: the conv weight tap-major); mutates nothing."""
+    return pick_steps(impl)[0](x, conv_state, conv_pos, taps, bias)
 
 
 def ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, impl="naive"):

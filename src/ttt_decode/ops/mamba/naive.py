@@ -19,7 +19,8 @@ output y of a step uses the updated state before it is rounded to the state dtyp
 kernel does); the state is stored rounded.
 
 Functions (each mutates only what it says):
-    conv_step(x, conv_state, conv_pos, weight, bias) -> x_c [B, D]                      mutates nothing
+    conv_step(x, conv_state, conv_pos, taps, bias) -> x_c [B, D]                        mutates nothing
+        taps [W, D]: the conv weight tap-major (the model keeps this copy in its decode state)
     ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state) -> y [B, D]
         writes x into conv_state's slot conv_pos and advances ssm_state [B, D, S] in place
     add_rms_norm(h, delta, weight, eps) -> (h + delta, RMSNorm(h + delta)) [B, d_model]   mutates nothing
@@ -61,11 +62,12 @@ def softplus(dt: torch.Tensor) -> torch.Tensor:
     return F.softplus(dt)
 
 
-def conv_step(x, conv_state, conv_pos, weight, bias):
-    """x [B, D] (new input), conv_state [B, W, D] ring, conv_pos [1] int64, weight [D, W], bias [D] or None
-    -> x_c = silu(conv) [B, D] in x's dtype. Reads the W-1 newest slots; mutates nothing."""
-    cd = compute_dtype(x, conv_state, weight)
-    return F.silu(ring_step(x, conv_state, conv_pos, weight, bias, cd)).to(x.dtype)
+def conv_step(x, conv_state, conv_pos, taps, bias):
+    """x [B, D] (new input), conv_state [B, W, D] ring, conv_pos [1] int64, taps [W, D] (the conv weight
+    [D, W] transposed), bias [D] or None -> x_c = silu(conv) [B, D] in x's dtype. Reads the W-1 newest
+    slots; mutates nothing."""
+    cd = compute_dtype(x, conv_state, taps)
+    return F.silu(ring_step(x, conv_state, conv_pos, taps.t(), bias, cd)).to(x.dtype)
 
 
 def ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):

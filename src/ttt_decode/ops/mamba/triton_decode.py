@@ -17,7 +17,8 @@ outputs, conv ring), s = state item size, p = parameter item size.
         conv_state (one slot). conv_pos is read, never moved (the model advances it once per token).
 
 `conv_step` (runs before x_proj, which needs its output; mutates nothing):
-    x_c = silu(bias + sum_j w_j u_j) over the W-1 newest ring slots and the new input x.
+    x_c = silu(bias + sum_j w_j u_j) over the W-1 newest ring slots and the new input x; the weights
+    tap-major, taps [W, D] (the model keeps that copy in its decode state: MambaInferenceState.taps).
     Compulsory bytes per call: (W - 1) B D a (ring slots) + B D a (x) + B D a (x_c) + D (W + 1) p.
     FLOPs per call: about B D (2 W + 4).   Grid: (cdiv(D, BLOCK_D), cdiv(B, ROWS)).
 
@@ -107,7 +108,7 @@ def _ssm_step_kernel(
 def _conv_step_kernel(
     x_ptr, conv_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr,
     batch, dim, stride_x,
-    WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
@@ -117,19 +118,20 @@ def _conv_step_kernel(
     m_d = o_d < dim
     m_rd = (o_r < batch)[:, None] & m_d[None, :]  # [R, BD]
     pos = tl.load(pos_ptr)
-    # The weights [D, W] as one [BLOCK_D, WP] tile (whole rows, coalesced), each tap's column taken out in
-    # registers: a column at a time strides by W items and moves several times the bytes.
-    tw = tl.arange(0, WP)
-    wt = tl.load(w_ptr + o_d[:, None] * WIDTH + tw[None, :], mask=m_d[:, None] & (tw[None, :] < WIDTH),
-                 other=0.0).to(COMPUTE)  # [BD, WP]
+    # Tap-major weights [W, D]: each tap is one contiguous row, loaded as a [ROWS, BLOCK_D] tile (the same
+    # row for every batch row; the repeats come from L1) so that it has the ring tiles' layout and needs no
+    # conversion. Taken out of a [BLOCK_D, W] tile in registers, the taps cost barriers and shared-memory
+    # layout conversions (as in the TTT block's kernels, ttt_block_triton.py).
+    o_w = (o_r * 0)[:, None] + o_d[None, :]  # [R, BD]: the channel offsets, repeated over the rows
+    m_w = (o_r >= 0)[:, None] & m_d[None, :]
     b_x = tl.load(x_ptr + o_r[:, None] * stride_x + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
-    acc = b_x * tl.sum(tl.where(tw[None, :] == WIDTH - 1, wt, 0.0), axis=1)[None, :]
+    acc = b_x * tl.load(w_ptr + (WIDTH - 1) * dim + o_w, mask=m_w, other=0.0).to(COMPUTE)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + o_d, mask=m_d, other=0.0).to(COMPUTE)[None, :]
+        acc += tl.load(bias_ptr + o_w, mask=m_w, other=0.0).to(COMPUTE)
     for j in tl.static_range(WIDTH - 1):
         slot = (pos + 1 + j) % WIDTH
         tap = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + slot * dim + o_d[None, :], mask=m_rd, other=0.0)
-        acc += tap.to(COMPUTE) * tl.sum(tl.where(tw[None, :] == j, wt, 0.0), axis=1)[None, :]
+        acc += tap.to(COMPUTE) * tl.load(w_ptr + j * dim + o_w, mask=m_w, other=0.0).to(COMPUTE)
     y = acc * _sigmoid(acc)
     tl.store(out_ptr + o_r[:, None] * dim + o_d[None, :], y.to(out_ptr.dtype.element_ty), mask=m_rd)
 
@@ -220,14 +222,14 @@ def _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_po
     return out
 
 
-def _launch_conv_step(x, conv_state, conv_pos, weight, bias, out, config=None):
+def _launch_conv_step(x, conv_state, conv_pos, taps, bias, out, config=None):
     Bsz, W, Dm = conv_state.shape
     cfg = config or conv_config(Bsz)
     grid = (triton.cdiv(Dm, cfg["BLOCK_D"]), triton.cdiv(Bsz, cfg["ROWS"]))
     _conv_step_kernel[grid](
-        x, conv_state, conv_pos, weight, bias if bias is not None else weight, out, Bsz, Dm, x.stride(0),
-        WIDTH=W, WP=triton.next_power_of_2(W), HAS_BIAS=bias is not None, BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"],
-        COMPUTE=_compute(x, conv_state, weight), num_warps=cfg["num_warps"])
+        x, conv_state, conv_pos, taps, bias if bias is not None else taps, out, Bsz, Dm, x.stride(0),
+        WIDTH=W, HAS_BIAS=bias is not None, BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"],
+        COMPUTE=_compute(x, conv_state, taps), num_warps=cfg["num_warps"])
     return out
 
 
@@ -236,9 +238,9 @@ def _ssm_step_impl(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos,
     return _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out)
 
 
-def _conv_step_impl(x, conv_state, conv_pos, weight, bias):
+def _conv_step_impl(x, conv_state, conv_pos, taps, bias):
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # [B, D]
-    return _launch_conv_step(x, conv_state, conv_pos, weight, bias, out)
+    return _launch_conv_step(x, conv_state, conv_pos, taps, bias, out)
 
 
 def _add_rms_norm_impl(h, delta, weight, eps):
@@ -254,7 +256,7 @@ def _add_rms_norm_impl(h, delta, weight, eps):
 _SSM_ARGS = ("x", "x_c", "z", "dt", "B", "C", "A_log", "D", "dt_bias", "conv_state", "conv_pos", "ssm_state")
 kernel_op("mamba_ssm_step", [f"Tensor {n}" for n in _SSM_ARGS], ("conv_state", "ssm_state"), _ssm_step_impl,
           lambda x, x_c, *rest: torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device))
-kernel_op("mamba_conv_step", ["Tensor x", "Tensor conv_state", "Tensor conv_pos", "Tensor weight", "Tensor? bias"], (),
+kernel_op("mamba_conv_step", ["Tensor x", "Tensor conv_state", "Tensor conv_pos", "Tensor taps", "Tensor? bias"], (),
           _conv_step_impl, lambda x, *rest: torch.empty(x.shape, dtype=x.dtype, device=x.device))
 kernel_op("mamba_add_rms_norm", ["Tensor h", "Tensor delta", "Tensor weight", "float eps"], (), _add_rms_norm_impl,
           lambda h, delta, weight, eps: (h.new_empty(h.shape), torch.empty(h.shape, dtype=weight.dtype,
@@ -277,12 +279,12 @@ def ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_s
                                                ssm_state)
 
 
-def conv_step(x, conv_state, conv_pos, weight, bias):
-    """Conv output for the new input; same signature and semantics as naive.conv_step."""
+def conv_step(x, conv_state, conv_pos, taps, bias):
+    """Conv output for the new input; same signature and semantics as naive.conv_step (taps [W, D])."""
     Bsz, W, Dm = conv_state.shape
     _rows_ok(x, "x", Bsz, Dm)
     assert conv_state.is_contiguous(), "conv_state must be contiguous [B, W, D]"
-    assert tuple(weight.shape) == (Dm, W) and weight.is_contiguous(), "conv weight must be contiguous [D, W]"
+    assert tuple(taps.shape) == (W, Dm) and taps.is_contiguous(), "conv taps must be contiguous [W, D] (tap-major)"
     assert bias is None or (tuple(bias.shape) == (Dm,) and bias.is_contiguous())
     assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, "conv_pos must be a [1] int64 tensor"
-    return torch.ops.ttt_decode.mamba_conv_step(x, conv_state, conv_pos, weight, bias)
+    return torch.ops.ttt_decode.mamba_conv_step(x, conv_state, conv_pos, taps, bias)
