@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 C=${COMMIT:-unknown}
 start=$SECONDS
-PYTHONPATH=src timeout 150 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/test_mamba.py \
+PYTHONPATH=src timeout 150 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/ -k mamba \
   > "$OUT/pytest_gpu_mamba.txt" 2>&1; tail -2 "$OUT/pytest_gpu_mamba.txt"
 echo "t=$((SECONDS - start))"
 for sd in float32 float16; do
