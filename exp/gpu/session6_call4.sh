@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 6, device call 4 (final code): a finer sweep of the state pass's tiles, `ttt-decode check` for
 # mamba-1.4b (fp32 and fp16 state), and one sweep of mamba-1.4b (fp32, fp16 state) with mamba-ssm's row.
-# Needs the mamba-ssm wheels in .whl/ (carry), see ../shared/wheels/README.md.
+# Needs the prebuilt mamba-ssm and causal-conv1d wheels in .whl/ (git-ignored), sent with the call's carry.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
