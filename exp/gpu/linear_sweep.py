@@ -1,5 +1,10 @@
-"""The decode step's GEMMs: cuBLAS (F.linear) against the Triton kernel of ops/linear.py over a grid of tiles,
-pipeline depths and K splits, at the batch sizes of the sweeps (one run, one machine state).
+"""The decode step's GEMMs: cuBLAS (F.linear) against a Triton GEMM (below) over a grid of tiles, pipeline depths
+and K splits, at the batch sizes of the sweeps (one run, one machine state).
+
+The kernel: a [BM, BN] output tile a program, fp32 accumulation on the tensor cores, loads pipelined over
+`stages` buffers; with n_split > 1 the K range is split over n_split programs a tile, reduced in one launch
+by the tile's last program in split order (ops/split_k.py: the same bits on every run). On the H200 it lost
+to cuBLAS at every shape but one (exp/NOTES.md, seventh session), so it lives here, not in src/.
 
 Shapes (N, K): mamba-1.4b's in_proj, x_proj, dt_proj, out_proj and ttt-1b's in_proj, o_proj, gate_up, down.
 Each case is timed as the step runs it: one x (the previous kernel's output, L2-resident) against
@@ -21,11 +26,15 @@ import os
 import sys
 import time
 
+from typing import NamedTuple
+
 import torch
+import triton
+import triton.language as tl
 
 from ttt_decode.bench.micro import time_calls
 from ttt_decode.bench.roofline import measure_matmul_tflops
-from ttt_decode.ops import linear as L
+from ttt_decode.ops.split_k import check_tiles, counters, reduce_splits, workspace
 from ttt_decode.provenance import gpu_name
 
 SHAPES = {  # name -> (N, K)
@@ -42,9 +51,96 @@ SPLITS = (1, 2, 4, 8, 16)
 SMS = 132
 
 
+@triton.jit
+def _linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, count_ptr, M, N, K, k_len, n_split,
+                   stride_xm, stride_wn, stride_om,
+                   HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr):
+    pid = tl.program_id(0)  # output tile, N fastest: neighbouring programs share x's rows
+    sid = tl.program_id(1)  # K split
+    n_tiles = tl.cdiv(N, BN)
+    o_m = (pid // n_tiles) * BM + tl.arange(0, BM)
+    o_n = (pid % n_tiles) * BN + tl.arange(0, BN)
+    o_k = tl.arange(0, BK)
+    m_m = o_m < M
+    m_n = o_n < N
+    k_lo = sid * k_len  # k_len: a multiple of BK, so the splits tile K without overlap
+    k_hi = tl.minimum(k_lo + k_len, K)
+    x_p = x_ptr + o_m[:, None].to(tl.int64) * stride_xm + (k_lo + o_k)[None, :]  # [BM, BK]
+    w_p = w_ptr + o_n[None, :].to(tl.int64) * stride_wn + (k_lo + o_k)[:, None]  # [BK, BN]: W^T's tile
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in tl.range(k_lo, k_hi, BK, num_stages=STAGES):
+        if EVEN_K:  # K % BK == 0: every K block is whole
+            a = tl.load(x_p, mask=m_m[:, None], other=0.0)
+            b = tl.load(w_p, mask=m_n[None, :], other=0.0)
+        else:
+            m_k = (k + o_k) < K
+            a = tl.load(x_p, mask=m_m[:, None] & m_k[None, :], other=0.0)
+            b = tl.load(w_p, mask=m_n[None, :] & m_k[:, None], other=0.0)
+        acc = tl.dot(a, b, acc)
+        x_p += BK
+        w_p += BK
+    m_out = m_m[:, None] & m_n[None, :]
+    if SPLIT:
+        last, acc = reduce_splits(acc, part_ptr, count_ptr, pid, sid, n_split, M * N,
+                                  o_m[:, None].to(tl.int64) * N + o_n[None, :], m_out)
+    else:
+        last = True
+    if last:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + o_m[:, None].to(tl.int64) * stride_om + o_n[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=m_out)
+
+
+class LinearConfig(NamedTuple):
+    """A launch configuration: output tile BM x BN, K block BK, K split over n_split programs."""
+
+    BM: int
+    BN: int
+    BK: int
+    n_split: int = 1
+    stages: int = 3
+    num_warps: int = 4
+
+    def grid(self, M: int, N: int) -> tuple[int, int]:
+        return triton.cdiv(M, self.BM) * triton.cdiv(N, self.BN), self.n_split
+
+    def k_len(self, K: int) -> int:
+        """K elements per split, a multiple of BK (the last split may be shorter)."""
+        return triton.cdiv(triton.cdiv(K, self.BK), self.n_split) * self.BK
+
+
+def check_config(cfg: LinearConfig, M: int, N: int, K: int) -> None:
+    tiles, n_split = cfg.grid(M, N)
+    assert n_split >= 1 and (cfg.k_len(K) * (n_split - 1) < K), \
+        f"linear: {n_split} splits of {cfg.k_len(K)} leave a split with no K for K={K}"
+    if n_split > 1:
+        check_tiles(tiles, "linear")
+
+
+def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+           cfg: LinearConfig) -> torch.Tensor:
+    """out [M, N] = x [M, K] @ weight [N, K]^T (+ bias [N]) with this configuration."""
+    M, K = x.shape
+    N = weight.shape[0]
+    assert weight.shape[1] == K and x.stride(1) == 1 and weight.stride(1) == 1 and out.stride(1) == 1, \
+        f"linear: x {tuple(x.shape)} {x.stride()}, weight {tuple(weight.shape)} {weight.stride()}"
+    check_config(cfg, M, N, K)
+    split = cfg.n_split > 1
+    part = workspace(cfg.n_split, M, N, x.device) if split else out
+    count = counters(x.device) if split else out
+    _linear_kernel[cfg.grid(M, N)](
+        x, weight, bias if bias is not None else weight, out, part, count, M, N, K, cfg.k_len(K), cfg.n_split,
+        x.stride(0), weight.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=K % cfg.BK == 0,
+        BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, STAGES=cfg.stages, num_warps=cfg.num_warps)
+    return out
+
+
 def candidates(M: int, N: int, K: int):
     for (bm, bn, bk, w), st, s in itertools.product(TILES, STAGES, SPLITS):
-        cfg = L.LinearConfig(bm, bn, bk, s, st, w)
+        cfg = LinearConfig(bm, bn, bk, s, st, w)
         tiles, _ = cfg.grid(M, N)
         if st * (bm + bn) * bk * 2 > 200 * 1024 or bk > K:
             continue
@@ -98,10 +194,10 @@ def main():
             for cfg in candidates(M, N, K):
                 c = cfg._asdict()
                 try:
-                    L.launch(x, ws[0], None, outs[0], cfg)
+                    launch(x, ws[0], None, outs[0], cfg)
                     err = (outs[0].double() - ref).abs().max().item()
                     again = outs[0].clone()
-                    L.launch(x, ws[0], None, outs[0], cfg)
+                    launch(x, ws[0], None, outs[0], cfg)
                     same = torch.equal(again, outs[0])
                 except Exception as e:  # a configuration the compiler rejects (shared memory, registers)
                     emit({"impl": "triton", "config": c, "error": f"{type(e).__name__}: {str(e)[:200]}"})
@@ -110,7 +206,7 @@ def main():
                     emit({"impl": "triton", "config": c, "error": f"check: max err {err:.3g} (tol {tol:.3g}), "
                                                                  f"same bits twice {same}"})
                     continue
-                t = time_calls([lambda w=w, o=o: L.launch(x, w, None, o, cfg) for w, o in zip(ws, outs)], dev, 20)
+                t = time_calls([lambda w=w, o=o: launch(x, w, None, o, cfg) for w, o in zip(ws, outs)], dev, 20)
                 rec = emit({"impl": "triton", "config": c, "max_err": err, "us": round(t["us"], 2),
                             "p10": round(t["p10"], 2), "p90": round(t["p90"], 2)})
                 if best[(name, M)][1] is None or rec["us"] < best[(name, M)][1]["us"]:
