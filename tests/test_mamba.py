@@ -195,94 +195,6 @@ def test_triton_every_dispatched_launch_config():
         assert rel_err(got, want) < 1e-5 and rel_err(st_b, st_a) < 1e-5 and torch.equal(conv_b, conv_a), cfg
 
 
-def _conv_xproj_case(Bsz, D, N, act, seed):
-    c = op_case(Bsz=Bsz, N=1, D=D, S=16, dtype=act, seed=seed, pos=1)
-    g = torch.Generator().manual_seed(seed + 1)
-    weight = (torch.randn(N, D, generator=g, dtype=torch.float64) * D ** -0.5).to(act)
-    return c["x"][:, 0], c["conv_state"], c["conv_pos"], c["w"].t().contiguous(), c["bias"], weight
-
-
-def _check_conv_xproj(args, cfg=None):
-    """The fused kernel against the float64 reference: x_c as the conv kernel computes it, x_proj within
-    2x the same-dtype PyTorch product's error; a second run gives the same bits; the counters end at zero."""
-    from ttt_decode.ops.mamba import triton_decode as td
-    from ttt_decode.ops.split_k import counters
-
-    x, ring, pos, taps, bias, weight = args
-    xc_ref, dbc_torch = naive.conv_xproj_step(*args)
-    xc64 = naive.conv_step(*(t.double() if t.is_floating_point() else t for t in args[:5]))
-    dbc64 = xc_ref.double() @ weight.double().T  # the product of the x_c the kernel rounds
-
-    def run():
-        xc = torch.full_like(xc_ref, float("nan"))
-        dbc = torch.full_like(dbc_torch, float("nan"))
-        return td._launch_conv_xproj(x, ring, pos, taps, bias, weight, xc, dbc, cfg)
-
-    xc, dbc = run()
-    assert _errors_ok(xc, xc_ref, xc64, False), cfg
-    assert rel_err(dbc, dbc64) <= 2 * rel_err(dbc_torch, dbc64) + 1e-6 and rel_err(dbc, dbc64) < 1e-2, cfg
-    xc2, dbc2 = run()
-    assert torch.equal(dbc, dbc2) and torch.equal(xc, xc2), cfg
-    assert not counters(x.device).any(), "a split-K counter was left non-zero"
-
-
-def _interpreter_bf16_dot_broken() -> bool:
-    """Triton 3.6's interpreter multiplies bf16 tl.dot operands as garbage (errors of 1e10 on a 16 x 16
-    product); probed, so that the bf16 case runs wherever the interpreter gets it right (on the GPU always)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def probe(a_ptr, c_ptr):
-        o = tl.arange(0, 16)
-        a = tl.load(a_ptr + o[:, None] * 16 + o[None, :])
-        tl.store(c_ptr + o[:, None] * 16 + o[None, :], tl.dot(a, a))
-
-    a = torch.eye(16, dtype=torch.bfloat16)
-    c = torch.empty(16, 16)
-    probe[(1,)](a, c)
-    return not torch.equal(c, torch.eye(16))
-
-
-@pytest.mark.parametrize("act", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("Bsz,D,N", [(5, 136, 37), (40, 256, 160)], ids=["B5-D136-N37", "B40-D256-N160"])
-def test_triton_conv_xproj_matches_reference(act, Bsz, D, N):
-    """Conv + x_proj in one launch (split-K over the channel chunks) vs the float64 reference; partial row, channel
-    and output tiles, and more than one chunk (the default tile has 512 channels: D=136 is one chunk, so also a
-    small-tile configuration with 4 and 8 chunks)."""
-    if act == torch.bfloat16 and _interpreter_bf16_dot_broken():
-        pytest.skip("this Triton's interpreter gets bf16 tl.dot wrong (the GPU test covers bf16)")
-    args = _conv_xproj_case(Bsz, D, N, act, seed=Bsz + N)
-    _check_conv_xproj(args)
-    _check_conv_xproj(args, {"BM": 16, "BD": 64, "BK": 32, "STAGES": 2, "num_warps": 4})
-    _check_conv_xproj(args, {"BM": 32, "BD": 32, "BK": 16, "STAGES": 3, "num_warps": 4})
-
-
-def test_triton_conv_xproj_every_dispatched_config():
-    """Every configuration conv_xproj_config can pick, on both sides of its thresholds."""
-    from ttt_decode.ops.mamba import triton_decode as td
-
-    cfgs = _dispatched(td.conv_xproj_config, *[(b,) for b in (1, 16, 63, 64, 255, 256, 511, 512, 4096)])
-    args = _conv_xproj_case(37, 1100, 160, torch.float16, seed=5)
-    for cfg in cfgs:
-        _check_conv_xproj(args, cfg)
-
-
-def test_conv_xproj_falls_back_outside_fp16():
-    """float32 / float64 activations go through conv_step and F.linear (the fused kernel's products are fp16 / bf16
-    tensor-core products): the same values as the reference."""
-    from ttt_decode.ops.mamba import triton_decode as td
-
-    for act in (torch.float32, torch.float64):
-        args = _conv_xproj_case(3, 40, 21, act, seed=3)
-        assert not td.conv_xproj_supported(args[0], args[5])
-        xc, dbc = td.conv_xproj_step(*args)
-        xc_ref, dbc_ref = naive.conv_xproj_step(*args)
-        assert rel_err(xc, xc_ref) < 1e-6 and rel_err(dbc, dbc_ref) < 1e-6
-
-
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_add_rms_norm_matches_rmsnorm_module(wdtype):
     """The fused block boundary equals `h + delta` then models.common.RMSNorm, reference and kernel."""
@@ -670,29 +582,6 @@ def test_gpu_graph_decode_matches_reference(state_dtype):
     b = teacher_force(ref, ids, 8, state_dtype=torch.float32)
     for t in range(40):
         assert rel_err(a[:, t], b[:, t]) < 1e-2, t
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("Bsz,act", [(33, torch.float16), (512, torch.float16), (1024, torch.float16),
-                                     (512, torch.bfloat16)], ids=["B33", "B512", "B1024", "B512-bf16"])
-def test_gpu_conv_xproj_matches_reference(Bsz, act):
-    """mamba-1.4b shapes (D=4096, x_proj 160 wide) at the dispatched tile: the float64 check of the CPU test, then
-    100 more runs (eager and one CUDA graph replayed) give the same bits: the split-K reduction's order does not
-    depend on which program finishes last, and no counter is left set."""
-    from ttt_decode.ops.cuda_graphs import capture_graph
-    from ttt_decode.ops.mamba import triton_decode as td
-
-    args = tuple(t.cuda() if t is not None else t for t in _conv_xproj_case(Bsz, 4096, 160, act, seed=7))
-    _check_conv_xproj(args)
-    xc0, dbc0 = td.conv_xproj_step(*args)
-    for _ in range(50):
-        xc, dbc = td.conv_xproj_step(*args)
-        assert torch.equal(dbc, dbc0) and torch.equal(xc, xc0)
-    graph, (xc, dbc) = capture_graph(lambda: td.conv_xproj_step(*args), lambda: td.conv_xproj_step(*args))
-    for _ in range(50):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(dbc, dbc0) and torch.equal(xc, xc0)
 
 
 @pytest.mark.gpu

@@ -3,7 +3,7 @@ and K splits, at the batch sizes of the sweeps (one run, one machine state).
 
 The kernel: a [BM, BN] output tile a program, fp32 accumulation on the tensor cores, loads pipelined over
 `stages` buffers; with n_split > 1 the K range is split over n_split programs a tile, reduced in one launch
-by the tile's last program in split order (ops/split_k.py: the same bits on every run). On the H200 it lost
+by the tile's last program in split order (`reduce_splits`: the same bits on every run, whichever program finishes last). On the H200 it lost
 to cuBLAS at every shape but one (exp/NOTES.md, seventh session), so it lives here, not in src/.
 
 Shapes (N, K): mamba-1.4b's in_proj, x_proj, dt_proj, out_proj and ttt-1b's in_proj, o_proj, gate_up, down.
@@ -20,6 +20,7 @@ against cuBLAS last.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -34,7 +35,6 @@ import triton.language as tl
 
 from ttt_decode.bench.micro import time_calls
 from ttt_decode.bench.roofline import measure_matmul_tflops
-from ttt_decode.ops.split_k import check_tiles, counters, reduce_splits, workspace
 from ttt_decode.provenance import gpu_name
 
 SHAPES = {  # name -> (N, K)
@@ -49,6 +49,42 @@ TILES = [(64, 32, 128, 4), (64, 64, 64, 4), (64, 64, 128, 4), (64, 128, 64, 4), 
 STAGES = (3, 4)
 SPLITS = (1, 2, 4, 8, 16)
 SMS = 132
+
+# Counter slots per device: at most this many output tiles in one split-K call.
+MAX_TILES = 4096
+
+
+@functools.lru_cache(maxsize=None)
+def counters(device: torch.device) -> torch.Tensor:
+    """The device's zeroed tile counters (allocated once; every call leaves them zero)."""
+    return torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+
+
+@triton.jit
+def reduce_splits(acc, part_ptr, count_ptr, tile, split, n_split, split_stride, offs, mask):
+    """Store this split's partial acc at part_ptr + split * split_stride + offs; returns (last, total):
+    last is true in the one program of the tile that finished last, and there total is the sum of all
+    n_split partials in split order (elsewhere total is acc, unused)."""
+    tl.store(part_ptr + split.to(tl.int64) * split_stride + offs, acc, mask=mask)
+    tl.debug_barrier()  # every lane's partial is stored before the counter says so
+    done = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    last = done == n_split - 1
+    total = acc
+    if last:
+        total = tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        for s in range(1, n_split):
+            total += tl.load(part_ptr + s * split_stride + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(count_ptr + tile, 0)  # ready for the next call (stream order makes it visible)
+    return last, total
+
+
+def check_tiles(tiles: int, what: str) -> None:
+    assert tiles <= MAX_TILES, f"{what}: {tiles} split-K tiles > the {MAX_TILES} counters"
+
+
+def workspace(n_split: int, rows: int, cols: int, device) -> torch.Tensor:
+    """The fp32 partials of one call, [n_split, rows, cols] (every element written before it is read)."""
+    return torch.empty((n_split, rows, cols), dtype=torch.float32, device=device)
 
 
 @triton.jit
@@ -186,7 +222,7 @@ def main():
                     fh.write(json.dumps(rec) + "\n")
                 return rec
 
-            t = time_calls([lambda w=w: torch.nn.functional.linear(x, w) for w in ws], dev, 20)
+            t = time_calls([lambda w=w, x=x: torch.nn.functional.linear(x, w) for w in ws], dev, 20)
             cub = emit({"impl": "cublas", "us": round(t["us"], 2), "p10": round(t["p10"], 2),
                         "p90": round(t["p90"], 2)})
             best[(name, M)] = [cub, None]
@@ -206,7 +242,7 @@ def main():
                     emit({"impl": "triton", "config": c, "error": f"check: max err {err:.3g} (tol {tol:.3g}), "
                                                                  f"same bits twice {same}"})
                     continue
-                t = time_calls([lambda w=w, o=o: launch(x, w, None, o, cfg) for w, o in zip(ws, outs)], dev, 20)
+                t = time_calls([lambda w=w, o=o, x=x, cfg=cfg: launch(x, w, None, o, cfg) for w, o in zip(ws, outs)], dev, 20)
                 rec = emit({"impl": "triton", "config": c, "max_err": err, "us": round(t["us"], 2),
                             "p10": round(t["p10"], 2), "p90": round(t["p90"], 2)})
                 if best[(name, M)][1] is None or rec["us"] < best[(name, M)][1]["us"]:
@@ -216,7 +252,7 @@ def main():
         del ws
         torch.cuda.empty_cache()
     print(f"matmul rate {rate:.0f} TFLOP/s")
-    print(f"| gemm | M | floor us | cuBLAS us (%) | best Triton us (%) | config | cuBLAS / Triton |")
+    print("| gemm | M | floor us | cuBLAS us (%) | best Triton us (%) | config | cuBLAS / Triton |")
     for (name, M), (cub, tri) in best.items():
         if tri is None:
             print(f"| {name} | {M} | {cub['floor_us']} | {cub['us']} ({cub['pct_matmul_rate']}) | - | - | - |")

@@ -89,7 +89,7 @@ def set_profiling(enabled: bool) -> None:
 
 # Stage names used by the models, in step order (the profiler's breakdown uses this order).
 STAGES = ("embed", "pre_conv", "ttt.proj", "ttt.conv_qk", "ttt.inner_loop", "ttt.gate_norm",
-          "ttt.o_proj", "mamba.in_proj", "mamba.conv_x_proj", "mamba.dt_proj", "mamba.ssm_step", "mamba.out_proj",
+          "ttt.o_proj", "mamba.in_proj", "mamba.conv", "mamba.x_proj_dt", "mamba.ssm_step", "mamba.out_proj",
           "attn.qkv", "attn.attention", "attn.o_proj", "mlp", "lm_head", "sampling")
 
 

@@ -130,8 +130,7 @@ class MambaMixer(nn.Module):
             for lin in (self.in_proj, self.out_proj):
                 if lin.bias is not None:
                     lin.bias.zero_()
-        self.ssm_step = mamba_ops.pick_steps(impl)[1]
-        self.conv_xproj_step = mamba_ops.pick_conv_xproj(impl)
+        self.conv_step, self.ssm_step = mamba_ops.pick_steps(impl)
         self.scan = mamba_ops.pick_scan(impl)
 
     def _split_dbc(self, dbc):
@@ -155,10 +154,10 @@ class MambaMixer(nn.Module):
         with stage("mamba.in_proj"):
             xz = self.in_proj(x)  # [B, 2D]
             u, z = xz[:, :D], xz[:, D:]
-        with stage("mamba.conv_x_proj"):  # one launch for the Triton ops (split-K over the conv's channel tiles)
-            xc, dbc = self.conv_xproj_step(u, conv_state, conv_pos, taps, self.conv1d.bias, self.x_proj.weight)
-            dt_r, Bm, Cm = self._split_dbc(dbc)  # [B, R], [B, S], [B, S]
-        with stage("mamba.dt_proj"):
+        with stage("mamba.conv"):
+            xc = self.conv_step(u, conv_state, conv_pos, taps, self.conv1d.bias)  # [B, D]
+        with stage("mamba.x_proj_dt"):
+            dt_r, Bm, Cm = self._split_dbc(self.x_proj(xc))  # [B, R], [B, S], [B, S]
             dt = F.linear(dt_r, self.dt_proj.weight)  # [B, D]
         with stage("mamba.ssm_step"):
             y = self.ssm_step(u, xc, z, dt, Bm, Cm, self.A_log, self.D, self.dt_proj.bias, conv_state, conv_pos,

@@ -1,8 +1,6 @@
 """Mamba-1 recurrence: the functional op API (DESIGN section 5).
 
     conv_step(x, conv_state, conv_pos, taps, bias, impl="naive") -> x_c [B, D]
-    conv_xproj_step(x, conv_state, conv_pos, taps, bias, x_proj_weight) -> (x_c [B, D], x_c @ x_proj_weight^T)
-        (`pick_conv_xproj`: the decode step's conv and x_proj, one launch for "triton")
     ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, impl="naive") -> y [B, D]
     add_rms_norm(h, delta, weight, eps, impl="naive") -> (h + delta, RMSNorm(h + delta))
     conv_prefill(x, conv_state, conv_pos, weight, bias) -> x_c [B, N, D]
@@ -26,8 +24,7 @@ from ttt_decode.ops.mamba.naive import advance_, conv_prefill, scan
 IMPLS = ("naive", "triton")
 
 __all__ = ["conv_step", "ssm_step", "add_rms_norm", "conv_prefill", "scan", "advance_", "pick", "pick_steps",
-           "pick_scan", "pick_conv_xproj", "naive", "IMPLS", "ssm_step_bytes", "ssm_step_flops", "conv_step_bytes",
-           "conv_step_flops"]
+           "pick_scan", "naive", "IMPLS", "ssm_step_bytes", "ssm_step_flops", "conv_step_bytes", "conv_step_flops"]
 
 
 def pick_steps(impl: str):
@@ -43,17 +40,6 @@ def pick(impl: str):
         from ttt_decode.ops.mamba import triton_decode
 
         return triton_decode.conv_step, triton_decode.ssm_step, triton_decode.add_rms_norm
-    raise UserError(f"unknown Mamba op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
-
-
-def pick_conv_xproj(impl: str):
-    """conv_xproj_step of an implementation: (x_c, x_c @ x_proj_weight^T), one launch for "triton"."""
-    if impl == "naive":
-        return naive.conv_xproj_step
-    if impl == "triton":
-        from ttt_decode.ops.mamba import triton_decode
-
-        return triton_decode.conv_xproj_step
     raise UserError(f"unknown Mamba op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
 
 

@@ -70,13 +70,6 @@ def conv_step(x, conv_state, conv_pos, taps, bias):
     return F.silu(ring_step(x, conv_state, conv_pos, taps.t(), bias, cd)).to(x.dtype)
 
 
-def conv_xproj_step(x, conv_state, conv_pos, taps, bias, weight):
-    """(x_c, x_proj(x_c)) = (conv_step(...), x_c @ weight^T), weight [R + 2 S, D] (x_proj's); mutates nothing.
-    The Triton version computes both in one launch; this is its reference."""
-    x_c = conv_step(x, conv_state, conv_pos, taps, bias)
-    return x_c, F.linear(x_c, weight)
-
-
 def ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
     """One token. x, x_c, z, dt [B, D]; B, C [B, S]; A_log [D, S]; D, dt_bias [D];
     conv_state [B, W, D]; conv_pos [1]; ssm_state [B, D, S]. Returns y [B, D] in x_c's dtype.

@@ -45,7 +45,6 @@ contiguous along D (row strides are taken as given); nothing is copied.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -53,7 +52,6 @@ from ttt_decode.ops.kernel_op import kernel_op
 from ttt_decode.ops.mamba.triton_math import compute_dtype as _compute
 from ttt_decode.ops.mamba.triton_math import sigmoid as _sigmoid
 from ttt_decode.ops.mamba.triton_math import softplus as _softplus
-from ttt_decode.ops.split_k import check_tiles, counters, reduce_splits, workspace
 
 
 @triton.jit
@@ -139,52 +137,6 @@ def _conv_step_kernel(
 
 
 @triton.jit
-def _conv_xproj_kernel(
-    x_ptr, conv_ptr, pos_ptr, w_ptr, bias_ptr, wx_ptr, xc_ptr, dbc_ptr, part_ptr, count_ptr,
-    batch, dim, n_out, stride_x,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
-    BN: tl.constexpr, STAGES: tl.constexpr,
-):
-    # Program (channel chunk d, row tile m): the conv output of a [BM, BD] tile, as _conv_step_kernel, BK
-    # channels at a time, each block multiplied into x_proj's [BK, n_out] slice of W^T: chunk d's share of
-    # x_proj's K. The chunks' fp32 partials are summed in chunk order by the tile's last program
-    # (ops/split_k.py). The loop is pipelined: the next block's ring slots and W slice load during this one.
-    pid_d = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    o_r = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)  # [BM]
-    o_n = tl.arange(0, BN)  # [BN]
-    m_r = o_r < batch
-    m_n = o_n < n_out
-    pos = tl.load(pos_ptr)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for kb in tl.range(0, BD // BK, num_stages=STAGES):
-        o_d = pid_d * BD + kb * BK + tl.arange(0, BK)  # [BK]; written so that the loads vectorise
-        m_d = o_d < dim
-        m_rd = m_r[:, None] & m_d[None, :]  # [BM, BK]
-        o_w = (o_r * 0)[:, None] + o_d[None, :]  # [BM, BK]: the taps as tiles (see _conv_step_kernel)
-        m_w = (o_r >= 0)[:, None] & m_d[None, :]
-        b_x = tl.load(x_ptr + o_r[:, None] * stride_x + o_d[None, :], mask=m_rd, other=0.0).to(tl.float32)
-        c = b_x * tl.load(w_ptr + (WIDTH - 1) * dim + o_w, mask=m_w, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            c += tl.load(bias_ptr + o_w, mask=m_w, other=0.0).to(tl.float32)
-        for j in tl.static_range(WIDTH - 1):
-            slot = (pos + 1 + j) % WIDTH
-            tap = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + slot * dim + o_d[None, :], mask=m_rd, other=0.0)
-            c += tap.to(tl.float32) * tl.load(w_ptr + j * dim + o_w, mask=m_w, other=0.0).to(tl.float32)
-        y = (c * _sigmoid(c)).to(xc_ptr.dtype.element_ty)  # x_c as the unfused path rounds it
-        tl.store(xc_ptr + o_r[:, None] * dim + o_d[None, :], y, mask=m_rd)
-        b_wx = tl.load(wx_ptr + o_n[None, :].to(tl.int64) * dim + o_d[:, None], mask=m_n[None, :] & m_d[:, None],
-                       other=0.0)  # [BK, BN]: W^T's slice
-        acc = tl.dot(y, b_wx, acc)
-    offs = o_r[:, None] * n_out + o_n[None, :]
-    m_out = m_r[:, None] & m_n[None, :]
-    last, total = reduce_splits(acc, part_ptr, count_ptr, pid_m, pid_d, tl.num_programs(0), batch * n_out, offs,
-                                m_out)
-    if last:
-        tl.store(dbc_ptr + offs, total.to(dbc_ptr.dtype.element_ty), mask=m_out)
-
-
-@triton.jit
 def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, hout_ptr, x_ptr, dim, stride_h, stride_d, eps,
                          BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -238,11 +190,6 @@ def conv_config(batch: int) -> dict:
     return {"BLOCK_D": 256, "ROWS": _pow2_rows(batch, 2), "num_warps": 4}
 
 
-def conv_xproj_config(batch: int) -> dict:
-    """The fused conv + x_proj kernel's tile: BM rows x BD channels (x_proj's K split into dim / BD chunks)."""
-    return {"BM": 32, "BD": 512, "BK": 64, "STAGES": 2, "num_warps": 4}
-
-
 def _rows_ok(t: torch.Tensor, name: str, rows: int, cols: int) -> None:
     assert t.dim() == 2 and tuple(t.shape) == (rows, cols), f"{name}: expected [{rows}, {cols}], got {tuple(t.shape)}"
     assert t.stride(1) == 1 or cols == 1, f"{name} must be contiguous along its last dim (stride {t.stride()})"
@@ -286,32 +233,6 @@ def _launch_conv_step(x, conv_state, conv_pos, taps, bias, out, config=None):
     return out
 
 
-def conv_xproj_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The fused kernel takes fp16 / bf16 activations and x_proj weight (tensor-core products); the rest goes
-    through conv_step and F.linear."""
-    return x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype and weight.is_contiguous()
-
-
-def _launch_conv_xproj(x, conv_state, conv_pos, taps, bias, weight, x_c, dbc, config=None):
-    Bsz, W, Dm = conv_state.shape
-    n_out = weight.shape[0]
-    cfg = config or conv_xproj_config(Bsz)
-    grid = (triton.cdiv(Dm, cfg["BD"]), triton.cdiv(Bsz, cfg["BM"]))
-    check_tiles(grid[1], "mamba conv + x_proj")
-    part = workspace(grid[0], Bsz, n_out, x.device)
-    _conv_xproj_kernel[grid](
-        x, conv_state, conv_pos, taps, bias if bias is not None else taps, weight, x_c, dbc, part, counters(x.device),
-        Bsz, Dm, n_out, x.stride(0), WIDTH=W, HAS_BIAS=bias is not None, BM=cfg["BM"], BD=cfg["BD"],
-        BK=cfg["BK"], BN=max(16, triton.next_power_of_2(n_out)), STAGES=cfg["STAGES"], num_warps=cfg["num_warps"])
-    return x_c, dbc
-
-
-def _conv_xproj_impl(x, conv_state, conv_pos, taps, bias, weight):
-    x_c = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # [B, D]
-    dbc = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)  # [B, R + 2 S]
-    return _launch_conv_xproj(x, conv_state, conv_pos, taps, bias, weight, x_c, dbc)
-
-
 def _ssm_step_impl(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state):
     out = torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device)  # [B, D]
     return _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out)
@@ -337,11 +258,6 @@ kernel_op("mamba_ssm_step", [f"Tensor {n}" for n in _SSM_ARGS], ("conv_state", "
           lambda x, x_c, *rest: torch.empty(x_c.shape, dtype=x_c.dtype, device=x_c.device))
 kernel_op("mamba_conv_step", ["Tensor x", "Tensor conv_state", "Tensor conv_pos", "Tensor taps", "Tensor? bias"], (),
           _conv_step_impl, lambda x, *rest: torch.empty(x.shape, dtype=x.dtype, device=x.device))
-kernel_op("mamba_conv_xproj_step", ["Tensor x", "Tensor conv_state", "Tensor conv_pos", "Tensor taps", "Tensor? bias",
-                                   "Tensor weight"], (), _conv_xproj_impl,
-          lambda x, cs, cp, taps, bias, weight: (torch.empty(x.shape, dtype=x.dtype, device=x.device),
-                                                 x.new_empty((x.shape[0], weight.shape[0]))),
-          returns="(Tensor, Tensor)")
 kernel_op("mamba_add_rms_norm", ["Tensor h", "Tensor delta", "Tensor weight", "float eps"], (), _add_rms_norm_impl,
           lambda h, delta, weight, eps: (h.new_empty(h.shape), torch.empty(h.shape, dtype=weight.dtype,
                                                                            device=h.device)),
@@ -372,20 +288,3 @@ def conv_step(x, conv_state, conv_pos, taps, bias):
     assert bias is None or (tuple(bias.shape) == (Dm,) and bias.is_contiguous())
     assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, "conv_pos must be a [1] int64 tensor"
     return torch.ops.ttt_decode.mamba_conv_step(x, conv_state, conv_pos, taps, bias)
-
-
-def conv_xproj_step(x, conv_state, conv_pos, taps, bias, weight):
-    """(x_c, x_c @ weight^T): the conv output and x_proj of it in one launch; same signature and semantics as
-    naive.conv_xproj_step. Operands the fused kernel does not take (conv_xproj_supported) run conv_step and
-    F.linear."""
-    if not conv_xproj_supported(x, weight):
-        x_c = conv_step(x, conv_state, conv_pos, taps, bias)
-        return x_c, F.linear(x_c, weight)
-    Bsz, W, Dm = conv_state.shape
-    _rows_ok(x, "x", Bsz, Dm)
-    assert conv_state.is_contiguous(), "conv_state must be contiguous [B, W, D]"
-    assert tuple(taps.shape) == (W, Dm) and taps.is_contiguous(), "conv taps must be contiguous [W, D] (tap-major)"
-    assert bias is None or (tuple(bias.shape) == (Dm,) and bias.is_contiguous())
-    assert weight.dim() == 2 and weight.shape[1] == Dm, f"x_proj weight: expected [N, {Dm}], got {tuple(weight.shape)}"
-    assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, "conv_pos must be a [1] int64 tensor"
-    return torch.ops.ttt_decode.mamba_conv_xproj_step(x, conv_state, conv_pos, taps, bias, weight)
