@@ -198,6 +198,23 @@ def test_checkpoint_kind_must_match_inner_net():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["ttt-tiny", "mamba-tiny", "llama-tiny"])
+def test_gpu_decode_step_logits_are_not_rounded_to_fp16(name):
+    """The decode step's head writes float32 logits from the GEMM's accumulator too (the Mamba step used to
+    round them to fp16 and cast: all of them then sit on the fp16 grid, and a copy kernel read 51 MB and
+    wrote 103 MB a step at B = 512)."""
+    torch.manual_seed(0)
+    model = models.build(name, dtype="float16", device="cuda")
+    state = model.allocate_state(4)
+    ids = torch.randint(0, model.vocab_size, (4,), device="cuda")
+    with torch.no_grad():
+        logits = model.step(ids, state)
+    assert logits.dtype == torch.float32
+    off_grid = (logits != logits.half().float()).float().mean().item()
+    assert off_grid > 0.5, f"{off_grid:.1%} of the logits are off the fp16 grid"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ttt-tiny", "mamba-tiny", "llama-tiny"])
 def test_gpu_lm_head_writes_float32_logits_unrounded(name):
     """On CUDA the LM head of an fp16 model writes float32 logits from cuBLAS's float32 accumulator
     (models/common.py): closer to the float64 product than fp16 rounding allows (about 2e-4 relative,
