@@ -24,7 +24,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ttt_decode.ops import pdl
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import check_interpreter, kernel_op
 
@@ -91,24 +90,21 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
                      dim, stride_h, stride_d, eps,
                      HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
                      BLOCK: tl.constexpr,
-                     COMPUTE: tl.constexpr, PDL: tl.constexpr):
+                     COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, BLOCK)
     m = o < dim
     ACT: tl.constexpr = x_ptr.dtype.element_ty
     RES: tl.constexpr = hout_ptr.dtype.element_ty
+    b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
+    if HAS_DELTA:
+        b_h = b_h + tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
+    b_h = b_h.to(COMPUTE)
     pos = tl.load(cpos_ptr)
     ring_base = row * WIDTH * dim
     y_old, w_new = _ring_old_taps(ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, HAS_BIAS, COMPUTE)
     w_c = tl.load(nc_ptr + o, mask=m, other=0.0)
     w_s = tl.load(ns_ptr + o, mask=m, other=0.0)
-    # With PDL the ring and the weights above load while the previous kernel finishes (ops/pdl.py); delta is
-    # its output (the last block's down projection), and in the first block h is too (the embedding).
-    pdl.wait_for_prior(PDL)
-    b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
-    if HAS_DELTA:
-        b_h = b_h + tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
-    b_h = b_h.to(COMPUTE)
     xc = _rms_row(b_h, w_c, dim, eps, ACT, COMPUTE)
     y = y_old + xc.to(COMPUTE) * w_new
     tl.store(ring_ptr + ring_base + pos * dim + o, xc.to(ring_ptr.dtype.element_ty), mask=m)
@@ -131,12 +127,13 @@ def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, c
                     dim, heads, stride_p, lr_col, eta_scale, mb,
                     HEAD_DIM: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
                     BLOCK: tl.constexpr,
-                    BLOCK_H: tl.constexpr, BLOCK_MB: tl.constexpr, COMPUTE: tl.constexpr, PDL: tl.constexpr):
+                    BLOCK_H: tl.constexpr, BLOCK_MB: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     ACT: tl.constexpr = q_ptr.dtype.element_ty
     RING: tl.constexpr = ring_ptr.dtype.element_ty
     o = tl.arange(0, BLOCK)
     m = o < dim
+    x = tl.load(p_ptr + row * stride_p + o, mask=m, other=0.0).to(COMPUTE)
     cpos = tl.load(cpos_ptr)
     base = row * WIDTH * dim
     # The rotary row of this mini-batch position, pair j of a head at column j mod f/2; the torch path
@@ -150,9 +147,6 @@ def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, c
     # Both convs' old taps first (see _ring_old_taps), then the new input's terms.
     q_old, wq_new, k_old, wk_new = _ring_old_taps_qk(ring_ptr, base, cpos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m,
                                                      dim, WIDTH, HAS_BIAS, COMPUTE)
-    # With PDL everything above loads while in_proj, the previous kernel, finishes (ops/pdl.py); p is its output.
-    pdl.wait_for_prior(PDL)
-    x = tl.load(p_ptr + row * stride_p + o, mask=m, other=0.0).to(COMPUTE)
     q = _rotary((q_old + x * wq_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(q_ptr + row * dim + o, q.to(ACT), mask=m)
     k = _rotary((k_old + x * wk_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
@@ -177,19 +171,18 @@ def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, c
 
 @triton.jit
 def _gate_norm_kernel(z_ptr, g_ptr, w_ptr, b_ptr, out_ptr, dim, stride_z, stride_g, eps,
-                      HAS_GATE: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr, PDL: tl.constexpr):
+                      HAS_GATE: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     """One row: gelu_tanh(g) * LayerNorm(z), each rounded to the output dtype where the PyTorch path
     rounds (the LayerNorm's output, the gate, the product)."""
     row = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, BLOCK)
     m = o < dim
     OUT: tl.constexpr = out_ptr.dtype.element_ty
+    z = tl.load(z_ptr + row * stride_z + o, mask=m, other=0.0).to(COMPUTE)
     w = tl.load(w_ptr + o, mask=m, other=0.0).to(COMPUTE)
     b = tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
     if HAS_GATE:
         g = tl.load(g_ptr + row * stride_g + o, mask=m, other=0.0).to(COMPUTE)
-    pdl.wait_for_prior(PDL)  # z is the inner kernel's output, the gate in_proj's (ops/pdl.py)
-    z = tl.load(z_ptr + row * stride_z + o, mask=m, other=0.0).to(COMPUTE)
     mean = tl.sum(z, axis=0) / dim
     d = tl.where(m, z - mean, 0.0)
     y = (d * (1.0 / tl.sqrt(tl.sum(d * d, axis=0) / dim + eps)) * w + b).to(OUT)
@@ -216,7 +209,7 @@ def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps
         h, delta if delta is not None else h, norm_c, ring, conv_pos, conv_w, conv_b if conv_b is not None else conv_w,
         norm_s, h_out, x, D, h.stride(0), delta.stride(0) if delta is not None else 0, eps,
         HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1], BLOCK=block,
-        COMPUTE=_compute(h, ring), num_warps=num_warps or _warps(block), **pdl.launch_options(h.device))
+        COMPUTE=_compute(h, ring), num_warps=num_warps or _warps(block))
     return h_out, x
 
 
@@ -251,7 +244,7 @@ def _qk_prep_impl(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr
         HEAD_DIM=f, HAS_BIAS=bq is not None, WIDTH=W, BLOCK=block,
         BLOCK_H=triton.next_power_of_2(num_heads),
         BLOCK_MB=triton.next_power_of_2(token_idx.shape[0]), COMPUTE=_compute(p, ring),
-        num_warps=num_warps or _warps(block), **pdl.launch_options(p.device))
+        num_warps=num_warps or _warps(block))
     return q, k, eta, c
 
 
@@ -261,8 +254,7 @@ def _gate_norm_impl(z, g, weight, bias, eps, num_warps=None):
     block = triton.next_power_of_2(D)
     _gate_norm_kernel[(B,)](
         z, g if g is not None else z, weight, bias, out, D, z.stride(0), g.stride(0) if g is not None else 0, eps,
-        HAS_GATE=g is not None, BLOCK=block, COMPUTE=_compute(z), num_warps=num_warps or _warps(block),
-        **pdl.launch_options(z.device))
+        HAS_GATE=g is not None, BLOCK=block, COMPUTE=_compute(z), num_warps=num_warps or _warps(block))
     return out
 
 

@@ -48,7 +48,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ttt_decode.ops import pdl
 from ttt_decode.ops.kernel_op import kernel_op
 from ttt_decode.ops.mamba.triton_math import compute_dtype as _compute
 from ttt_decode.ops.mamba.triton_math import sigmoid as _sigmoid
@@ -63,7 +62,7 @@ def _ssm_step_kernel(
     batch, dim, dstate,
     stride_x, stride_xc, stride_z, stride_dt, stride_b, stride_c,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ROWS: tl.constexpr,
-    COMPUTE: tl.constexpr, PDL: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_r = tl.program_id(1)
@@ -88,13 +87,10 @@ def _ssm_step_kernel(
     b_x = tl.load(x_ptr + o_r[:, None] * stride_x + o_d[None, :], mask=m_rd, other=0.0)  # [R, BD]
     b_xc = tl.load(xc_ptr + o_r[:, None] * stride_xc + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
     b_z = tl.load(z_ptr + o_r[:, None] * stride_z + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
+    b_dt = tl.load(dt_ptr + o_r[:, None] * stride_dt + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
     b_B = tl.load(b_ptr + o_r[:, None] * stride_b + o_s[None, :], mask=m_rs, other=0.0).to(COMPUTE)  # [R, BS]
     b_C = tl.load(c_ptr + o_r[:, None] * stride_c + o_s[None, :], mask=m_rs, other=0.0).to(COMPUTE)
     pos = tl.load(pos_ptr)
-    # With PDL everything above is in flight while dt_proj, the previous kernel, finishes: none of it is
-    # written by dt_proj (kernels before it have completed, ops/pdl.py). dt is its output; every store is below.
-    pdl.wait_for_prior(PDL)
-    b_dt = tl.load(dt_ptr + o_r[:, None] * stride_dt + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
 
     delta = _softplus(b_dt + b_dtb[None, :])  # [R, BD]
     dA = tl.exp(delta[:, :, None] * b_A[None, :, :])
@@ -113,7 +109,7 @@ def _conv_step_kernel(
     x_ptr, conv_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr,
     batch, dim, stride_x,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
-    COMPUTE: tl.constexpr, PDL: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_r = tl.program_id(1)
@@ -128,34 +124,13 @@ def _conv_step_kernel(
     # layout conversions (as in the TTT block's kernels, ttt_block_triton.py).
     o_w = (o_r * 0)[:, None] + o_d[None, :]  # [R, BD]: the channel offsets, repeated over the rows
     m_w = (o_r >= 0)[:, None] & m_d[None, :]
-    # The ring slots and taps first: with PDL they load while in_proj, the previous kernel, finishes (the ring
-    # was last written by the state pass, which has completed: ops/pdl.py); x is in_proj's output.
-    w_new = tl.load(w_ptr + (WIDTH - 1) * dim + o_w, mask=m_w, other=0.0).to(COMPUTE)
-    if HAS_BIAS:
-        b_bias = tl.load(bias_ptr + o_w, mask=m_w, other=0.0).to(COMPUTE)
-    b_ring = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + ((pos + 1) % WIDTH) * dim + o_d[None, :], mask=m_rd,
-                     other=0.0)
-    if WIDTH >= 3:
-        b_ring2 = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + ((pos + 2) % WIDTH) * dim + o_d[None, :],
-                          mask=m_rd, other=0.0)
-    if WIDTH >= 4:
-        b_ring3 = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + ((pos + 3) % WIDTH) * dim + o_d[None, :],
-                          mask=m_rd, other=0.0)
-    pdl.wait_for_prior(PDL)
     b_x = tl.load(x_ptr + o_r[:, None] * stride_x + o_d[None, :], mask=m_rd, other=0.0).to(COMPUTE)
-    acc = b_x * w_new
+    acc = b_x * tl.load(w_ptr + (WIDTH - 1) * dim + o_w, mask=m_w, other=0.0).to(COMPUTE)
     if HAS_BIAS:
-        acc += b_bias
+        acc += tl.load(bias_ptr + o_w, mask=m_w, other=0.0).to(COMPUTE)
     for j in tl.static_range(WIDTH - 1):
-        if j == 0:
-            tap = b_ring
-        elif j == 1:
-            tap = b_ring2
-        elif j == 2:
-            tap = b_ring3
-        else:  # widths above 4 (no Mamba uses one) load the older slots here, after the wait
-            slot = (pos + 1 + j) % WIDTH
-            tap = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + slot * dim + o_d[None, :], mask=m_rd, other=0.0)
+        slot = (pos + 1 + j) % WIDTH
+        tap = tl.load(conv_ptr + o_r[:, None] * WIDTH * dim + slot * dim + o_d[None, :], mask=m_rd, other=0.0)
         acc += tap.to(COMPUTE) * tl.load(w_ptr + j * dim + o_w, mask=m_w, other=0.0).to(COMPUTE)
     y = acc * _sigmoid(acc)
     tl.store(out_ptr + o_r[:, None] * dim + o_d[None, :], y.to(out_ptr.dtype.element_ty), mask=m_rd)
@@ -163,19 +138,18 @@ def _conv_step_kernel(
 
 @triton.jit
 def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, hout_ptr, x_ptr, dim, stride_h, stride_d, eps,
-                         BLOCK: tl.constexpr, COMPUTE: tl.constexpr, PDL: tl.constexpr):
+                         BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, BLOCK)
     m = o < dim
     b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
-    b_w = tl.load(w_ptr + o, mask=m, other=0.0)
-    pdl.wait_for_prior(PDL)  # delta is the previous kernel's (out_proj's) output; h and w are not
     b_d = tl.load(d_ptr + row * stride_d + o, mask=m, other=0.0)
     # delta is rounded to the residual dtype first, as `h + delta.to(h.dtype)` does.
     b_h = (b_h + b_d.to(hout_ptr.dtype.element_ty)).to(COMPUTE)
     tl.store(hout_ptr + row * dim + o, b_h.to(hout_ptr.dtype.element_ty), mask=m)
     ms = tl.sum(b_h * b_h, axis=0) / dim
     b_y = (b_h * (1.0 / tl.sqrt(ms + eps))).to(hout_ptr.dtype.element_ty).to(x_ptr.dtype.element_ty)
+    b_w = tl.load(w_ptr + o, mask=m, other=0.0)
     tl.store(x_ptr + row * dim + o, (b_w.to(COMPUTE) * b_y.to(COMPUTE)).to(x_ptr.dtype.element_ty), mask=m)
 
 
@@ -244,7 +218,7 @@ def _launch_ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_po
         x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_state, out,
         Bsz, Dm, S, x.stride(0), x_c.stride(0), z.stride(0), dt.stride(0), B.stride(0), C.stride(0),
         WIDTH=conv_state.shape[1], BLOCK_D=cfg["BLOCK_D"], BLOCK_S=triton.next_power_of_2(S), ROWS=cfg["ROWS"],
-        COMPUTE=_compute(x_c, dt, ssm_state, A_log), num_warps=cfg["num_warps"], **pdl.launch_options(x.device))
+        COMPUTE=_compute(x_c, dt, ssm_state, A_log), num_warps=cfg["num_warps"])
     return out
 
 
@@ -255,7 +229,7 @@ def _launch_conv_step(x, conv_state, conv_pos, taps, bias, out, config=None):
     _conv_step_kernel[grid](
         x, conv_state, conv_pos, taps, bias if bias is not None else taps, out, Bsz, Dm, x.stride(0),
         WIDTH=W, HAS_BIAS=bias is not None, BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"],
-        COMPUTE=_compute(x, conv_state, taps), num_warps=cfg["num_warps"], **pdl.launch_options(x.device))
+        COMPUTE=_compute(x, conv_state, taps), num_warps=cfg["num_warps"])
     return out
 
 
@@ -275,8 +249,7 @@ def _add_rms_norm_impl(h, delta, weight, eps):
     x = torch.empty((Bsz, dim), dtype=weight.dtype, device=h.device)  # [B, d]
     block = triton.next_power_of_2(dim)
     _add_rms_norm_kernel[(Bsz,)](h, delta, weight, h_new, x, dim, h.stride(0), delta.stride(0), eps, BLOCK=block,
-                                 COMPUTE=_compute(h), num_warps=max(1, min(16, block // 256)),
-                                 **pdl.launch_options(h.device))
+                                 COMPUTE=_compute(h), num_warps=max(1, min(16, block // 256)))
     return h_new, x
 
 
