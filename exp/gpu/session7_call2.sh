@@ -2,6 +2,7 @@
 # Session 7, device call 2: the fused conv + x_proj kernel's tiles against the unfused pair
 # (exp/gpu/conv_xproj_sweep.py), its GPU tests and every GPU test that names mamba, then the whole
 # mamba-1.4b step before (OLD_SRC, f151a37) and after, fp32 and fp16 SSM state, B=512.
+# The fused kernel and exp/gpu/conv_xproj_sweep.py exist at 64ecead only (they lost): run this from a checkout of it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1

@@ -2,6 +2,8 @@
 # Session 7, device call 5: programmatic dependent launch for the decode step's Triton kernels (ops/pdl.py).
 # The GPU tests of the kernels that changed, then the whole step before (OLD_SRC, a3862d4: no PDL) and after,
 # interleaved: mamba-1.4b with fp16 SSM state and ttt-1b M1 dual Triton, B=512 (what 6 minutes of device time allowed).
+# The PDL code (src/ttt_decode/ops/pdl.py and its uses) exists at f8fa900 only (it lost): run this from a
+# checkout of it, with a3862d4's src unpacked at exp/gpu/_ab_old/src.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
