@@ -3,8 +3,9 @@ and K splits, at the batch sizes of the sweeps (one run, one machine state).
 
 The kernel: a [BM, BN] output tile a program, fp32 accumulation on the tensor cores, loads pipelined over
 `stages` buffers; with n_split > 1 the K range is split over n_split programs a tile, reduced in one launch
-by the tile's last program in split order (`reduce_splits`: the same bits on every run, whichever program finishes last). On the H200 it lost
-to cuBLAS at every shape but one (exp/NOTES.md, seventh session), so it lives here, not in src/.
+by the tile's last program in split order (`reduce_splits`: the same bits on every run, whichever program
+finishes last). On the H200 it lost to cuBLAS at every shape but one (exp/NOTES.md, seventh session), so it
+lives here, not in src/.
 
 Shapes (N, K): mamba-1.4b's in_proj, x_proj, dt_proj, out_proj and ttt-1b's in_proj, o_proj, gate_up, down.
 Each case is timed as the step runs it: one x (the previous kernel's output, L2-resident) against
@@ -26,7 +27,6 @@ import json
 import os
 import sys
 import time
-
 from typing import NamedTuple
 
 import torch
