@@ -242,7 +242,8 @@ def main():
                     emit({"impl": "triton", "config": c, "error": f"check: max err {err:.3g} (tol {tol:.3g}), "
                                                                  f"same bits twice {same}"})
                     continue
-                t = time_calls([lambda w=w, o=o, x=x, cfg=cfg: launch(x, w, None, o, cfg) for w, o in zip(ws, outs)], dev, 20)
+                calls = [lambda w=w, o=o, x=x, cfg=cfg: launch(x, w, None, o, cfg) for w, o in zip(ws, outs)]
+                t = time_calls(calls, dev, 20)
                 rec = emit({"impl": "triton", "config": c, "max_err": err, "us": round(t["us"], 2),
                             "p10": round(t["p10"], 2), "p90": round(t["p90"], 2)})
                 if best[(name, M)][1] is None or rec["us"] < best[(name, M)][1]["us"]:
