@@ -45,6 +45,7 @@ from ttt_decode.ops.ttt_common import (
     TTTState,
     inner_step_cost,
     pick_step,
+    pick_step_qk,
     token_coeffs,
 )
 from ttt_decode.ops.ttt_prefill_graph import prefill_graphs
@@ -117,6 +118,8 @@ class TTTLayer(nn.Module):
         self.op = ttt_mlp if mlp else ttt_linear
         # Resolved once here: the step traced by torch.compile must not import modules.
         self.decode_step = pick_step(self.op.__name__, impl, form == "dual")
+        # The same step with qk_prep folded into its kernel (Triton dual kernels; None elsewhere).
+        self.decode_step_qk = pick_step_qk(self.op.__name__, impl, form == "dual") if config.share_qk else None
         D, H, f = c.hidden_size, c.num_heads, c.head_dim
         F_ = 4 * f if mlp else f
         kw = dict(dtype=dtype, device=device)
@@ -198,6 +201,16 @@ class TTTLayer(nn.Module):
         with stage("ttt.proj"):
             p = self.in_proj(x)  # [B, n D + H]
         cols = {n: self._columns(n) for n in (*self.proj_names, "lr")}
+        v = p[:, cols["v"]].view(-1, H, f)
+        g = p[:, cols["g"]] if c.use_gate else None
+        if self.decode_step_qk is not None:
+            # One kernel: the q/k convs, rotary, eta and c in its prologue, then the inner step.
+            with stage("ttt.inner_loop"):
+                z = self.decode_step_qk(
+                    p, ls.conv_qk, conv_pos, ls.taps["q"], self.conv_q.bias, ls.taps["k"], self.conv_k.bias,
+                    rope_cos, rope_sin, pos, self.lr_bias, self.learnable_token_idx, c.ttt_base_lr, H,
+                    cols["lr"].start, v, self.ttt_norm_weight, self.ttt_norm_bias, ls.ttt, ls.cache, advance=False)
+            return self._finish(z.flatten(1).to(x.dtype), g, fused.gate_norm)
         with stage("ttt.conv_qk"):
             if c.share_qk:
                 q, k, eta, cc = fused.qk_prep(
@@ -209,11 +222,10 @@ class TTTLayer(nn.Module):
                 q = apply_rotary(p[:, cols["q"]].view(-1, H, 1, f), cos, sin).squeeze(2)  # [B, H, f]
                 k = apply_rotary(p[:, cols["k"]].view(-1, H, 1, f), cos, sin).squeeze(2)
                 eta, cc = self._eta(p[:, cols["lr"]]), token_coeffs(self.learnable_token_idx)  # [B, H], [b]
-        v = p[:, cols["v"]].view(-1, H, f)
         with stage("ttt.inner_loop"):
             z = self.decode_step(q, k, v, eta, cc, self.ttt_norm_weight, self.ttt_norm_bias,
                                  ls.ttt, ls.cache, advance=False)  # [B, H, f]
-        return self._finish(z.flatten(1).to(x.dtype), p[:, cols["g"]] if c.use_gate else None, fused.gate_norm)
+        return self._finish(z.flatten(1).to(x.dtype), g, fused.gate_norm)
 
 
 class TTTBlock(nn.Module):

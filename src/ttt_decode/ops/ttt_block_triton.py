@@ -38,54 +38,6 @@ def _rms_row(x, w, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _tap(w_ptr, j, o, m, dim, COMPUTE: tl.constexpr):
-    """Tap j of a conv's tap-major weights [W, D] for the columns o: one contiguous row, loaded in the
-    row's own layout. (The [D, W] parameter read as a [BLOCK, W] tile took each tap's column out with
-    a reduction whose result lands in another layout: 8 shared-memory conversions with barriers in
-    qk_prep, offline for sm_90.)"""
-    return tl.load(w_ptr + j * dim + o, mask=m, other=0.0).to(COMPUTE)
-
-
-@triton.jit
-def _ring_old_taps(ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
-                   WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """The part of a causal conv step that does not need the new input: bias + the ring's WIDTH-1 newest
-    slots times their taps -> (that sum, the new input's tap), both [BLOCK] in COMPUTE.
-
-    Called before anything waits on the new input (the RMSNorm's reduction in pre_conv_step), so that
-    its loads are in flight while that runs: a load placed after a reduction's barrier or after a store
-    to another pointer is issued only then."""
-    acc = tl.zeros_like(o).to(COMPUTE)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
-    for j in tl.static_range(WIDTH - 1):
-        slot = (pos + 1 + j) % WIDTH
-        tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
-        acc += tap * _tap(w_ptr, j, o, m, dim, COMPUTE)
-    return acc, _tap(w_ptr, WIDTH - 1, o, m, dim, COMPUTE)
-
-
-@triton.jit
-def _ring_old_taps_qk(ring_ptr, row_base, pos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m, dim,
-                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """_ring_old_taps for two convs over one ring (qk_prep's q and k convs of the same input): each
-    slot is loaded once and used by both -> (q's sum, q's new-input tap, k's sum, k's new-input tap).
-
-    Called before the q conv's stores, for the reason _ring_old_taps gives."""
-    q = tl.zeros_like(o).to(COMPUTE)
-    k = tl.zeros_like(o).to(COMPUTE)
-    if HAS_BIAS:
-        q += tl.load(bq_ptr + o, mask=m, other=0.0).to(COMPUTE)
-        k += tl.load(bk_ptr + o, mask=m, other=0.0).to(COMPUTE)
-    for j in tl.static_range(WIDTH - 1):
-        slot = (pos + 1 + j) % WIDTH
-        tap = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
-        q += tap * _tap(wq_ptr, j, o, m, dim, COMPUTE)
-        k += tap * _tap(wk_ptr, j, o, m, dim, COMPUTE)
-    return q, _tap(wq_ptr, WIDTH - 1, o, m, dim, COMPUTE), k, _tap(wk_ptr, WIDTH - 1, o, m, dim, COMPUTE)
-
-
-@triton.jit
 def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_ptr, ns_ptr, hout_ptr, x_ptr,
                      dim, stride_h, stride_d, eps,
                      HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
@@ -102,7 +54,7 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
     b_h = b_h.to(COMPUTE)
     pos = tl.load(cpos_ptr)
     ring_base = row * WIDTH * dim
-    y_old, w_new = _ring_old_taps(ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, HAS_BIAS, COMPUTE)
+    y_old, w_new = tc.ring_old_taps(ring_ptr, ring_base, pos, cw_ptr, cb_ptr, o, m, dim, WIDTH, HAS_BIAS, COMPUTE)
     w_c = tl.load(nc_ptr + o, mask=m, other=0.0)
     w_s = tl.load(ns_ptr + o, mask=m, other=0.0)
     xc = _rms_row(b_h, w_c, dim, eps, ACT, COMPUTE)
@@ -112,13 +64,6 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
     tl.store(hout_ptr + row * dim + o, b_h, mask=m)
     x = _rms_row(b_h.to(COMPUTE), w_s, dim, eps, ACT, COMPUTE)
     tl.store(x_ptr + row * dim + o, x, mask=m)
-
-
-@triton.jit
-def _rotary(x, cos, sin, BLOCK: tl.constexpr):
-    """Rotate the interleaved pairs (x[2j], x[2j+1]) of a row x [BLOCK] by cos, sin [BLOCK // 2]."""
-    x_e, x_o = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
-    return tl.reshape(tl.join(x_e * cos - x_o * sin, x_o * cos + x_e * sin), (BLOCK,))
 
 
 @triton.jit
@@ -144,12 +89,12 @@ def _qk_prep_kernel(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, c
     cos = tl.load(cos_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
     sin = tl.load(sin_ptr + rot + jj, mask=m_half, other=0.0).to(ACT).to(COMPUTE)
 
-    # Both convs' old taps first (see _ring_old_taps), then the new input's terms.
-    q_old, wq_new, k_old, wk_new = _ring_old_taps_qk(ring_ptr, base, cpos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m,
+    # Both convs' old taps first (see tc.ring_old_taps), then the new input's terms.
+    q_old, wq_new, k_old, wk_new = tc.ring_old_taps_qk(ring_ptr, base, cpos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m,
                                                      dim, WIDTH, HAS_BIAS, COMPUTE)
-    q = _rotary((q_old + x * wq_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    q = tc.rotary((q_old + x * wq_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(q_ptr + row * dim + o, q.to(ACT), mask=m)
-    k = _rotary((k_old + x * wk_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
+    k = tc.rotary((k_old + x * wk_new).to(ACT).to(COMPUTE), cos, sin, BLOCK)
     tl.store(k_ptr + row * dim + o, k.to(ACT), mask=m)
     # The new input into the ring (after the taps above were read).
     tl.store(ring_ptr + base + cpos * dim + o, x.to(RING), mask=m)
@@ -274,16 +219,6 @@ kernel_op("ttt_gate_norm", ["Tensor z", "Tensor? g", "Tensor weight", "Tensor bi
           _gate_norm_impl, _gate_norm_fake)
 
 
-def _check_ring(name, ring, conv_pos, weight, bias, B, D):
-    W = ring.shape[1] if ring.dim() == 3 else -1
-    assert ring.dim() == 3 and tuple(ring.shape) == (B, W, D) and ring.is_contiguous(), \
-        f"{name}: ring must be contiguous [{B}, W, {D}], got {tuple(ring.shape)}"
-    assert tuple(weight.shape) == (W, D) and weight.is_contiguous(), \
-        f"{name}: conv weights must be tap-major and contiguous [W, D] (the parameter [D, W] transposed)"
-    assert bias is None or (tuple(bias.shape) == (D,) and bias.is_contiguous()), f"{name}: conv bias must be [D]"
-    assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, f"{name}: conv_pos must be a [1] int64 tensor"
-
-
 def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps: float):
     """Fused; same signature and semantics as ttt_block.pre_conv_step."""
     check_interpreter()
@@ -291,7 +226,7 @@ def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps:
     assert h.stride(1) == 1 and (delta is None or (delta.shape == h.shape and delta.stride(1) == 1)), \
         "pre_conv_step: h and delta must be [B, D] with contiguous rows"
     assert norm_c.is_contiguous() and norm_s.is_contiguous() and norm_c.shape == norm_s.shape == (D,)
-    _check_ring("pre_conv_step", ring, conv_pos, conv_w, conv_b, B, D)
+    tc.check_ring("pre_conv_step", ring, conv_pos, conv_w, conv_b, B, D)
     return torch.ops.ttt_decode.ttt_pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps)
 
 
@@ -299,17 +234,8 @@ def qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
             base_lr: float, num_heads: int, lr_col: int):
     """Fused; same signature and semantics as ttt_block.qk_prep."""
     check_interpreter()
-    B, D = p.shape[0], ring.shape[2]
-    f = D // num_heads
-    assert D % num_heads == 0 and f % 2 == 0, f"qk_prep: width {D} must split into {num_heads} heads of even size"
-    assert p.dim() == 2 and p.stride(1) == 1 and p.shape[1] >= lr_col + num_heads, \
-        f"qk_prep: p must be [B, >= {lr_col + num_heads}] with contiguous rows, got {tuple(p.shape)}"
-    for w, b in ((wq, bq), (wk, bk)):  # both convs over the one ring
-        _check_ring("qk_prep", ring, conv_pos, w, b, B, D)
-    assert (bq is None) == (bk is None), "qk_prep: both convs or neither have a bias"
-    assert rope_cos.is_contiguous() and rope_sin.is_contiguous() and rope_cos.shape[1] == f // 2, \
-        f"qk_prep: rotary tables must be contiguous [b, {f // 2}]"
-    assert lr_bias.is_contiguous() and token_idx.is_contiguous() and pos.numel() == 1 and pos.dtype == torch.int64
+    tc.check_qk_inputs("qk_prep", p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+                       num_heads, lr_col)
     return torch.ops.ttt_decode.ttt_qk_prep(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias,
                                             token_idx, base_lr, num_heads, lr_col)
 

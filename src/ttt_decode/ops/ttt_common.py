@@ -245,6 +245,18 @@ def pick_step(module_name: str, impl: str, dual: bool):
     return getattr(mod, "decode_step_dual" if dual else "decode_step_primal")
 
 
+def pick_step_qk(module_name: str, impl: str, dual: bool):
+    """The decode step of an op package that does ops.ttt_block.qk_prep's work in its kernel's prologue
+    (`decode_step_dual_qk`: qk_prep's arguments, then the step's without q, k, eta, c), or None where
+    there is none: the Triton dual kernels have it; the naive steps and the primal kernels run
+    qk_prep first."""
+    import importlib
+
+    if impl != "triton" or not dual:
+        return None
+    return getattr(importlib.import_module(f"{module_name}.triton_decode"), "decode_step_dual_qk", None)
+
+
 def inner_step_cost(mlp: bool, form: str, heads: int, head_dim: int, mini_batch_size: int,
                     state_itemsize: int, act_itemsize: int = 2) -> dict:
     """Compulsory bytes and FLOPs of one inner-loop decode call, per sequence (all heads), averaged

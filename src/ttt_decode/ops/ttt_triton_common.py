@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ttt_decode.errors import UserError
-from ttt_decode.ops.kernel_op import interpreting
+from ttt_decode.ops.kernel_op import interpreting, kernel_op
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, check_decode_inputs
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -109,6 +109,112 @@ def load_token_inputs(q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, 
     return b_q, b_k, b_v, eta, c_i, gam, bet
 
 
+# ---------------------------------------------------------------- the q / k conv ring and rotary
+# qk_prep's pieces (ops/ttt_block_triton.py), shared with the dual kernels' fused prologue below.
+@triton.jit
+def tap(w_ptr, j, o, m, dim, COMPUTE: tl.constexpr):
+    """Tap j of a conv's tap-major weights [W, D] for the columns o: one contiguous row, loaded in the
+    row's own layout. (The [D, W] parameter read as a [BLOCK, W] tile took each tap's column out with
+    a reduction whose result lands in another layout: 8 shared-memory conversions with barriers in
+    qk_prep, offline for sm_90.)"""
+    return tl.load(w_ptr + j * dim + o, mask=m, other=0.0).to(COMPUTE)
+
+
+@triton.jit
+def ring_old_taps(ring_ptr, row_base, pos, w_ptr, b_ptr, o, m, dim,
+                  WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """The part of a causal conv step that does not need the new input: bias + the ring's WIDTH-1 newest
+    slots times their taps -> (that sum, the new input's tap), both [BLOCK] in COMPUTE.
+
+    Called before anything waits on the new input (the RMSNorm's reduction in pre_conv_step), so that
+    its loads are in flight while that runs: a load placed after a reduction's barrier or after a store
+    to another pointer is issued only then."""
+    acc = tl.zeros_like(o).to(COMPUTE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o, mask=m, other=0.0).to(COMPUTE)
+    for j in tl.static_range(WIDTH - 1):
+        slot = (pos + 1 + j) % WIDTH
+        x_s = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
+        acc += x_s * tap(w_ptr, j, o, m, dim, COMPUTE)
+    return acc, tap(w_ptr, WIDTH - 1, o, m, dim, COMPUTE)
+
+
+@triton.jit
+def ring_old_taps_qk(ring_ptr, row_base, pos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, o, m, dim,
+                     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """ring_old_taps for two convs over one ring (qk_prep's q and k convs of the same input): each
+    slot is loaded once and used by both -> (q's sum, q's new-input tap, k's sum, k's new-input tap).
+
+    Called before the q conv's stores, for the reason ring_old_taps gives."""
+    q = tl.zeros_like(o).to(COMPUTE)
+    k = tl.zeros_like(o).to(COMPUTE)
+    if HAS_BIAS:
+        q += tl.load(bq_ptr + o, mask=m, other=0.0).to(COMPUTE)
+        k += tl.load(bk_ptr + o, mask=m, other=0.0).to(COMPUTE)
+    for j in tl.static_range(WIDTH - 1):
+        slot = (pos + 1 + j) % WIDTH
+        x_s = tl.load(ring_ptr + row_base + slot * dim + o, mask=m, other=0.0).to(COMPUTE)
+        q += x_s * tap(wq_ptr, j, o, m, dim, COMPUTE)
+        k += x_s * tap(wk_ptr, j, o, m, dim, COMPUTE)
+    return q, tap(wq_ptr, WIDTH - 1, o, m, dim, COMPUTE), k, tap(wk_ptr, WIDTH - 1, o, m, dim, COMPUTE)
+
+
+@triton.jit
+def rotary(x, cos, sin, BLOCK: tl.constexpr):
+    """Rotate the interleaved pairs (x[2j], x[2j+1]) of a row x [BLOCK] by cos, sin [BLOCK // 2]."""
+    x_e, x_o = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
+    return tl.reshape(tl.join(x_e * cos - x_o * sin, x_o * cos + x_e * sin), (BLOCK,))
+
+
+@triton.jit
+def token_coeff(tok_ptr, pos):
+    """c_pos = max(0, 1/(pos+1) + learnable_token_idx[pos]) in float32, rounded to the parameter's dtype
+    where ops.ttt_common.token_coeffs rounds."""
+    TOK: tl.constexpr = tok_ptr.dtype.element_ty
+    base = rne(1.0 / (pos + 1).to(tl.float32), TOK).to(tl.float32)
+    return tl.maximum(rne(base + tl.load(tok_ptr + pos).to(tl.float32), TOK).to(tl.float32), 0.0)
+
+
+@triton.jit
+def ring_token_inputs(p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr,
+                      lrb_ptr, tok_ptr, v_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+                      stride_p, stride_vb, stride_vh, lr_col, eta_scale, dim,
+                      D: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr):
+    """load_token_inputs with qk_prep's work folded in, for one (sequence i_b, head i_h): the dual
+    kernels' fused prologue, which saves qk_prep's launch and its q, k round trip through memory.
+
+    From the in_proj row p [>= lr_col + H] (q0 in columns i_h D .. i_h D + D) and the q/k conv ring
+    [B, WIDTH, dim]: q, k = rotary(conv_q(q0)), rotary(conv_k(q0)) at rotary row rpos, each rounded to
+    p's dtype where qk_prep rounds (so the values are those qk_prep stores); q0 goes into ring slot
+    cpos after the old slots are read (this program's columns only); eta = eta_scale sigmoid(lr +
+    lr_bias); c_pos. Returns what load_token_inputs returns, all float32."""
+    ACT: tl.constexpr = p_ptr.dtype.element_ty
+    cols = i_h * D + o_d
+    row_p = p_ptr + i_b * stride_p
+    x = tl.load(row_p + cols, mask=m_d, other=0.0).to(tl.float32)
+    cpos = tl.load(cpos_ptr)
+    base = i_b * WIDTH * dim
+    q_old, wq_new, k_old, wk_new = ring_old_taps_qk(ring_ptr, base, cpos, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cols, m_d,
+                                                    dim, WIDTH, HAS_BIAS, tl.float32)
+    jj = tl.arange(0, BLOCK_D // 2)
+    m_half = jj < D // 2
+    rot = tl.load(rpos_ptr) * (D // 2)
+    # The rotary row of this mini-batch position (pair j at column j of the table), rounded as qk_prep does.
+    cos = rne(tl.load(cos_ptr + rot + jj, mask=m_half, other=0.0).to(tl.float32), ACT).to(tl.float32)
+    sin = rne(tl.load(sin_ptr + rot + jj, mask=m_half, other=0.0).to(tl.float32), ACT).to(tl.float32)
+    b_q = rne(rotary(rne(q_old + x * wq_new, ACT).to(tl.float32), cos, sin, BLOCK_D), ACT).to(tl.float32)
+    b_k = rne(rotary(rne(k_old + x * wk_new, ACT).to(tl.float32), cos, sin, BLOCK_D), ACT).to(tl.float32)
+    lr = tl.load(row_p + lr_col + i_h).to(tl.float32) + tl.load(lrb_ptr + i_h).to(tl.float32)
+    eta = eta_scale / (1.0 + tl.exp(-lr))
+    c_i = token_coeff(tok_ptr, pos)
+    b_v = tl.load(v_ptr + i_b * stride_vb + i_h * stride_vh + o_d, mask=m_d, other=0.0).to(tl.float32)
+    gam = tl.load(gamma_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    bet = tl.load(beta_ptr + i_h * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    # After every load above: a load placed after a store to another pointer is issued only then.
+    tl.store(ring_ptr + base + cpos * dim + cols, x.to(ring_ptr.dtype.element_ty), mask=m_d)
+    return b_q, b_k, b_v, eta, c_i, gam, bet
+
+
 # ---------------------------------------------------------------- the end-of-mini-batch update
 @triton.jit
 def update_tile(p_w, p_ra, p_rb, o_r, m_r, o_c, m_c, o_s, m_s, stride_w, stride_a, stride_b, scale,
@@ -185,6 +291,83 @@ def check_kernel_inputs(name, q, k, v, eta, c, gamma, beta, state, cache, mlp: b
         assert t.stride(2) == 1, f"{name}: {n} must be contiguous along the head dim, strides {t.stride()}"
     assert gamma.is_contiguous() and beta.is_contiguous() and c.is_contiguous(), f"{name}: gamma, beta, c contiguous"
     assert cache.pos.numel() == 1 and cache.pos.dtype == torch.int64, f"{name}: cache.pos must be a [1] int64 tensor"
+
+
+# The fused prologue's inputs: ops.ttt_block.qk_prep's tensors (its base_lr and lr_col come last in an op's schema).
+QK_NAMES = ("p", "ring", "conv_pos", "wq", "bq", "wk", "bk", "rope_cos", "rope_sin", "rot_pos", "lr_bias", "token_idx")
+QK_PARAMS = [f"Tensor{'?' if n in ('bq', 'bk') else ''} {n}" for n in QK_NAMES]
+
+
+def check_ring(name, ring, conv_pos, weight, bias, B, D) -> None:
+    """A conv ring [B, W, D] with its tap-major weights [W, D], bias [D] or None and slot conv_pos."""
+    W = ring.shape[1] if ring.dim() == 3 else -1
+    assert ring.dim() == 3 and tuple(ring.shape) == (B, W, D) and ring.is_contiguous(), \
+        f"{name}: ring must be contiguous [{B}, W, {D}], got {tuple(ring.shape)}"
+    assert tuple(weight.shape) == (W, D) and weight.is_contiguous(), \
+        f"{name}: conv weights must be tap-major and contiguous [W, D] (the parameter [D, W] transposed)"
+    assert bias is None or (tuple(bias.shape) == (D,) and bias.is_contiguous()), f"{name}: conv bias must be [D]"
+    assert conv_pos.numel() == 1 and conv_pos.dtype == torch.int64, f"{name}: conv_pos must be a [1] int64 tensor"
+
+
+def check_qk_inputs(name, p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+                    num_heads: int, lr_col: int) -> None:
+    """qk_prep's arguments (ops.ttt_block.qk_prep), checked before a launch that reads them."""
+    B, D = p.shape[0], ring.shape[2]
+    f = D // num_heads
+    assert D % num_heads == 0 and f % 2 == 0, f"{name}: width {D} must split into {num_heads} heads of even size"
+    assert p.dim() == 2 and p.stride(1) == 1 and p.shape[1] >= lr_col + num_heads, \
+        f"{name}: p must be [B, >= {lr_col + num_heads}] with contiguous rows, got {tuple(p.shape)}"
+    for w, b in ((wq, bq), (wk, bk)):  # both convs over the one ring
+        check_ring(name, ring, conv_pos, w, b, B, D)
+    assert (bq is None) == (bk is None), f"{name}: both convs or neither have a bias"
+    assert rope_cos.is_contiguous() and rope_sin.is_contiguous() and rope_cos.shape[1] == f // 2, \
+        f"{name}: rotary tables must be contiguous [b, {f // 2}]"
+    assert lr_bias.is_contiguous() and token_idx.is_contiguous() and pos.numel() == 1 and pos.dtype == torch.int64
+
+
+def qk_kernel_args(qk: dict | None, dummy: torch.Tensor, head_dim: int) -> tuple[list, dict]:
+    """The fused prologue's kernel arguments (p_ptr .. tok_ptr, stride_p, lr_col, eta_scale, dim) and
+    constexprs (FUSED_QK, HAS_QK_BIAS, WIDTH) for qk, a dict of QK_NAMES, base_lr and lr_col; qk None:
+    placeholders (dummy for every pointer) and FUSED_QK False."""
+    if qk is None:
+        return [dummy] * len(QK_NAMES) + [0, 0, 0.0, 0], {"FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
+    ptrs = [qk[n] if qk[n] is not None else qk["wq"] for n in QK_NAMES]
+    _, width, dim = qk["ring"].shape
+    scalars = [qk["p"].stride(0), qk["lr_col"], qk["base_lr"] / head_dim, dim]
+    return ptrs + scalars, {"FUSED_QK": True, "HAS_QK_BIAS": qk["bq"] is not None, "WIDTH": width}
+
+
+def qk_step_op(name: str, state: tuple[str, ...], mutates: tuple[str, ...], launch):
+    """A dual decode-step op with qk_prep folded into the kernel's prologue: QK_PARAMS, then v, gamma, beta,
+    pos and the state and cache tensors (state), then base_lr, lr_col; returns out [B, H, f] like v
+    (contiguous). Mutates the ring (q0 into slot conv_pos) and `mutates`. launch as for step_op, with qk=."""
+    n = len(QK_NAMES)
+
+    def impl(*args):
+        qk = dict(zip(QK_NAMES, args[:n]), base_lr=args[-2], lr_col=args[-1])
+        v, gamma, beta, pos, *tensors = args[n:-2]
+        out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        return launch(None, None, v, None, None, gamma, beta, pos, *tensors, out, qk=qk)
+
+    def fake(*args):
+        v = args[n]
+        return torch.empty(v.shape, dtype=v.dtype, device=v.device)
+
+    tensors = [f"Tensor {t}" for t in ("v", "gamma", "beta", "pos", *state)]
+    params = QK_PARAMS + tensors + ["float base_lr", "int lr_col"]
+    return kernel_op(name, params, ("ring", *mutates), impl, fake)
+
+
+def check_qk_step_inputs(name, p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
+                         num_heads, lr_col, v, gamma, beta, state, cache, mlp: bool) -> None:
+    """Everything a fused-prologue dual step needs: qk_prep's checks, then the step's (v stands in for q
+    and k, which the kernel computes, and views of the right shapes for eta and c)."""
+    check_qk_inputs(name, p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
+                    num_heads, lr_col)
+    if p.dtype != v.dtype or p.shape[0] != v.shape[0] or ring.shape[2] != v.shape[1] * v.shape[2]:
+        raise UserError(f"{name}: p {tuple(p.shape)} {p.dtype} and v {tuple(v.shape)} {v.dtype} must be one batch of "
+                        f"one dtype, v's heads filling the ring's width {ring.shape[2]}")
+    check_kernel_inputs(name, v, v, v, v[..., 0], token_idx, gamma, beta, state, cache, mlp=mlp, dual=True)
 
 
 def advance_pos(pos: torch.Tensor, mini_batch_size: int) -> None:

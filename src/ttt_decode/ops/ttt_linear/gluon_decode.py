@@ -194,9 +194,11 @@ def copyable(q, k, v, gamma, beta, *state) -> bool:
     return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, *state))
 
 
-def supported(q, k, v, gamma, beta, W1, b1, ck, cg1) -> bool:
+def supported(q, k, v, gamma, beta, W1, b1, ck, cg1, qk=None) -> bool:
     """Whether this kernel takes these inputs (else the caller runs the Triton kernel): those of
     copyable(), with W1, b1 and the cache as the state, and mini-batch 16 (mma.sync's K)."""
+    if qk is not None:
+        return False
     return ck.shape[2] == MINI_BATCH and copyable(q, k, v, gamma, beta, W1, b1, ck, cg1)
 
 
@@ -205,7 +207,8 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16,
+           qk=None):
     """Run the kernel into out [B, H, 64] (contiguous) for inputs that supported() takes: programs_per_sm
     persistent programs a multiprocessor (at most the number of items), W1 read from shared memory in
     rows-row slices."""

@@ -37,8 +37,11 @@ def _m1_dual_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
     w1_ptr, b1_ptr, ck_ptr, cg1_ptr, out_ptr,
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+    # FUSED_QK: q, k, eta, c from qk_prep's inputs (tc.ring_token_inputs); q_ptr .. c_ptr are then unused
+    p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
+    stride_p, lr_col, eta_scale, dim,
     D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    UPDATE_DOT: tl.constexpr,
+    UPDATE_DOT: tl.constexpr, FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -64,9 +67,15 @@ def _m1_dual_kernel(
     b_kc = tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)  # [BMB, BD]
     b_gc = tl.load(p_cg + o_s[:, None] * D + o_d[None, :], mask=m_old2, other=0.0)
     b_b1 = tl.load(p_b1 + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
-        q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
-        stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
+    if FUSED_QK:
+        b_q, b_k, b_v, eta, c_i, gam, bet = tc.ring_token_inputs(
+            p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
+            v_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d, stride_p, stride_vb, stride_vh, lr_col, eta_scale,
+            dim, D, BLOCK_D, HAS_QK_BIAS, WIDTH)
+    else:
+        b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
+            q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+            stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
 
     b_w1f = b_w1.to(tl.float32)  # [BD, BD]
     z1k = tl.sum(b_w1f * b_k[:, None], 0) + b_b1
@@ -118,28 +127,35 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     return cfg
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None, qk=None):
     """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
 
-    The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks)."""
-    B, H, f = q.shape
+    The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks). qk:
+    qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
+    eta, c are then None."""
+    B, H, f = v.shape
     cfg = config or dual_config(B, f, W1.dtype)
     if cfg.get("GLUON"):
         from ttt_decode.ops.ttt_linear import gluon_decode  # noqa: PLC0415 (experimental API: imported where used)
 
-        if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, ck, cg1):
+        if gluon_decode.supported(v if qk else q, v if qk else k, v, gamma, beta, W1, b1, ck, cg1, qk=qk):
             return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
-                                       programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
+                                       programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16), qk=qk)
+    if qk is not None:
+        q = k = eta = c = v  # placeholders: the kernel computes them
+    qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
     _m1_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])), EPS=TTT_NORM_EPS,
-        UPDATE_DOT=cfg["UPDATE_DOT"], **tc.launch_options(cfg))
+        *qk_args, D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])), EPS=TTT_NORM_EPS,
+        UPDATE_DOT=cfg["UPDATE_DOT"], **qk_consts, **tc.launch_options(cfg))
     return out
 
 
 step_op("ttt_linear_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "cache_k", "cache_g1"),
         ("W1", "b1", "cache_k", "cache_g1"), launch)
+tc.qk_step_op("ttt_linear_dual_step_qk", ("W1", "b1", "cache_k", "cache_g1"), ("W1", "b1", "cache_k", "cache_g1"),
+              launch)
 
 
 def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualCache, advance: bool = True):
@@ -149,6 +165,25 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     tc.check_kernel_inputs("ttt_linear dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=False, dual=True)
     out = torch.ops.ttt_decode.ttt_linear_dual_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                     cache.k, cache.g1)
+    if advance:
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
+    return out
+
+
+def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
+                        base_lr: float, num_heads: int, lr_col: int, v, gamma, beta, state: TTTState,
+                        cache: DualCache, advance: bool = True):
+    """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c: the same
+    function as qk_prep followed by decode_step_dual, with qk_prep's work done in the kernel's prologue
+    (one launch instead of two, and q, k never written to memory). -> out [B, H, f].
+
+    Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
+    the last mini-batch position."""
+    tc.check_qk_step_inputs("ttt_linear dual decode", p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
+                            lr_bias, token_idx, num_heads, lr_col, v, gamma, beta, state, cache, mlp=False)
+    out = torch.ops.ttt_decode.ttt_linear_dual_step_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
+                                                       lr_bias, token_idx, v, gamma, beta, cache.pos, state.W1,
+                                                       state.b1, cache.k, cache.g1, base_lr, lr_col)
     if advance:
         tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out

@@ -75,9 +75,13 @@ def _m2_dual_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
     w1_ptr, b1_ptr, w2_ptr, b2_ptr, ck_ptr, cg1_ptr, cx2_ptr, cg2_ptr, out_ptr, z1_ptr,
     H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+    # FUSED_QK: q, k, eta, c from qk_prep's inputs (tc.ring_token_inputs); q_ptr .. c_ptr are then unused
+    p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
+    stride_p, lr_col, eta_scale, dim,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr,
+    FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -103,9 +107,15 @@ def _m2_dual_kernel(
     p_cg2 = cg2_ptr + pid * (MB * D)
     p_z1 = z1_ptr + pid * (2 * FH)  # k W1 + b1 and q W1 + b1 of pass A, float32
 
-    b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
-        q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
-        stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
+    if FUSED_QK:
+        b_q, b_k, b_v, eta, c_i, gam, bet = tc.ring_token_inputs(
+            p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
+            v_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d, stride_p, stride_vb, stride_vh, lr_col, eta_scale,
+            dim, D, BLOCK_D, HAS_QK_BIAS, WIDTH)
+    else:
+        b_q, b_k, b_v, eta, c_i, gam, bet = tc.load_token_inputs(
+            q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos, i_b, i_h, o_d, m_d,
+            stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh, D)  # [BD] each
     b_b2 = tl.load(p_b2 + o_d, mask=m_d, other=0.0).to(tl.float32)
     b_kc = _load_rows(p_ck, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
 
@@ -185,27 +195,34 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True}
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None):
     """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
 
-    The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks)."""
-    B, H, f = q.shape
+    The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks). qk:
+    qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
+    eta, c are then None."""
+    B, H, f = v.shape
+    if qk is not None:
+        q = k = eta = c = v  # placeholders: the kernel computes them
+    qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
     F = W1.shape[-1]
     cfg = config or dual_config(B, f, W1.dtype)
     z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
+        *qk_args, D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
         BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
-        **tc.launch_options(cfg))
+        **qk_consts, **tc.launch_options(cfg))
     return out
 
 
 step_op("ttt_mlp_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "W2", "b2", "cache_k",
                               "cache_g1", "cache_x2", "cache_g2"),
         ("W1", "b1", "W2", "b2", "cache_k", "cache_g1", "cache_x2", "cache_g2"), launch)
+_STATE = ("W1", "b1", "W2", "b2", "cache_k", "cache_g1", "cache_x2", "cache_g2")
+tc.qk_step_op("ttt_mlp_dual_step_qk", _STATE, _STATE, launch)
 
 
 def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualCache, advance: bool = True):
@@ -215,6 +232,26 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     tc.check_kernel_inputs("ttt_mlp dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=True)
     out = torch.ops.ttt_decode.ttt_mlp_dual_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                  state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2)
+    if advance:
+        tc.advance_pos(cache.pos, cache.mini_batch_size)
+    return out
+
+
+def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
+                        base_lr: float, num_heads: int, lr_col: int, v, gamma, beta, state: TTTState,
+                        cache: DualCache, advance: bool = True):
+    """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c: the same
+    function as qk_prep followed by decode_step_dual, with qk_prep's work done in the kernel's prologue
+    (one launch instead of two, and q, k never written to memory). -> out [B, H, f].
+
+    Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
+    the last mini-batch position."""
+    tc.check_qk_step_inputs("ttt_mlp dual decode", p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
+                            lr_bias, token_idx, num_heads, lr_col, v, gamma, beta, state, cache, mlp=True)
+    out = torch.ops.ttt_decode.ttt_mlp_dual_step_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
+                                                    lr_bias, token_idx, v, gamma, beta, cache.pos, state.W1, state.b1,
+                                                    state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2,
+                                                    base_lr, lr_col)
     if advance:
         tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out

@@ -1,0 +1,142 @@
+"""The dual kernels with qk_prep folded into their prologue (`decode_step_dual_qk` of ttt_linear and ttt_mlp
+triton_decode.py) against what they replace: ops.ttt_block.qk_prep followed by the inner step.
+
+Each case decodes a mini-batch and three tokens (every position, one end-of-mini-batch update, the conv
+ring's slots several times) with a fresh random projection row p = [q0 | v | g | lr] each token, and
+checks the output and the ring after every token and the state and cache at the end. Errors are
+measured against the float64 reference (ops.ttt_block.qk_prep and the naive step in float64 on the same
+rounded inputs): float32 within 1e-5; float16 / bfloat16 at most 2x the error of the same PyTorch path
+run in that dtype (plus 1e-6), and under 2e-2. Outputs are NaN-poisoned and the cache starts NaN-filled,
+so an unwritten output or a read of a stale row fails. Under TRITON_INTERPRET=1 on CPU at small shapes;
+the GPU cases (pytest -m gpu) at ttt-1b shapes, where M1 at B >= 128 runs the Gluon kernel."""
+
+import importlib
+
+import pytest
+import torch
+
+from conftest import rel_err
+from ttt_decode.ops import ttt_block
+from ttt_decode.ops.ttt_common import DualCache, TTTState
+
+W, MB = 4, 16
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _mods(mlp):
+    pkg = "ttt_decode.ops." + ("ttt_mlp" if mlp else "ttt_linear")
+    return importlib.import_module(pkg + ".naive"), importlib.import_module(pkg + ".triton_decode")
+
+
+class _Path:
+    """One way through the tokens: its tensors (the inputs rounded to act, then held in dtype) and state."""
+
+    def __init__(self, P, act, dtype, device, nan_cache=False):
+        def cv(x):
+            return x.to(act).to(device=device, dtype=dtype)
+        self.t = {n: (cv(x) if isinstance(x, torch.Tensor) else x) for n, x in P.items() if n != "params"}
+        self.t["cos"], self.t["sin"] = P["cos"], P["sin"]  # the model's float32 table on every path
+        self.ring = self.t["ring"]
+        self.state = TTTState.from_params(P["B"], dtype, *[cv(x) for x in P["params"]])
+        self.cache = DualCache.empty_like_state(self.state, MB)
+        if nan_cache:
+            for n, x in self.cache.tensors().items():
+                if n != "pos":
+                    x.fill_(float("nan"))
+
+    def args(self, p, conv_pos, rot_pos, H, lr_col):
+        t = self.t
+        return (p, self.ring, conv_pos, t["wq"], t["bq"], t["wk"], t["bk"], t["cos"], t["sin"], rot_pos, t["lr_bias"],
+                t["token_idx"], 1.0, H, lr_col)
+
+
+def _params(B, H, f, mlp, bias, seed, device):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+    D, F = H * f, 4 * f if mlp else f
+    params = (r(H, f, F, scale=f ** -0.5), r(H, F, scale=0.1))
+    if mlp:
+        params += (r(H, F, f, scale=F ** -0.5), r(H, f, scale=0.1))
+    angles = torch.arange(MB)[:, None] * torch.rand(f // 2, generator=g)[None]
+    return dict(B=B, params=params, wq=r(W, D, scale=0.5), wk=r(W, D, scale=0.5),
+                bq=r(D, scale=0.1) if bias else None, bk=r(D, scale=0.1) if bias else None,
+                cos=angles.cos().float().to(device), sin=angles.sin().float().to(device),
+                lr_bias=r(H, scale=0.3), token_idx=r(MB, scale=0.1), gamma=1.0 + r(H, f, scale=0.1),
+                beta=r(H, f, scale=0.1), ring=r(B, W, D))
+
+
+def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, poison=None):
+    dtype = DTYPES[key]
+    naive, tri = _mods(mlp)
+    D = H * f
+    lr_col = 3 * D
+    P = _params(B, H, f, mlp, bias, seed, device)
+    paths = {"ref": _Path(P, dtype, torch.float64, device), "same": _Path(P, dtype, dtype, device),
+             "kernel": _Path(P, dtype, dtype, device, nan_cache=True)}
+    conv_pos, rot_pos = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(2)]
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def bound(got, same, ref, what):
+        e, e_same = rel_err(got, ref), rel_err(same, ref)
+        if key == "fp32":
+            assert e < 1e-5, (what, e)
+        else:
+            assert e <= 2 * e_same + 1e-6 and e < 2e-2, (what, e, e_same)
+
+    for t in range(N):
+        p_low = torch.randn(B, 3 * D + H, generator=g).to(dtype).to(device)
+        outs = {}
+        for name, path in paths.items():
+            p = p_low.double() if name == "ref" else p_low
+            v = p[:, D:2 * D].view(B, H, f)
+            args = path.args(p, conv_pos, rot_pos, H, lr_col)
+            if name == "kernel":
+                if poison:
+                    poison()
+                outs[name] = tri.decode_step_dual_qk(*args, v, path.t["gamma"], path.t["beta"], path.state,
+                                                     path.cache, advance=False)
+            else:
+                q, k, eta, c = ttt_block.qk_prep(*args)
+                outs[name] = naive.decode_step_dual(q, k, v, eta, c, path.t["gamma"], path.t["beta"], path.state,
+                                                    path.cache, advance=False)
+        assert outs["kernel"].dtype == dtype and outs["kernel"].shape == (B, H, f)
+        assert torch.isfinite(outs["kernel"]).all(), t
+        bound(outs["kernel"], outs["same"], outs["ref"], f"out token {t}")
+        torch.testing.assert_close(paths["kernel"].ring, paths["same"].ring, atol=0, rtol=0)  # q0 itself: exact
+        for path in paths.values():
+            path.cache.pos.copy_((path.cache.pos + 1) % MB)
+        conv_pos.copy_((conv_pos + 1) % W)
+        rot_pos.copy_((rot_pos + 1) % MB)
+    k_st, s_st, r_st = (paths[n].state.tensors() for n in ("kernel", "same", "ref"))
+    for n in k_st:
+        bound(k_st[n], s_st[n], r_st[n], f"state.{n}")
+    rows = slice(0, N % MB)
+    k_c, s_c, r_c = (paths[n].cache.tensors() for n in ("kernel", "same", "ref"))
+    for n in k_c:
+        if n != "pos":
+            bound(k_c[n][:, :, rows], s_c[n][:, :, rows], r_c[n][:, :, rows], f"cache.{n}")
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    orig = torch.empty
+
+    def empty(*args, **kwargs):
+        t = orig(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    return lambda: monkeypatch.setattr(torch, "empty", empty)
+
+
+@pytest.mark.parametrize("key", list(DTYPES))
+@pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
+def test_fused_qk_matches_qk_prep_then_step(mlp, key, nan_empty):
+    run_fused(mlp, B=2, H=2, f=16, key=key, poison=nan_empty)
+
+
+@pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
+def test_fused_qk_masked_head_dim_no_bias(mlp, nan_empty):
+    """f = 24 (the kernels' head dim padded to 32 and masked) and convs without a bias."""
+    run_fused(mlp, B=2, H=3, f=24, key="fp16", bias=False, poison=nan_empty)
