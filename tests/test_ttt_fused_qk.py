@@ -140,3 +140,66 @@ def test_fused_qk_matches_qk_prep_then_step(mlp, key, nan_empty):
 def test_fused_qk_masked_head_dim_no_bias(mlp, nan_empty):
     """f = 24 (the kernels' head dim padded to 32 and masked) and convs without a bias."""
     run_fused(mlp, B=2, H=3, f=24, key="fp16", bias=False, poison=nan_empty)
+
+
+def test_fused_qk_op_schema_and_fake():
+    """The fused ops' schemas (the ring and the state are mutated) and fakes are right for torch.compile."""
+    B, H, f = 2, 2, 16
+    D = H * f
+    P = _params(B, H, f, True, True, 0, "cpu")
+    for mlp in (False, True):
+        _mods(mlp)  # registers the ops
+        path = _Path(P if mlp else {**P, "params": P["params"][:2]}, torch.float32, torch.float32, "cpu")
+        p = torch.randn(B, 3 * D + H)
+        pos = torch.zeros(1, dtype=torch.int64)
+        t = path.t
+        args = (p, path.ring, pos, t["wq"], t["bq"], t["wk"], t["bk"], t["cos"], t["sin"], pos.clone(), t["lr_bias"],
+                t["token_idx"], p[:, D:2 * D].view(B, H, f), t["gamma"], t["beta"], path.cache.pos,
+                *[x for n, x in path.state.tensors().items()],
+                *[x for n, x in path.cache.tensors().items() if n != "pos"], 1.0, 3 * D)
+        op = torch.ops.ttt_decode.ttt_mlp_dual_step_qk if mlp else torch.ops.ttt_decode.ttt_linear_dual_step_qk
+        torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_fused_qk_bad_input_is_one_line():
+    """A projection row of the wrong dtype fails at the boundary with the problem named."""
+    from ttt_decode.errors import UserError
+    _, tri = _mods(False)
+    B, H, f = 2, 2, 16
+    D = H * f
+    P = _params(B, H, f, False, True, 0, "cpu")
+    path = _Path(P, torch.float16, torch.float16, "cpu")
+    p = torch.randn(B, 3 * D + H, dtype=torch.float32)
+    v = torch.randn(B, H, f, dtype=torch.float16)
+    pos = torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(UserError, match="one dtype"):
+        tri.decode_step_dual_qk(*path.args(p, pos, pos, H, 3 * D), v, path.t["gamma"], path.t["beta"], path.state,
+                                path.cache)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [None, {"GLUON": True, "programs_per_sm": 2, "rows": 32}],
+                         ids=["default", "gluon-P2-R32"])
+@pytest.mark.parametrize("B", [16, 512])
+@pytest.mark.parametrize("key", list(DTYPES))
+@pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
+def test_gpu_fused_qk_matches_qk_prep_then_step(mlp, key, B, config, nan_empty, monkeypatch):
+    """ttt-1b shapes (32 heads of 64); M1 fp16 at B = 512 runs the Gluon kernel's fused prologue (checked),
+    and with 2 programs a multiprocessor each program loops over many items."""
+    if config is not None and (mlp or key != "fp16"):
+        pytest.skip("the Gluon configuration is M1's, fp16")
+    _, tri = _mods(mlp)
+    if config is not None:
+        default = tri.dual_config
+        monkeypatch.setattr(tri, "dual_config", lambda *a: {**default(*a), **config})
+    if not mlp and key == "fp16" and B == 512:
+        from ttt_decode.ops.ttt_linear import gluon_decode
+        assert tri.dual_config(B, 64, torch.float16).get("GLUON")
+        p = torch.zeros(B, 3 * 2048 + 32, dtype=torch.float16, device="cuda")
+        ring = torch.zeros(B, W, 2048, dtype=torch.float16, device="cuda")
+        v = p[:, 2048:4096].view(B, 32, 64)
+        t = torch.zeros(B, 32, 16, 64, dtype=torch.float16, device="cuda")
+        st = torch.zeros(B, 32, 64, 64, dtype=torch.float16, device="cuda")
+        g = torch.zeros(32, 64, dtype=torch.float16, device="cuda")
+        assert gluon_decode.supported(v, v, v, g, g, st, v, t, t, qk={"p": p, "ring": ring})
+    run_fused(mlp, B=B, H=32, f=64, key=key, device="cuda", poison=nan_empty)
