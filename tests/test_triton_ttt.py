@@ -304,12 +304,11 @@ def test_m1_gluon_kernels_compile_for_sm90():
 
     code = ("from ttt_decode.ops.ttt_linear import gluon_decode as d, gluon_primal as p; "
             "a = d.compile_offline(90).asm['ptx']; b = p.compile_offline(90).asm['ptx']; "
-            "c = d.compile_offline(90, fused_qk=True).asm['ptx']; "
-            "print('cp.async' in a, 'mma.sync' in a, 'cp.async' in b, 'cp.async' in c)")
+            "print('cp.async' in a, 'mma.sync' in a, 'cp.async' in b)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["True", "True", "True", "True"], res.stdout
+    assert res.stdout.split() == ["True", "True", "True"], res.stdout
 
 
 @pytest.mark.gpu

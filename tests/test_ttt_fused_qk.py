@@ -8,7 +8,8 @@ measured against the float64 reference (ops.ttt_block.qk_prep and the naive step
 rounded inputs): float32 within 1e-5; float16 / bfloat16 at most 2x the error of the same PyTorch path
 run in that dtype (plus 1e-6), and under 2e-2. Outputs are NaN-poisoned and the cache starts NaN-filled,
 so an unwritten output or a read of a stale row fails. Under TRITON_INTERPRET=1 on CPU at small shapes;
-the GPU cases (pytest -m gpu) at ttt-1b shapes, where M1 at B >= 128 runs the Gluon kernel."""
+the GPU cases (pytest -m gpu) at ttt-1b shapes, where M1 fp16 from B = 128 on runs qk_prep's kernel and
+then the Gluon kernel (its prologue would cost it more than qk_prep's launch)."""
 
 import importlib
 
@@ -184,8 +185,8 @@ def test_fused_qk_bad_input_is_one_line():
 @pytest.mark.parametrize("key", list(DTYPES))
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
 def test_gpu_fused_qk_matches_qk_prep_then_step(mlp, key, B, config, nan_empty, monkeypatch):
-    """ttt-1b shapes (32 heads of 64); M1 fp16 at B = 512 runs the Gluon kernel's fused prologue (checked),
-    and with 2 programs a multiprocessor each program loops over many items."""
+    """ttt-1b shapes (32 heads of 64); M1 fp16 at B = 512 takes the Gluon route (qk_prep's kernel, then the
+    Gluon kernel; checked), and with 2 programs a multiprocessor each program loops over many items."""
     if config is not None and (mlp or key != "fp16"):
         pytest.skip("the Gluon configuration is M1's, fp16")
     _, tri = _mods(mlp)
@@ -193,13 +194,13 @@ def test_gpu_fused_qk_matches_qk_prep_then_step(mlp, key, B, config, nan_empty, 
         default = tri.dual_config
         monkeypatch.setattr(tri, "dual_config", lambda *a: {**default(*a), **config})
     if not mlp and key == "fp16" and B == 512:
+        # The dispatcher's Gluon route: qk_prep's kernel, then the Gluon kernel (its inputs are supported).
         from ttt_decode.ops.ttt_linear import gluon_decode
         assert tri.dual_config(B, 64, torch.float16).get("GLUON")
-        p = torch.zeros(B, 3 * 2048 + 32, dtype=torch.float16, device="cuda")
-        ring = torch.zeros(B, W, 2048, dtype=torch.float16, device="cuda")
-        v = p[:, 2048:4096].view(B, 32, 64)
+        q = torch.zeros(B, 32, 64, dtype=torch.float16, device="cuda")
         t = torch.zeros(B, 32, 16, 64, dtype=torch.float16, device="cuda")
         st = torch.zeros(B, 32, 64, 64, dtype=torch.float16, device="cuda")
         g = torch.zeros(32, 64, dtype=torch.float16, device="cuda")
-        assert gluon_decode.supported(v, v, v, g, g, st, v, t, t, qk={"p": p, "ring": ring})
+        v = torch.zeros(B, 3 * 2048 + 32, dtype=torch.float16, device="cuda")[:, 2048:4096].view(B, 32, 64)
+        assert gluon_decode.supported(v, v, v, g, g, st, q, t, t) and gluon_decode.supported(q, q, v, g, g, st, q, t, t)
     run_fused(mlp, B=B, H=32, f=64, key=key, device="cuda", poison=nan_empty)

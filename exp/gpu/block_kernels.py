@@ -46,7 +46,7 @@ def cases(B, D=2048, H=32, W=4, mb=16, act=torch.float16):
     bytes_pre = B * D * (2 * r_ + 3 * a + w * a)
     bytes_qk = B * D * (a + w * a + 2 * a + a) + B * H * (a + 4)  # q0, the taps, q and k, the slot
     return (("pre_conv", pre, tri._pre_conv_impl, ref.pre_conv_step, bytes_pre),
-            ("qk_prep", qk, tri._qk_prep_impl, ref.qk_prep, bytes_qk))
+            ("qk_prep", qk, tri.qk_prep_launch, ref.qk_prep, bytes_qk))
 
 
 def graph_us(impl, kw: dict, nbytes: int, num_warps) -> float:

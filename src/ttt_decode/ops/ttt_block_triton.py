@@ -176,8 +176,10 @@ def _qk_prep_fake(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr
     return _qk_prep_outputs(p, ring, num_heads, token_idx)
 
 
-def _qk_prep_impl(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
-                  base_lr, num_heads, lr_col, num_warps=None):
+def qk_prep_launch(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, lr_bias, token_idx,
+                   base_lr, num_heads, lr_col, num_warps=None):
+    """qk_prep's kernel, unchecked (the custom op's implementation; the M1 dual step runs it before the
+    Gluon kernel)."""
     q, k, eta, c = _qk_prep_outputs(p, ring, num_heads, token_idx)
     B, W, D = ring.shape
     f = D // num_heads
@@ -213,7 +215,7 @@ kernel_op("ttt_pre_conv_step", ["Tensor h", "Tensor? delta", "Tensor norm_c", "T
 kernel_op("ttt_qk_prep", ["Tensor p", "Tensor ring", "Tensor conv_pos", "Tensor wq", "Tensor? bq",
                           "Tensor wk", "Tensor? bk", "Tensor rope_cos", "Tensor rope_sin", "Tensor pos",
                           "Tensor lr_bias", "Tensor token_idx", "float base_lr", "int num_heads", "int lr_col"],
-          ("ring",), _qk_prep_impl, _qk_prep_fake, returns="(Tensor, Tensor, Tensor, Tensor)")
+          ("ring",), qk_prep_launch, _qk_prep_fake, returns="(Tensor, Tensor, Tensor, Tensor)")
 
 kernel_op("ttt_gate_norm", ["Tensor z", "Tensor? g", "Tensor weight", "Tensor bias", "float eps"], (),
           _gate_norm_impl, _gate_norm_fake)

@@ -39,81 +39,27 @@ _barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 @gluon.jit
 def _issue(buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr,
            cg_ptr, item, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old,
-           o_v, p_ptr, ring_ptr, stride_p, dim, cpos, D: gl.constexpr, MB: gl.constexpr, T_ROWS: gl.constexpr,
-           FUSED_QK: gl.constexpr, WIDTH: gl.constexpr):
+           o_v, D: gl.constexpr, MB: gl.constexpr):
     """cp.async of everything item reads into buffer set buf: W1 [D, D], its cache rows s < pos [MB, D],
-    the token's q, k, v, b1 and the head's LayerNorm gamma, beta [D]. FUSED_QK: q0 and the conv ring's
-    WIDTH-1 old slots (rows 0 and slot_row(j)) instead of q and k (rows 0, 1); set buf's t_s rows from
-    T_ROWS buf."""
+    the token's q, k, v, b1 and the head's LayerNorm gamma, beta [D]."""
     i_b = item // H
     i_h = item % H
-    t0 = T_ROWS * buf
     cp.async_copy_global_to_shared(w_s.index(buf), w1_ptr + item * (D * D) + w_off)
     cp.async_copy_global_to_shared(k_s.index(buf), ck_ptr + item * (MB * D) + c_off, mask=m_old)
     cp.async_copy_global_to_shared(g_s.index(buf), cg_ptr + item * (MB * D) + c_off, mask=m_old)
-    if FUSED_QK:
-        cp.async_copy_global_to_shared(t_s.index(t0), p_ptr + i_b * stride_p + i_h * D + o_v)
-        for j in gl.static_range(WIDTH - 1):
-            slot = (cpos + 1 + j) % WIDTH
-            cp.async_copy_global_to_shared(t_s.index(t0 + _slot_row(j)),
-                                           ring_ptr + i_b * (WIDTH * dim) + slot * dim + i_h * D + o_v)
-    else:
-        cp.async_copy_global_to_shared(t_s.index(t0), q_ptr + i_b * stride_qb + i_h * stride_qh + o_v)
-        cp.async_copy_global_to_shared(t_s.index(t0 + 1), k_ptr + i_b * stride_kb + i_h * stride_kh + o_v)
-    cp.async_copy_global_to_shared(t_s.index(t0 + 2), v_ptr + i_b * stride_vb + i_h * stride_vh + o_v)
+    cp.async_copy_global_to_shared(t_s.index(4 * buf), q_ptr + i_b * stride_qb + i_h * stride_qh + o_v)
+    cp.async_copy_global_to_shared(t_s.index(4 * buf + 1), k_ptr + i_b * stride_kb + i_h * stride_kh + o_v)
+    cp.async_copy_global_to_shared(t_s.index(4 * buf + 2), v_ptr + i_b * stride_vb + i_h * stride_vh + o_v)
     cp.async_copy_global_to_shared(b_s.index(buf), b1_ptr + item * D + o_v)
     cp.async_copy_global_to_shared(n_s.index(2 * buf), gamma_ptr + i_h * D + o_v)
     cp.async_copy_global_to_shared(n_s.index(2 * buf + 1), beta_ptr + i_h * D + o_v)
 
 
 @gluon.jit
-def _eta_of(item, H, eta_ptr, stride_eb, stride_eh, p_ptr, lrb_ptr, stride_p, lr_col, eta_scale,
-            FUSED_QK: gl.constexpr):
-    """The item's eta: read (qk_prep wrote it), or FUSED_QK eta_scale sigmoid(lr + lr_bias) from its
-    projection row, as qk_prep computes it."""
-    if FUSED_QK:
-        lr = gl.load(p_ptr + (item // H) * stride_p + lr_col + item % H).to(gl.float32)
-        lr = lr + gl.load(lrb_ptr + item % H).to(gl.float32)
-        return eta_scale / (1.0 + gl.exp(-lr))
-    else:
-        return gl.load(eta_ptr + (item // H) * stride_eb + (item % H) * stride_eh).to(gl.float32)
-
-
-@gluon.jit
-def _slot_row(j):
-    """The t_s row (in a buffer set) of the ring's old slot j under FUSED_QK: 1, 3, 4 (q0 is at 0, v at 2)."""
-    return 1 + j + (j > 0)
-
-
-@gluon.jit
-def _conv_rotary(t_s, t0, x2, w_ptr, b_ptr, cols2, dim, cos, sin, even, P2: gl.constexpr,
-                 D: gl.constexpr, HAS_BIAS: gl.constexpr, WIDTH: gl.constexpr):
-    """One of qk_prep's convs at one item, then rotary, in qk_prep's order and roundings: [D / 2, 2]
-    tiles (a rotary pair a lane), the ring's old slots in set t0's t_s rows, the new input x2, the conv's
-    tap-major weights read through L1 (the same head's for every item of a program)."""
-    ACT: gl.constexpr = t_s.dtype
-    acc = gl.zeros([D // 2, 2], gl.float32, P2)
-    if HAS_BIAS:
-        acc += gl.load(b_ptr + cols2).to(gl.float32)
-    for j in gl.static_range(WIDTH - 1):
-        x_s = t_s.index(t0 + _slot_row(j)).reshape([D // 2, 2]).load(P2).to(gl.float32)
-        acc += x_s * gl.load(w_ptr + j * dim + cols2).to(gl.float32)
-    y = (acc + x2 * gl.load(w_ptr + (WIDTH - 1) * dim + cols2).to(gl.float32)).to(ACT).to(gl.float32)
-    y_e = gl.sum(gl.where(even, y, 0.0), 1)  # [D / 2]: the pairs' two halves, in-lane sums
-    y_o = gl.sum(gl.where(even, 0.0, y), 1)
-    return gl.where(even, (y_e * cos - y_o * sin)[:, None], (y_o * cos + y_e * sin)[:, None]).to(ACT)
-
-
-@gluon.jit
 def _m1_dual_gluon_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr, out_ptr,
     n_items, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
-    # FUSED_QK: q, k, eta, c from qk_prep's inputs (triton_decode's kernel has the same switch); q_ptr,
-    # k_ptr, eta_ptr, c_ptr are then unused
-    p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
-    stride_p, lr_col, eta_scale, dim,
     D: gl.constexpr, MB: gl.constexpr, EPS: gl.constexpr, ROWS: gl.constexpr,
-    FUSED_QK: gl.constexpr, HAS_QK_BIAS: gl.constexpr, WIDTH: gl.constexpr,
 ):
     # [R, D] tiles on one warp: 8 consecutive columns (16 bytes of fp16) a lane, 8 lanes across a row.
     L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
@@ -131,12 +77,7 @@ def _m1_dual_gluon_kernel(
     w_s = gl.allocate_shared_memory(gl.float16, [2, D, D], SH)
     k_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
     g_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
-    # The token's rows of set s from T_ROWS s: q, k, v at + 0, 1, 2; FUSED_QK: q0 at + 0, v at + 2, the
-    # ring's old slots at + 1, 3, 4 (_slot_row), and q, k as the prologue computes them over q0 and slot 0.
-    # (8 rows a set would cost 1 KB: 8 programs a multiprocessor need at most 27.5 KB each.)
-    T_ROWS: gl.constexpr = 5 if FUSED_QK else 4
-    P2: gl.constexpr = gl.BlockedLayout([1, 2], [32, 1], [1, 1], [1, 0])  # [D / 2, 2]: a rotary pair a lane
-    t_s = gl.allocate_shared_memory(v_ptr.dtype.element_ty, [2 * T_ROWS, D], SH1)
+    t_s = gl.allocate_shared_memory(q_ptr.dtype.element_ty, [8, D], SH1)  # q, k, v of set s at rows 4 s + 0..2
     b_s = gl.allocate_shared_memory(gl.float16, [2, D], SH1)
     n_s = gl.allocate_shared_memory(gamma_ptr.dtype.element_ty, [4, D], SH1)  # gamma, beta at rows 2 s, 2 s + 1
 
@@ -145,20 +86,7 @@ def _m1_dual_gluon_kernel(
     o_s = gl.arange(0, MB, layout=ROW)
     o_v = gl.arange(0, D, layout=V1)
     pos = gl.load(pos_ptr).to(gl.int32)
-    cpos = 0
-    if FUSED_QK:
-        c_i = tc.token_coeff(tok_ptr, pos)
-        cpos = gl.load(cpos_ptr).to(gl.int32)
-        o_h = gl.arange(0, D // 2, layout=gl.SliceLayout(1, P2))
-        o_2 = gl.arange(0, 2, layout=gl.SliceLayout(0, P2))
-        o_p2 = o_h[:, None] * 2 + o_2[None, :]  # [D / 2, 2]: a head's columns as rotary pairs
-        even = (o_2 == 0)[None, :]
-        rot = gl.load(rpos_ptr).to(gl.int32) * (D // 2)
-        ACT: gl.constexpr = p_ptr.dtype.element_ty
-        cos = gl.load(cos_ptr + rot + o_h).to(ACT).to(gl.float32)
-        sin = gl.load(sin_ptr + rot + o_h).to(ACT).to(gl.float32)
-    else:
-        c_i = gl.load(c_ptr + pos).to(gl.float32)
+    c_i = gl.load(c_ptr + pos).to(gl.float32)
     w_off = o_w[:, None] * D + o_c[None, :]
     c_off = o_s[:, None] * D + o_c[None, :]
     m_old = (o_s < pos)[:, None] & (o_c < D)[None, :]
@@ -168,10 +96,9 @@ def _m1_dual_gluon_kernel(
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
     _issue(0, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr,
-           pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v,
-           p_ptr, ring_ptr, stride_p, dim, cpos, D, MB, T_ROWS, FUSED_QK, WIDTH)
+           pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v, D, MB)
     cp.commit_group()
-    eta_next = _eta_of(pid, H, eta_ptr, stride_eb, stride_eh, p_ptr, lrb_ptr, stride_p, lr_col, eta_scale, FUSED_QK)
+    eta_next = gl.load(eta_ptr + (pid // H) * stride_eb + (pid % H) * stride_eh).to(gl.float32)
     for it in range(pid, n_items, nprog):
         buf = ((it - pid) // nprog) % 2
         nxt = it + nprog
@@ -180,36 +107,19 @@ def _m1_dual_gluon_kernel(
         if nxt < n_items:
             _issue(1 - buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr,
                    ck_ptr, cg_ptr, nxt, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off,
-                   c_off, m_old, o_v, p_ptr, ring_ptr, stride_p, dim, cpos, D, MB, T_ROWS, FUSED_QK, WIDTH)
+                   c_off, m_old, o_v, D, MB)
         cp.commit_group()
         eta = eta_next
         nxt_c = gl.minimum(nxt, n_items - 1)
-        eta_next = _eta_of(nxt_c, H, eta_ptr, stride_eb, stride_eh, p_ptr, lrb_ptr, stride_p, lr_col, eta_scale,
-                           FUSED_QK)
+        eta_next = gl.load(eta_ptr + (nxt_c // H) * stride_eb + (nxt_c % H) * stride_eh).to(gl.float32)
 
         cp.wait_group(1)  # this item's copies (the next item's stay in flight)
         _barrier()  # ... and the other lanes' parts of them
-        t0 = T_ROWS * buf
-        if FUSED_QK:
-            # qk_prep's work for this item: both convs from the copied ring slots, rotary; q, k into
-            # rows + 0, 1 once every lane has read them (the products below read q, k in row slices);
-            # q0 into the ring's slot.
-            cols2 = (it % H) * D + o_p2
-            x2 = t_s.index(t0).reshape([D // 2, 2]).load(P2)
-            q2 = _conv_rotary(t_s, t0, x2.to(gl.float32), wq_ptr, bq_ptr, cols2, dim, cos, sin, even, P2, D,
-                              HAS_QK_BIAS, WIDTH)
-            k2 = _conv_rotary(t_s, t0, x2.to(gl.float32), wk_ptr, bk_ptr, cols2, dim, cos, sin, even, P2, D,
-                              HAS_QK_BIAS, WIDTH)
-            _barrier()
-            t_s.index(t0).reshape([D // 2, 2]).store(q2)
-            t_s.index(t0 + 1).reshape([D // 2, 2]).store(k2)
-            gl.store(ring_ptr + (it // H) * (WIDTH * dim) + cpos * dim + cols2, x2.to(ring_ptr.dtype.element_ty))
-            _barrier()
-        q_sm = t_s.index(t0)
-        k_sm = t_s.index(t0 + 1)
+        q_sm = t_s.index(4 * buf)
+        k_sm = t_s.index(4 * buf + 1)
         q = q_sm.load(COL).to(gl.float32)
         k = k_sm.load(COL).to(gl.float32)
-        v = t_s.index(t0 + 2).load(COL).to(gl.float32)
+        v = t_s.index(4 * buf + 2).load(COL).to(gl.float32)
         b1 = b_s.index(buf).load(COL).to(gl.float32)
         gam = n_s.index(2 * buf).load(COL).to(gl.float32)
         bet = n_s.index(2 * buf + 1).load(COL).to(gl.float32)
@@ -284,24 +194,10 @@ def copyable(q, k, v, gamma, beta, *state) -> bool:
     return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, *state))
 
 
-def supported(q, k, v, gamma, beta, W1, b1, ck, cg1, qk=None) -> bool:
+def supported(q, k, v, gamma, beta, W1, b1, ck, cg1) -> bool:
     """Whether this kernel takes these inputs (else the caller runs the Triton kernel): those of
-    copyable(), with W1, b1 and the cache as the state, and mini-batch 16 (mma.sync's K); with qk
-    (qk_prep's inputs, the fused prologue; q and k are then v) those of ring_copyable() too."""
-    if ck.shape[2] != MINI_BATCH or not copyable(q, k, v, gamma, beta, W1, b1, ck, cg1):
-        return False
-    return qk is None or ring_copyable(qk["p"], qk["ring"], v)
-
-
-def ring_copyable(p, ring, v) -> bool:
-    """What the fused prologue (FUSED_QK) needs besides: q0's projection rows p and the conv ring
-    [B, W <= 4, D] copied like q, k (16-byte aligned rows), the ring in v's dtype (its slots share
-    v's buffers), offsets within int32."""
-    if ring.dtype != v.dtype or p.dtype != v.dtype or ring.shape[1] > 4 or not ring.is_contiguous():
-        return False
-    if p.stride(-1) != 1 or p.data_ptr() % 16 or p.stride(0) * p.element_size() % 16:
-        return False
-    return ring.data_ptr() % 16 == 0 and ring.shape[2] * ring.element_size() % 16 == 0 and offsets_fit(p, ring)
+    copyable(), with W1, b1 and the cache as the state, and mini-batch 16 (mma.sync's K)."""
+    return ck.shape[2] == MINI_BATCH and copyable(q, k, v, gamma, beta, W1, b1, ck, cg1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -309,31 +205,25 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16,
-           qk=None):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16):
     """Run the kernel into out [B, H, 64] (contiguous) for inputs that supported() takes: programs_per_sm
     persistent programs a multiprocessor (at most the number of items), W1 read from shared memory in
-    rows-row slices. qk: qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the
-    prologue; q, k, eta, c are then None."""
-    B, H, f = v.shape
+    rows-row slices."""
+    B, H, f = q.shape
     n = B * H
-    if qk is not None:
-        q = k = eta = c = v  # placeholders: the kernel computes them
-    qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
-    grid = (min(n, programs_per_sm * num_sms(v.device)),)
+    grid = (min(n, programs_per_sm * num_sms(q.device)),)
     _m1_dual_gluon_kernel[grid](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         n, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0),
-        eta.stride(1), *qk_args, D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, **qk_consts, num_warps=1)
+        eta.stride(1), D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, num_warps=1)
     return out
 
 
-def compile_for_target(fn, ptrs: list[str], consts: dict, capability: int = 90, extra: dict | None = None):
+def compile_for_target(fn, ptrs: list[str], consts: dict, capability: int = 90):
     """Compile an M1 Gluon kernel for an NVIDIA target without a GPU (Triton's bundled ptxas): fp16
     pointers (eta float32, pos int64), int32 sizes and strides, the launch's 16-byte divisibility of
     pointers and strides assumed. For inspection (registers, SASS) and for the CPU test that catches a
-    Gluon API change; needs TRITON_INTERPRET unset at import. extra: further parameters after the
-    sizes, name -> Triton type (pointers among them 16-byte aligned)."""
+    Gluon API change; needs TRITON_INTERPRET unset at import."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -341,22 +231,15 @@ def compile_for_target(fn, ptrs: list[str], consts: dict, capability: int = 90, 
     sig = {f"{n}_ptr": ("*fp32" if n == "eta" else "*i64" if n == "pos" else "*fp16") for n in ptrs}
     ints = "n_items H stride_qb stride_qh stride_kb stride_kh stride_vb stride_vh stride_eb stride_eh".split()
     sig.update({n: "i32" for n in ints})
-    sig.update(extra or {})
     sig.update({n: "constexpr" for n in consts})
     names = list(sig)
-    aligned = [n for n in names if n.endswith("_ptr") or n in ints[1:8] or n in ("stride_p", "dim")]
+    aligned = [n for n in names if n.endswith("_ptr") or n in ints[1:8]]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 1})
 
 
-def compile_offline(capability: int = 90, rows: int = 16, fused_qk: bool = False):
-    """This kernel compiled for an NVIDIA target without a GPU (compile_for_target); fused_qk: the
-    variant with qk_prep's work in the prologue (a ring of width 4 with conv biases)."""
-    extra = {f"{n}_ptr": ("*fp32" if n in ("cos", "sin") else "*i64" if n in ("cpos", "rpos") else "*fp16")
-             for n in "p ring cpos wq bq wk bk cos sin rpos lrb tok".split()}
-    extra.update(stride_p="i32", lr_col="i32", eta_scale="fp32", dim="i32")
-    consts = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows, "FUSED_QK": fused_qk,
-              "HAS_QK_BIAS": fused_qk, "WIDTH": 4 if fused_qk else 1}
-    return compile_for_target(_m1_dual_gluon_kernel, "q k v eta c gamma beta pos w1 b1 ck cg out".split(), consts,
-                              capability, extra)
+def compile_offline(capability: int = 90, rows: int = 16):
+    """This kernel compiled for an NVIDIA target without a GPU (compile_for_target)."""
+    return compile_for_target(_m1_dual_gluon_kernel, "q k v eta c gamma beta pos w1 b1 ck cg out".split(),
+                              {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows}, capability)

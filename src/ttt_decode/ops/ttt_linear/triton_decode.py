@@ -127,20 +127,36 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     return cfg
 
 
+def _qk_prep(qk: dict, heads: int):
+    """q, k, eta, c from qk_prep's kernel (ops/ttt_block_triton.py) for the inputs of a fused call."""
+    from ttt_decode.ops import ttt_block_triton  # noqa: PLC0415 (the block's kernels: only this path needs them)
+
+    args = [qk[n] for n in tc.QK_NAMES]
+    return ttt_block_triton.qk_prep_launch(*args, qk["base_lr"], heads, qk["lr_col"])
+
+
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None, qk=None):
     """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
 
     The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks). qk:
     qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
-    eta, c are then None."""
+    eta, c are then None. Where the configuration picks the Gluon kernel, qk_prep's kernel runs first
+    and the Gluon kernel reads its outputs (two launches)."""
     B, H, f = v.shape
     cfg = config or dual_config(B, f, W1.dtype)
     if cfg.get("GLUON"):
         from ttt_decode.ops.ttt_linear import gluon_decode  # noqa: PLC0415 (experimental API: imported where used)
 
-        if gluon_decode.supported(v if qk else q, v if qk else k, v, gamma, beta, W1, b1, ck, cg1, qk=qk):
-            return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
-                                       programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16), qk=qk)
+        if gluon_decode.supported(v, v, v, gamma, beta, W1, b1, ck, cg1):
+            if qk is not None:
+                # qk_prep's own kernel first: the Gluon kernel is issue-bound on one warp an item, and the
+                # prologue's ~300 instructions an item cost it more than qk_prep's launch (exp/NOTES.md,
+                # session 8: 65.5 against 59.8 us at B = 512).
+                q, k, eta, c = _qk_prep(qk, H)
+            if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, ck, cg1):
+                return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
+                                           programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
+            qk = None  # q, k, eta, c are computed: the Triton kernel reads them
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
     qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
