@@ -96,7 +96,7 @@ def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, pois
             if name == "kernel":
                 if poison:
                     poison()
-                outs[name] = tri.decode_step_dual_qk(*args, v, path.t["gamma"], path.t["beta"], path.state,
+                outs[name] = tri.decode_step_dual_qk(*args, D, path.t["gamma"], path.t["beta"], path.state,
                                                      path.cache, advance=False)
             else:
                 q, k, eta, c = ttt_block.qk_prep(*args)
@@ -155,27 +155,31 @@ def test_fused_qk_op_schema_and_fake():
         pos = torch.zeros(1, dtype=torch.int64)
         t = path.t
         args = (p, path.ring, pos, t["wq"], t["bq"], t["wk"], t["bk"], t["cos"], t["sin"], pos.clone(), t["lr_bias"],
-                t["token_idx"], p[:, D:2 * D].view(B, H, f), t["gamma"], t["beta"], path.cache.pos,
-                *[x for n, x in path.state.tensors().items()],
-                *[x for n, x in path.cache.tensors().items() if n != "pos"], 1.0, 3 * D)
+                t["token_idx"], t["gamma"], t["beta"], path.cache.pos, *[x for n, x in path.state.tensors().items()],
+                *[x for n, x in path.cache.tensors().items() if n != "pos"], 1.0, 3 * D, D)
         op = torch.ops.ttt_decode.ttt_mlp_dual_step_qk if mlp else torch.ops.ttt_decode.ttt_linear_dual_step_qk
         torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_fused_qk_bad_input_is_one_line():
-    """A projection row of the wrong dtype fails at the boundary with the problem named."""
+    """v's columns outside the projection row, or a batch other than the state's, fail at the boundary
+    with the problem named."""
     from ttt_decode.errors import UserError
     _, tri = _mods(False)
     B, H, f = 2, 2, 16
     D = H * f
     P = _params(B, H, f, False, True, 0, "cpu")
     path = _Path(P, torch.float16, torch.float16, "cpu")
-    p = torch.randn(B, 3 * D + H, dtype=torch.float32)
-    v = torch.randn(B, H, f, dtype=torch.float16)
     pos = torch.zeros(1, dtype=torch.int64)
-    with pytest.raises(UserError, match="one dtype"):
-        tri.decode_step_dual_qk(*path.args(p, pos, pos, H, 3 * D), v, path.t["gamma"], path.t["beta"], path.state,
-                                path.cache)
+    p = torch.randn(B, 3 * D + H, dtype=torch.float16)
+    with pytest.raises(UserError, match="not inside p"):
+        tri.decode_step_dual_qk(*path.args(p, pos, pos, H, 3 * D), 3 * D, path.t["gamma"], path.t["beta"],
+                                path.state, path.cache)
+    with pytest.raises(UserError, match="does not match"):
+        p3 = torch.randn(B + 1, 3 * D + H, dtype=torch.float16)
+        ring3 = torch.randn(B + 1, W, D, dtype=torch.float16)
+        args = path.args(p3, pos, pos, H, 3 * D)
+        tri.decode_step_dual_qk(p3, ring3, *args[2:], D, path.t["gamma"], path.t["beta"], path.state, path.cache)
 
 
 @pytest.mark.gpu

@@ -64,7 +64,7 @@ def unfused(step):
 
 def fused(step_qk):
     def run(state, cache, qk, rest):
-        return step_qk(*qk_args(qk), rest["v"], rest["gamma"], rest["beta"], state, cache, advance=False)
+        return step_qk(*qk_args(qk), D, rest["gamma"], rest["beta"], state, cache, advance=False)
     return run
 
 

@@ -201,16 +201,16 @@ class TTTLayer(nn.Module):
         with stage("ttt.proj"):
             p = self.in_proj(x)  # [B, n D + H]
         cols = {n: self._columns(n) for n in (*self.proj_names, "lr")}
-        v = p[:, cols["v"]].view(-1, H, f)
-        g = p[:, cols["g"]] if c.use_gate else None
         if self.decode_step_qk is not None:
-            # One kernel: the q/k convs, rotary, eta and c in its prologue, then the inner step.
+            # One kernel: the q/k convs, rotary, eta and c in its prologue, then the inner step. It reads v
+            # from p's columns (no view of p before it: see ops.ttt_triton_common.qk_step_op).
             with stage("ttt.inner_loop"):
                 z = self.decode_step_qk(
                     p, ls.conv_qk, conv_pos, ls.taps["q"], self.conv_q.bias, ls.taps["k"], self.conv_k.bias,
                     rope_cos, rope_sin, pos, self.lr_bias, self.learnable_token_idx, c.ttt_base_lr, H,
-                    cols["lr"].start, v, self.ttt_norm_weight, self.ttt_norm_bias, ls.ttt, ls.cache, advance=False)
-            return self._finish(z.flatten(1).to(x.dtype), g, fused.gate_norm)
+                    cols["lr"].start, cols["v"].start, self.ttt_norm_weight, self.ttt_norm_bias, ls.ttt, ls.cache,
+                    advance=False)
+            return self._finish(z.flatten(1).to(x.dtype), p[:, cols["g"]] if c.use_gate else None, fused.gate_norm)
         with stage("ttt.conv_qk"):
             if c.share_qk:
                 q, k, eta, cc = fused.qk_prep(
@@ -222,10 +222,11 @@ class TTTLayer(nn.Module):
                 q = apply_rotary(p[:, cols["q"]].view(-1, H, 1, f), cos, sin).squeeze(2)  # [B, H, f]
                 k = apply_rotary(p[:, cols["k"]].view(-1, H, 1, f), cos, sin).squeeze(2)
                 eta, cc = self._eta(p[:, cols["lr"]]), token_coeffs(self.learnable_token_idx)  # [B, H], [b]
+        v = p[:, cols["v"]].view(-1, H, f)
         with stage("ttt.inner_loop"):
             z = self.decode_step(q, k, v, eta, cc, self.ttt_norm_weight, self.ttt_norm_bias,
                                  ls.ttt, ls.cache, advance=False)  # [B, H, f]
-        return self._finish(z.flatten(1).to(x.dtype), g, fused.gate_norm)
+        return self._finish(z.flatten(1).to(x.dtype), p[:, cols["g"]] if c.use_gate else None, fused.gate_norm)
 
 
 class TTTBlock(nn.Module):

@@ -338,35 +338,43 @@ def qk_kernel_args(qk: dict | None, dummy: torch.Tensor, head_dim: int) -> tuple
 
 
 def qk_step_op(name: str, state: tuple[str, ...], mutates: tuple[str, ...], launch):
-    """A dual decode-step op with qk_prep folded into the kernel's prologue: QK_PARAMS, then v, gamma, beta,
-    pos and the state and cache tensors (state), then base_lr, lr_col; returns out [B, H, f] like v
-    (contiguous). Mutates the ring (q0 into slot conv_pos) and `mutates`. launch as for step_op, with qk=."""
+    """A dual decode-step op with qk_prep folded into the kernel's prologue: QK_PARAMS, then gamma, beta,
+    pos and the state and cache tensors (state), then base_lr, lr_col, v_col; returns out [B, H, f]
+    (H, f: gamma's shape). v is p's columns v_col .. v_col + H f, viewed here: a view of p made in the
+    compiled graph before the op lets inductor pad p's rows (its comprehensive padding) and then copy
+    p and the views into the strides the op was traced with, 3 copies a layer (exp/NOTES.md, session 8).
+    Mutates the ring (q0 into slot conv_pos) and `mutates`. launch as for step_op, with qk=."""
     n = len(QK_NAMES)
 
     def impl(*args):
-        qk = dict(zip(QK_NAMES, args[:n]), base_lr=args[-2], lr_col=args[-1])
-        v, gamma, beta, pos, *tensors = args[n:-2]
+        qk = dict(zip(QK_NAMES, args[:n]), base_lr=args[-3], lr_col=args[-2])
+        gamma, beta, pos, *tensors = args[n:-3]
+        p, v_col = qk["p"], args[-1]
+        H, f = gamma.shape
+        v = p[:, v_col:v_col + H * f].view(p.shape[0], H, f)
         out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
         return launch(None, None, v, None, None, gamma, beta, pos, *tensors, out, qk=qk)
 
     def fake(*args):
-        v = args[n]
-        return torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        p, gamma = args[0], args[n]
+        return torch.empty((p.shape[0], *gamma.shape), dtype=p.dtype, device=p.device)
 
-    tensors = [f"Tensor {t}" for t in ("v", "gamma", "beta", "pos", *state)]
-    params = QK_PARAMS + tensors + ["float base_lr", "int lr_col"]
+    tensors = [f"Tensor {t}" for t in ("gamma", "beta", "pos", *state)]
+    params = QK_PARAMS + tensors + ["float base_lr", "int lr_col", "int v_col"]
     return kernel_op(name, params, ("ring", *mutates), impl, fake)
 
 
 def check_qk_step_inputs(name, p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
-                         num_heads, lr_col, v, gamma, beta, state, cache, mlp: bool) -> None:
-    """Everything a fused-prologue dual step needs: qk_prep's checks, then the step's (v stands in for q
-    and k, which the kernel computes, and views of the right shapes for eta and c)."""
+                         num_heads, lr_col, v_col, gamma, beta, state, cache, mlp: bool) -> None:
+    """Everything a fused-prologue dual step needs: qk_prep's checks, then the step's (v, p's columns
+    v_col .., stands in for q and k, which the kernel computes, and views of the right shapes for eta
+    and c)."""
     check_qk_inputs(name, p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
                     num_heads, lr_col)
-    if p.dtype != v.dtype or p.shape[0] != v.shape[0] or ring.shape[2] != v.shape[1] * v.shape[2]:
-        raise UserError(f"{name}: p {tuple(p.shape)} {p.dtype} and v {tuple(v.shape)} {v.dtype} must be one batch of "
-                        f"one dtype, v's heads filling the ring's width {ring.shape[2]}")
+    D = ring.shape[2]
+    if not (0 <= v_col and v_col + D <= p.shape[1]):
+        raise UserError(f"{name}: v's columns {v_col}..{v_col + D} are not inside p [{p.shape[0]}, {p.shape[1]}]")
+    v = p[:, v_col:v_col + D].view(p.shape[0], num_heads, D // num_heads)
     check_kernel_inputs(name, v, v, v, v[..., 0], token_idx, gamma, beta, state, cache, mlp=mlp, dual=True)
 
 

@@ -238,20 +238,21 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
 
 
 def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
-                        base_lr: float, num_heads: int, lr_col: int, v, gamma, beta, state: TTTState,
+                        base_lr: float, num_heads: int, lr_col: int, v_col: int, gamma, beta, state: TTTState,
                         cache: DualCache, advance: bool = True):
-    """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c: the same
-    function as qk_prep followed by decode_step_dual, with qk_prep's work done in the kernel's prologue
-    (one launch instead of two, and q, k never written to memory). -> out [B, H, f].
+    """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c (and v as the
+    columns v_col .. v_col + H f of p): the same function as qk_prep followed by decode_step_dual, with
+    qk_prep's work done in the kernel's prologue (one launch instead of two, and q, k never written to
+    memory). -> out [B, H, f].
 
     Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
     the last mini-batch position."""
     tc.check_qk_step_inputs("ttt_mlp dual decode", p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
-                            lr_bias, token_idx, num_heads, lr_col, v, gamma, beta, state, cache, mlp=True)
+                            lr_bias, token_idx, num_heads, lr_col, v_col, gamma, beta, state, cache, mlp=True)
     out = torch.ops.ttt_decode.ttt_mlp_dual_step_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
-                                                    lr_bias, token_idx, v, gamma, beta, cache.pos, state.W1, state.b1,
+                                                    lr_bias, token_idx, gamma, beta, cache.pos, state.W1, state.b1,
                                                     state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2,
-                                                    base_lr, lr_col)
+                                                    base_lr, lr_col, v_col)
     if advance:
         tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out
