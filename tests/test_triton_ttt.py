@@ -122,6 +122,8 @@ ALT_CONFIGS = [
     ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1}),
     ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 1}),
     ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True}),
+    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True}),
+    ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 2, "W2_IN_B": True}),
     ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 2}),
     ("M2-primal", 24, {"BLOCK_F": 128, "num_warps": 4}),
     ("M2-primal", 16, {"BLOCK_F": 16, "num_warps": 1}),
@@ -137,6 +139,12 @@ ALT_CONFIGS = [
 def test_other_launch_configs(kernel, f, config, nan_empty, monkeypatch):
     mlp, form = KERNELS[kernel]
     run_and_compare(mlp, form, f, "fp32", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
+
+
+def test_m2_dual_w2_update_in_pass_b_fp16(nan_empty, monkeypatch):
+    """W2_IN_B with fp16 state and cache: the end-of-mini-batch W2 update as one fp16 MMA per chunk."""
+    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True}
+    run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 
 @pytest.mark.slow

@@ -82,6 +82,16 @@ RECIPES = {
             {"GLUON": True, "programs_per_sm": 4, "rows": 16},
         ],
     },
+    # Round 9: the end-of-mini-batch W2 update inside pass B (W2_IN_B) against the update pass, twice each,
+    # interleaved (the per-position times say what the last position gains and the others pay).
+    "round9": {
+        "mlp_2_dual_triton": [
+            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
+            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True},
+            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
+            {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True},
+        ],
+    },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),

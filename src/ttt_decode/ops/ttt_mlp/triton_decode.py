@@ -51,7 +51,8 @@ def _chunk_b(b_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, b_g1, b_x2, p_cg1, p_
              FH: tl.constexpr, CACHE_DT: tl.constexpr):
     """Chunked kernel, with g2 known: this chunk's g1 and X2k cache rows (written), Z1', X2' and its
     W2 / X2_s products. b_g1, b_x2 [BMB, BF]: the earlier rows of the chunk (0 at s >= pos); a1 [BMB]:
-    q . k_s + 1 for s <= pos, 0 elsewhere. Returns (X2' W2 partial [BD], X2' . X2_s partial [BMB])."""
+    q . k_s + 1 for s <= pos, 0 elsewhere. Returns (X2' W2 partial [BD], X2' . X2_s partial [BMB], the
+    chunk's X2 rows with this token's [BMB, BF])."""
     b_w2f = b_w2.to(tl.float32)  # [BF, BD]
     g1t = tc.rne(tl.sum(b_w2f * g2[None, :], 1) * dx2k * eta, CACHE_DT)
     x2k_r = tc.rne(x2k, CACHE_DT)
@@ -61,7 +62,7 @@ def _chunk_b(b_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, b_g1, b_x2, p_cg1, p_
     b_g1 = tl.where(cur, g1t.to(tl.float32)[None, :], b_g1.to(tl.float32))
     x2q = tc.gelu(z1q0 - tl.sum(a1[:, None] * b_g1, 0) * c_i)  # [BF]
     b_x2 = tl.where(cur, x2k_r.to(tl.float32)[None, :], b_x2.to(tl.float32))
-    return tl.sum(x2q[:, None] * b_w2f, 0), tl.sum(b_x2 * x2q[None, :], 1)
+    return tl.sum(x2q[:, None] * b_w2f, 0), tl.sum(b_x2 * x2q[None, :], 1), b_x2
 
 
 @triton.jit
@@ -80,7 +81,7 @@ def _m2_dual_kernel(
     stride_p, lr_col, eta_scale, dim,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr,
+    L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr,
     FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -151,10 +152,24 @@ def _m2_dual_kernel(
         z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
         z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
         x2k, dx2k = tc.gelu_and_grad(z1k)
-        zc, dc = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f, m_f, o_s,
-                          FH, CACHE_DT)
+        zc, dc, x2_rows = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f,
+                                   m_f, o_s, FH, CACHE_DT)
         z2q += zc
         dots += dc
+        if W2_IN_B:
+            # End of the mini-batch: this chunk's W2 rows updated from the registers that hold them (the old
+            # W2 is used above and nowhere after), which saves the update pass's second read of W2. The g2
+            # rows are loaded here, inside the branch, so the ordinary positions carry no tile for them.
+            if pos == MB - 1:
+                g2_rows = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
+                g2_rows = tl.where(m_cur[:, None], g2t[None, :], g2_rows)
+                if CACHE_DT == tl.float16:
+                    upd = tl.dot(tl.trans(x2_rows.to(tl.float16)), g2_rows.to(tl.float16))  # exact fp16 products
+                else:
+                    upd = tl.dot(tl.trans(x2_rows), g2_rows.to(tl.float32), input_precision="tf32x3")
+                w2_new = c_w2.to(tl.float32) - upd * c_i
+                tl.store(p_w2 + o_f[:, None] * D + o_d[None, :], tc.rne(w2_new, p_w2.dtype.element_ty),
+                         mask=m_f[:, None] & m_d[None, :])
 
     # Loaded where used (after the F walks): a tile held through them costs registers at every position.
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
@@ -175,7 +190,8 @@ def _m2_dual_kernel(
             o_u = ci * UPD_F + o_u0
             m_u = o_u < FH
             tc.update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, True, True)
-            tc.update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
+            if not W2_IN_B:
+                tc.update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
             tc.update_bias(p_b1, p_cg1, o_u, m_u, o_s, m_all, FH, c_i)
         tc.update_bias(p_b2, p_cg2, o_d, m_d, o_s, m_all, D, c_i)
 
@@ -192,7 +208,8 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     55c2540 default (64 columns, 2 warps, the next chunk requested ahead) in rounds 1-3. Whole-head tiles
     staged in shared memory by persistent programs (tensor-core products, 1-8 warps) read 944-2683 us.
     More warps for larger heads (a [128, 32] chunk at f = 128)."""
-    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True}
+    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
+            "W2_IN_B": True}
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None):
@@ -214,6 +231,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         *qk_args, D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
         BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
+        W2_IN_B=cfg.get("W2_IN_B", False),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
