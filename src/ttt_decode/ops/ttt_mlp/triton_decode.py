@@ -28,6 +28,10 @@ Grid: (B H,), one program per item, 1 warp at f = 64 (docs/DESIGN.md section 11.
   and pass B walks the chunks in reverse (the most recently read first). Each chunk's tiles are loaded
   when the chunk is reached: the other resident programs hide the latency, and registers for a second
   chunk in flight would cost residency (H200 sweeps, exp/NOTES.md).
+  End of the mini-batch (W2_IN_B, the default): W2's rank-b update is done in pass B on the W2 chunk
+  already in registers, so only W1 and the biases are read again in the update pass. H200, B = 512
+  (kernel_sweep_round9_h200_df86e81.jsonl): last position 1367 -> 1250 us, ordinary 572 -> 562 us
+  (4 fewer registers, half the shared memory: the W2 update tile's staging is gone).
 Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2.
   pos is read, never moved: with advance=True the wrapper moves it after the kernel (one tiny op).
 Arithmetic in float32 on the CUDA cores. No autotuning (state updated in place): the configuration is
@@ -207,7 +211,8 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     in round 4, against 699 us for 64-column chunks with 2 warps and no hints, and 745-758 us for the
     55c2540 default (64 columns, 2 warps, the next chunk requested ahead) in rounds 1-3. Whole-head tiles
     staged in shared memory by persistent programs (tensor-core products, 1-8 warps) read 944-2683 us.
-    More warps for larger heads (a [128, 32] chunk at f = 128)."""
+    More warps for larger heads (a [128, 32] chunk at f = 128). W2_IN_B: round 9 (W2's end-of-mini-batch
+    update in pass B), 601 against 618 us at B = 512."""
     return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
             "W2_IN_B": True}
 
