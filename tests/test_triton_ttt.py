@@ -124,6 +124,9 @@ ALT_CONFIGS = [
     ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True}),
     ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True}),
     ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 2, "W2_IN_B": True}),
+    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True,
+                     "W2_UPD_COLS": 16, "maxnreg": 168}),
+    ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 1, "W2_IN_B": True, "W2_UPD_COLS": 32}),
     ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 2}),
     ("M2-primal", 24, {"BLOCK_F": 128, "num_warps": 4}),
     ("M2-primal", 16, {"BLOCK_F": 16, "num_warps": 1}),
@@ -141,9 +144,11 @@ def test_other_launch_configs(kernel, f, config, nan_empty, monkeypatch):
     run_and_compare(mlp, form, f, "fp32", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 
-def test_m2_dual_w2_update_in_pass_b_fp16(nan_empty, monkeypatch):
-    """W2_IN_B with fp16 state and cache: the end-of-mini-batch W2 update as one fp16 MMA per chunk."""
-    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True}
+@pytest.mark.parametrize("cols", [0, 16], ids=["from-registers", "column-slices"])
+def test_m2_dual_w2_update_in_pass_b_fp16(cols, nan_empty, monkeypatch):
+    """W2_IN_B with fp16 state and cache: the end-of-mini-batch W2 update as one fp16 MMA per chunk, from the
+    chunk in registers (W2_UPD_COLS 0) or from the chunk read again in column slices (f = 24: a masked slice)."""
+    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": cols}
     run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 

@@ -29,6 +29,7 @@ from ttt_decode.bench.micro import (
 )
 from ttt_decode.provenance import git_commit, gpu_name
 
+_R9 = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True}
 RECIPES = {
     # The dispatchers' own configurations (config None): the per-position times and compiled resources
     # of what the models run.
@@ -90,6 +91,23 @@ RECIPES = {
             {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True},
             {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True},
             {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True},
+        ],
+    },
+    # Round 10: a register cap (maxnreg) for more resident one-warp programs. Offline for sm_90 the round-9
+    # kernel spills inside pass B's loop under maxnreg 168 only because of the W2_IN_B branch's whole-chunk
+    # tiles; with the chunk's update done in W2_UPD_COLS-column slices (the chunk read again, from L1) the
+    # loops carry no spills at 168 registers (12 programs a multiprocessor instead of 8). Interleaved with the
+    # round-9 default; 128 (16 programs) spills ~46 values a pass-B chunk, 192 gives 10 programs.
+    "round10": {
+        "mlp_2_dual_triton": [
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 16, "maxnreg": 168},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 128},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 192},
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168},
         ],
     },
 }

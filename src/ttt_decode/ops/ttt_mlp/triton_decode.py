@@ -85,7 +85,7 @@ def _m2_dual_kernel(
     stride_p, lr_col, eta_scale, dim,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
-    L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr,
+    L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
     FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -165,15 +165,26 @@ def _m2_dual_kernel(
             # W2 is used above and nowhere after), which saves the update pass's second read of W2. The g2
             # rows are loaded here, inside the branch, so the ordinary positions carry no tile for them.
             if pos == MB - 1:
-                g2_rows = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
-                g2_rows = tl.where(m_cur[:, None], g2t[None, :], g2_rows)
-                if CACHE_DT == tl.float16:
-                    upd = tl.dot(tl.trans(x2_rows.to(tl.float16)), g2_rows.to(tl.float16))  # exact fp16 products
+                if W2_UPD_COLS == 0:
+                    g2_rows = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
+                    g2_rows = tl.where(m_cur[:, None], g2t[None, :], g2_rows)
+                    if CACHE_DT == tl.float16:
+                        upd = tl.dot(tl.trans(x2_rows.to(tl.float16)), g2_rows.to(tl.float16))  # exact products
+                    else:
+                        upd = tl.dot(tl.trans(x2_rows), g2_rows.to(tl.float32), input_precision="tf32x3")
+                    w2_new = c_w2.to(tl.float32) - upd * c_i
+                    tl.store(p_w2 + o_f[:, None] * D + o_d[None, :], tc.rne(w2_new, p_w2.dtype.element_ty),
+                             mask=m_f[:, None] & m_d[None, :])
                 else:
-                    upd = tl.dot(tl.trans(x2_rows), g2_rows.to(tl.float32), input_precision="tf32x3")
-                w2_new = c_w2.to(tl.float32) - upd * c_i
-                tl.store(p_w2 + o_f[:, None] * D + o_d[None, :], tc.rne(w2_new, p_w2.dtype.element_ty),
-                         mask=m_f[:, None] & m_d[None, :])
+                    # The chunk read again (from L1: it was loaded just above) in W2_UPD_COLS-column slices,
+                    # so the branch's tiles fit a register cap (maxnreg) that the whole-chunk update above
+                    # spills under. The barrier: this chunk's X2 row at pos was stored by other threads.
+                    tl.debug_barrier()
+                    o_c0 = tl.arange(0, W2_UPD_COLS)
+                    for cc in range(BLOCK_D // W2_UPD_COLS):
+                        o_c = cc * W2_UPD_COLS + o_c0
+                        tc.update_tile(p_w2, p_cx2, p_cg2, o_f, m_f, o_c, o_c < D, o_s, o_s < MB, D, FH, D, c_i, MB,
+                                       True, True)
 
     # Loaded where used (after the F walks): a tile held through them costs registers at every position.
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
@@ -212,9 +223,13 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     55c2540 default (64 columns, 2 warps, the next chunk requested ahead) in rounds 1-3. Whole-head tiles
     staged in shared memory by persistent programs (tensor-core products, 1-8 warps) read 944-2683 us.
     More warps for larger heads (a [128, 32] chunk at f = 128). W2_IN_B: round 9 (W2's end-of-mini-batch
-    update in pass B), 601 against 618 us at B = 512."""
-    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
-            "W2_IN_B": True}
+    update in pass B), 601 against 618 us at B = 512. Round 10: the W2 update in 32-column slices of the
+    chunk read again (W2_UPD_COLS), so that the kernel fits 168 registers (maxnreg) without spills in its
+    loops at f = 64 with fp16/bf16 state (offline for sm_90): 12 one-warp programs a multiprocessor instead
+    of 8. float32 state and other head dims keep the compiler's own register count (untimed under a cap)."""
+    capped = head_dim == 64 and state_dtype in (torch.float16, torch.bfloat16)
+    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": 168 if capped else None,
+            "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": 32}
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None):
@@ -236,7 +251,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         *qk_args, D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
         BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
-        W2_IN_B=cfg.get("W2_IN_B", False),
+        W2_IN_B=cfg.get("W2_IN_B", False), W2_UPD_COLS=min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
