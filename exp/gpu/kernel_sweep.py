@@ -110,6 +110,30 @@ RECIPES = {
             {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168},
         ],
     },
+    # Round 11: round 10's W2 slices with the chunk's X2 rows from registers (no barrier, no reload of the cache
+    # rows), and lower caps: offline, 152 / 144 / 136 registers (13 / 14 / 15 programs) spill 4 / 7 / 23 values
+    # a pass-B chunk. "round11_small": the capped and uncapped kernels at the small batches (--batch 64 .. 256),
+    # where fewer, longer waves may lose (round 10: 90.8 against 80.7 us at B = 64).
+    "round11": {
+        "mlp_2_dual_triton": [
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 16, "maxnreg": 168},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 152},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 144},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 136},
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168},
+        ],
+    },
+    "round11_small": {
+        "mlp_2_dual_triton": [
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 144},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32},
+        ],
+    },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),

@@ -161,9 +161,10 @@ def _m2_dual_kernel(
         z2q += zc
         dots += dc
         if W2_IN_B:
-            # End of the mini-batch: this chunk's W2 rows updated from the registers that hold them (the old
-            # W2 is used above and nowhere after), which saves the update pass's second read of W2. The g2
-            # rows are loaded here, inside the branch, so the ordinary positions carry no tile for them.
+            # End of the mini-batch: this chunk's W2 rows updated here (the old W2 is used above and nowhere
+            # after), which saves the update pass's second read of W2 from DRAM. W2_UPD_COLS 0: from the
+            # registers that hold the chunk, against the g2 rows loaded inside the branch (so the ordinary
+            # positions carry no tile for them).
             if pos == MB - 1:
                 if W2_UPD_COLS == 0:
                     g2_rows = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
@@ -177,14 +178,26 @@ def _m2_dual_kernel(
                              mask=m_f[:, None] & m_d[None, :])
                 else:
                     # The chunk read again (from L1: it was loaded just above) in W2_UPD_COLS-column slices,
-                    # so the branch's tiles fit a register cap (maxnreg) that the whole-chunk update above
-                    # spills under. The barrier: this chunk's X2 row at pos was stored by other threads.
-                    tl.debug_barrier()
+                    # against the g2 rows of those columns (all b rows: this token's was stored before the
+                    # pre-pass-B barrier), so that the branch's tiles fit a register cap (maxnreg) under
+                    # which the whole-chunk update above spills into pass B's common path.
+                    if CACHE_DT == tl.float16:
+                        x2_t = tl.trans(x2_rows.to(tl.float16))
+                    else:
+                        x2_t = tl.trans(x2_rows)
                     o_c0 = tl.arange(0, W2_UPD_COLS)
                     for cc in range(BLOCK_D // W2_UPD_COLS):
                         o_c = cc * W2_UPD_COLS + o_c0
-                        tc.update_tile(p_w2, p_cx2, p_cg2, o_f, m_f, o_c, o_c < D, o_s, o_s < MB, D, FH, D, c_i, MB,
-                                       True, True)
+                        m_c = o_c < D
+                        g2_s = _load_rows(p_cg2, o_s, o_s < MB, o_c, m_c, D)
+                        if CACHE_DT == tl.float16:
+                            upd = tl.dot(x2_t, g2_s)  # exact fp16 products
+                        else:
+                            upd = tl.dot(x2_t, g2_s.to(tl.float32), input_precision="tf32x3")
+                        p_ws = p_w2 + o_f[:, None] * D + o_c[None, :]
+                        m_ws = m_f[:, None] & m_c[None, :]
+                        w2_s = tl.load(p_ws, mask=m_ws, other=0.0).to(tl.float32) - upd * c_i
+                        tl.store(p_ws, tc.rne(w2_s, p_w2.dtype.element_ty), mask=m_ws)
 
     # Loaded where used (after the F walks): a tile held through them costs registers at every position.
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
