@@ -127,6 +127,8 @@ ALT_CONFIGS = [
     ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True,
                      "W2_UPD_COLS": 16, "maxnreg": 168}),
     ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 1, "W2_IN_B": True, "W2_UPD_COLS": 32}),
+    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "W2_IN_B": True, "W2_UPD_COLS": 16, "SPLIT_B": True}),
+    ("M2-dual", 16, {"BLOCK_F": 32, "num_warps": 1, "W2_IN_B": True, "SPLIT_B": True}),
     ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 2}),
     ("M2-primal", 24, {"BLOCK_F": 128, "num_warps": 4}),
     ("M2-primal", 16, {"BLOCK_F": 16, "num_warps": 1}),
@@ -144,11 +146,14 @@ def test_other_launch_configs(kernel, f, config, nan_empty, monkeypatch):
     run_and_compare(mlp, form, f, "fp32", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("cols", [0, 16], ids=["from-registers", "column-slices"])
-def test_m2_dual_w2_update_in_pass_b_fp16(cols, nan_empty, monkeypatch):
+@pytest.mark.parametrize("cols,split", [(0, False), (16, False), (16, True)],
+                         ids=["from-registers", "column-slices", "column-slices-split-pass-b"])
+def test_m2_dual_w2_update_in_pass_b_fp16(cols, split, nan_empty, monkeypatch):
     """W2_IN_B with fp16 state and cache: the end-of-mini-batch W2 update as one fp16 MMA per chunk, from the
-    chunk in registers (W2_UPD_COLS 0) or from the chunk read again in column slices (f = 24: a masked slice)."""
-    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": cols}
+    chunk in registers (W2_UPD_COLS 0) or from the chunk read again in column slices (f = 24: a masked slice),
+    in pass B's one loop or in the last position's own copy of it (SPLIT_B)."""
+    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": cols,
+              "SPLIT_B": split}
     run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 
@@ -237,6 +242,34 @@ def test_gpu_kernel_matches_reference(kernel, key, B, H, f):
                                               intermediate_size=256, vocab_size=500)
     state_dtype, act = STATE_ACT[key]
     res = check_ttt_variant(name, state_dtype, "cuda", cfg_name, act, batch=B)
+    assert res["passed"], res
+
+
+def test_m2_dual_register_cap_dispatch():
+    """The 168-register cap (with the sliced W2 update and the split pass B) from CAP_MIN_BATCH on at f = 64 with
+    fp16/bf16 state only; smaller batches, float32 state and other head dims: no cap."""
+    from ttt_decode.ops.ttt_mlp import triton_decode as tri
+    hi, lo = tri.CAP_MIN_BATCH, tri.CAP_MIN_BATCH // 2
+    for dt in (torch.float16, torch.bfloat16):
+        cfg = tri.dual_config(hi, 64, dt)
+        assert cfg["maxnreg"] == 168 and cfg["W2_UPD_COLS"] and cfg["SPLIT_B"], cfg
+    for args in ((lo, 64, torch.float16), (hi, 64, torch.float32), (hi, 128, torch.float16), (hi, 32, torch.float16)):
+        assert not tri.dual_config(*args).get("maxnreg"), args
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("key", ["fp16", "bf16"])
+def test_gpu_m2_dual_capped_config_matches_reference(key):
+    """The M2 dual dispatcher's configuration for large batches (register cap, sliced W2 update, split pass B)
+    at ttt-1b shapes against the float64 reference (test_gpu_kernel_matches_reference runs B <= 64, where the
+    dispatcher picks the uncapped kernel)."""
+    from ttt_decode.bench.micro import check_ttt_variant
+    from ttt_decode.ops.ttt_mlp import triton_decode as tri
+
+    state_dtype, act = STATE_ACT[key]
+    cfg = tri.dual_config(512, 64, state_dtype)
+    assert cfg["maxnreg"]
+    res = check_ttt_variant("mlp_2_dual_triton", state_dtype, "cuda", "ttt-1b", act, batch=16, config=cfg)
     assert res["passed"], res
 
 

@@ -134,6 +134,26 @@ RECIPES = {
             {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32},
         ],
     },
+    # Round 12: the last position's pass B as its own loop (SPLIT_B), so that the W2 update's tiles, and the
+    # spills of the whole-chunk update from registers under the cap, stay out of the ordinary positions'
+    # allocation (offline: the ordinary loop 577 instructions, no spills, with either update).
+    "round12": {
+        "mlp_2_dual_triton": [
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168, "SPLIT_B": True},
+            {**_R9, "W2_IN_B": True, "maxnreg": 168, "SPLIT_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 16, "maxnreg": 168, "SPLIT_B": True},
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168, "SPLIT_B": True},
+        ],
+    },
+    "round12_small": {
+        "mlp_2_dual_triton": [
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168, "SPLIT_B": True},
+            {**_R9, "W2_IN_B": True, "maxnreg": 168, "SPLIT_B": True},
+        ],
+    },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),

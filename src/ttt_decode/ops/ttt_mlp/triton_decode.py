@@ -76,6 +76,71 @@ def _load_rows(p_rows, o_s, m_old, o_c, m_c, stride):
 
 
 @triton.jit
+def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta, c_i, a1, pos,
+            FH: tl.constexpr, D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
+            BLOCK_MB: tl.constexpr, NUM_CHUNKS: tl.constexpr, REVERSE_B: tl.constexpr, EV_ONCE: tl.constexpr,
+            CACHE_DT: tl.constexpr, UPDATE_W2, W2_UPD_COLS: tl.constexpr):
+    """Pass B over F: g1, Z1', X2' and the X2' products, chunk by chunk (pass A's Z1 from the scratch);
+    -> (X2' W2 [BD], X2' . X2_s [BMB]). UPDATE_W2 (a constant, or pos == b-1 at run time): each chunk's W2 rows
+    updated here too (the old W2 is used above and nowhere after), which saves the update pass's second
+    read of W2 from DRAM; W2_UPD_COLS 0: from the registers that hold the chunk, against the g2 rows
+    loaded in the branch, else from the chunk read again (from L1) in W2_UPD_COLS-column slices, whose
+    tiles fit a register cap (maxnreg) under which the whole-chunk update spills."""
+    z2q = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dots = tl.zeros([BLOCK_MB], dtype=tl.float32)
+    for cj in range(NUM_CHUNKS):
+        # REVERSE_B: the chunks pass A read last come first, while they are most likely still in L2.
+        ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
+        o_f = ci * BLOCK_F + o_f0
+        m_f = o_f < FH
+        c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
+        c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)
+        c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)
+        z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
+        z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
+        x2k, dx2k = tc.gelu_and_grad(z1k)
+        zc, dc, x2_rows = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f,
+                                   m_f, o_s, FH, CACHE_DT)
+        z2q += zc
+        dots += dc
+        if UPDATE_W2:
+            if W2_UPD_COLS == 0:
+                g2_rows = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
+                g2_rows = tl.where(m_cur[:, None], g2t[None, :], g2_rows)
+                if CACHE_DT == tl.float16:
+                    upd = tl.dot(tl.trans(x2_rows.to(tl.float16)), g2_rows.to(tl.float16))  # exact products
+                else:
+                    upd = tl.dot(tl.trans(x2_rows), g2_rows.to(tl.float32), input_precision="tf32x3")
+                w2_new = c_w2.to(tl.float32) - upd * c_i
+                tl.store(p_w2 + o_f[:, None] * D + o_d[None, :], tc.rne(w2_new, p_w2.dtype.element_ty),
+                         mask=m_f[:, None] & m_d[None, :])
+            else:
+                # The chunk read again (from L1: it was loaded just above) in W2_UPD_COLS-column slices,
+                # against the g2 rows of those columns (all b rows: this token's was stored before the
+                # pre-pass-B barrier), so that the branch's tiles fit a register cap (maxnreg) under
+                # which the whole-chunk update above spills into pass B's common path.
+                if CACHE_DT == tl.float16:
+                    x2_t = tl.trans(x2_rows.to(tl.float16))
+                else:
+                    x2_t = tl.trans(x2_rows)
+                o_c0 = tl.arange(0, W2_UPD_COLS)
+                for cc in range(BLOCK_D // W2_UPD_COLS):
+                    o_c = cc * W2_UPD_COLS + o_c0
+                    m_c = o_c < D
+                    g2_s = _load_rows(p_cg2, o_s, o_s < MB, o_c, m_c, D)
+                    if CACHE_DT == tl.float16:
+                        upd = tl.dot(x2_t, g2_s)  # exact fp16 products
+                    else:
+                        upd = tl.dot(x2_t, g2_s.to(tl.float32), input_precision="tf32x3")
+                    p_ws = p_w2 + o_f[:, None] * D + o_c[None, :]
+                    m_ws = m_f[:, None] & m_c[None, :]
+                    w2_s = tl.load(p_ws, mask=m_ws, other=0.0).to(tl.float32) - upd * c_i
+                    tl.store(p_ws, tc.rne(w2_s, p_w2.dtype.element_ty), mask=m_ws)
+
+    return z2q, dots
+
+
+@triton.jit
 def _m2_dual_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
     w1_ptr, b1_ptr, w2_ptr, b2_ptr, ck_ptr, cg1_ptr, cx2_ptr, cg2_ptr, out_ptr, z1_ptr,
@@ -86,6 +151,7 @@ def _m2_dual_kernel(
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
+    SPLIT_B: tl.constexpr,
     FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -143,61 +209,26 @@ def _m2_dual_kernel(
     # Pass B: g1, Z1', X2' and the X2' products, chunk by chunk; pass A's Z1 comes back from the
     # scratch (L1/L2) instead of W1 being walked again. Its stores were made by other threads.
     tl.debug_barrier()
-    z2q = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dots = tl.zeros([BLOCK_MB], dtype=tl.float32)
-    for cj in range(NUM_CHUNKS):
-        # REVERSE_B: the chunks pass A read last come first, while they are most likely still in L2.
-        ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
-        o_f = ci * BLOCK_F + o_f0
-        m_f = o_f < FH
-        c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
-        c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)
-        c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)
-        z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
-        z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
-        x2k, dx2k = tc.gelu_and_grad(z1k)
-        zc, dc, x2_rows = _chunk_b(c_w2, x2k, dx2k, z1q0, g2, eta, c_i, a1, pos, c_g1, c_x2, p_cg1, p_cx2, o_f,
-                                   m_f, o_s, FH, CACHE_DT)
-        z2q += zc
-        dots += dc
-        if W2_IN_B:
-            # End of the mini-batch: this chunk's W2 rows updated here (the old W2 is used above and nowhere
-            # after), which saves the update pass's second read of W2 from DRAM. W2_UPD_COLS 0: from the
-            # registers that hold the chunk, against the g2 rows loaded inside the branch (so the ordinary
-            # positions carry no tile for them).
+    # SPLIT_B: the last position runs its own copy of the loop, so that the W2 update's tiles (and any
+    # spill they cause under a register cap) do not share the ordinary positions' register allocation.
+    if W2_IN_B:
+        if SPLIT_B:
             if pos == MB - 1:
-                if W2_UPD_COLS == 0:
-                    g2_rows = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)
-                    g2_rows = tl.where(m_cur[:, None], g2t[None, :], g2_rows)
-                    if CACHE_DT == tl.float16:
-                        upd = tl.dot(tl.trans(x2_rows.to(tl.float16)), g2_rows.to(tl.float16))  # exact products
-                    else:
-                        upd = tl.dot(tl.trans(x2_rows), g2_rows.to(tl.float32), input_precision="tf32x3")
-                    w2_new = c_w2.to(tl.float32) - upd * c_i
-                    tl.store(p_w2 + o_f[:, None] * D + o_d[None, :], tc.rne(w2_new, p_w2.dtype.element_ty),
-                             mask=m_f[:, None] & m_d[None, :])
-                else:
-                    # The chunk read again (from L1: it was loaded just above) in W2_UPD_COLS-column slices,
-                    # against the g2 rows of those columns (all b rows: this token's was stored before the
-                    # pre-pass-B barrier), so that the branch's tiles fit a register cap (maxnreg) under
-                    # which the whole-chunk update above spills into pass B's common path.
-                    if CACHE_DT == tl.float16:
-                        x2_t = tl.trans(x2_rows.to(tl.float16))
-                    else:
-                        x2_t = tl.trans(x2_rows)
-                    o_c0 = tl.arange(0, W2_UPD_COLS)
-                    for cc in range(BLOCK_D // W2_UPD_COLS):
-                        o_c = cc * W2_UPD_COLS + o_c0
-                        m_c = o_c < D
-                        g2_s = _load_rows(p_cg2, o_s, o_s < MB, o_c, m_c, D)
-                        if CACHE_DT == tl.float16:
-                            upd = tl.dot(x2_t, g2_s)  # exact fp16 products
-                        else:
-                            upd = tl.dot(x2_t, g2_s.to(tl.float32), input_precision="tf32x3")
-                        p_ws = p_w2 + o_f[:, None] * D + o_c[None, :]
-                        m_ws = m_f[:, None] & m_c[None, :]
-                        w2_s = tl.load(p_ws, mask=m_ws, other=0.0).to(tl.float32) - upd * c_i
-                        tl.store(p_ws, tc.rne(w2_s, p_w2.dtype.element_ty), mask=m_ws)
+                z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
+                                    c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
+                                    CACHE_DT, True, W2_UPD_COLS)
+            else:
+                z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
+                                    c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
+                                    CACHE_DT, False, W2_UPD_COLS)
+        else:
+            z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
+                                c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
+                                CACHE_DT, pos == MB - 1, W2_UPD_COLS)
+    else:
+        z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
+                            c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
+                            CACHE_DT, False, W2_UPD_COLS)
 
     # Loaded where used (after the F walks): a tile held through them costs registers at every position.
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
@@ -236,13 +267,22 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     55c2540 default (64 columns, 2 warps, the next chunk requested ahead) in rounds 1-3. Whole-head tiles
     staged in shared memory by persistent programs (tensor-core products, 1-8 warps) read 944-2683 us.
     More warps for larger heads (a [128, 32] chunk at f = 128). W2_IN_B: round 9 (W2's end-of-mini-batch
-    update in pass B), 601 against 618 us at B = 512. Round 10: the W2 update in 32-column slices of the
-    chunk read again (W2_UPD_COLS), so that the kernel fits 168 registers (maxnreg) without spills in its
-    loops at f = 64 with fp16/bf16 state (offline for sm_90): 12 one-warp programs a multiprocessor instead
-    of 8. float32 state and other head dims keep the compiler's own register count (untimed under a cap)."""
-    capped = head_dim == 64 and state_dtype in (torch.float16, torch.bfloat16)
-    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": 168 if capped else None,
-            "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": 32}
+    update in pass B), 601 against 618 us at B = 512. Rounds 10-11 (exp/results/h200/kernel_sweep_round1[01]_*):
+    from CAP_MIN_BATCH on, at f = 64 with fp16/bf16 state, a 168-register cap (maxnreg: 12 one-warp programs a
+    multiprocessor instead of 8), which the kernel fits without spills in its loops (offline for sm_90) once
+    the W2 update is done in 32-column slices of the chunk read again from L1 (W2_UPD_COLS): 556 against
+    601 us at B = 512, 151 against 157 at B = 128; at B = 64 (2048 items, two short waves) the cap lost,
+    91 against 81 us. SPLIT_B: the last position's pass B as its own loop (round 12), so that the update's
+    tiles do not share the ordinary positions' register allocation. float32 state and other head dims
+    keep the compiler's own register count (untimed under a cap)."""
+    if batch >= CAP_MIN_BATCH and head_dim == 64 and state_dtype in (torch.float16, torch.bfloat16):
+        return {"BLOCK_F": 32, "num_warps": 1, "maxnreg": 168, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True,
+                "W2_UPD_COLS": 32, "SPLIT_B": True}
+    return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
+            "W2_IN_B": True}
+
+
+CAP_MIN_BATCH = 128
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None):
@@ -265,6 +305,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
         W2_IN_B=cfg.get("W2_IN_B", False), W2_UPD_COLS=min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
+        SPLIT_B=cfg.get("SPLIT_B", False),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
