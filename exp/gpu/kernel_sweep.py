@@ -30,6 +30,7 @@ from ttt_decode.bench.micro import (
 from ttt_decode.provenance import git_commit, gpu_name
 
 _R9 = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True}
+_R12 = {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168, "SPLIT_B": True}  # round 12's best
 RECIPES = {
     # The dispatchers' own configurations (config None): the per-position times and compiled resources
     # of what the models run.
@@ -153,6 +154,20 @@ RECIPES = {
             {**_R9, "W2_IN_B": True, "W2_UPD_COLS": 32, "maxnreg": 168, "SPLIT_B": True},
             {**_R9, "W2_IN_B": True, "maxnreg": 168, "SPLIT_B": True},
         ],
+    },
+    # Round 13: W1's end-of-mini-batch update in the last position's pass B too (W1_IN_B), chunk by chunk from the
+    # chunk's G1 rows once its g1 is known: the W1 read overlaps the chain instead of a serial update pass.
+    "round13": {
+        "mlp_2_dual_triton": [
+            {**_R12},
+            {**_R12, "W1_IN_B": True, "W1_UPD_ROWS": 32},
+            {**_R12, "W1_IN_B": True, "W1_UPD_ROWS": 16},
+            {**_R12},
+            {**_R12, "W1_IN_B": True, "W1_UPD_ROWS": 32},
+        ],
+    },
+    "round13_small": {
+        "mlp_2_dual_triton": [{**_R9, "W2_IN_B": True}, {**_R12}, {**_R12, "W1_IN_B": True, "W1_UPD_ROWS": 32}],
     },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
