@@ -129,9 +129,6 @@ ALT_CONFIGS = [
     ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 1, "W2_IN_B": True, "W2_UPD_COLS": 32}),
     ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "W2_IN_B": True, "W2_UPD_COLS": 16, "SPLIT_B": True}),
     ("M2-dual", 16, {"BLOCK_F": 32, "num_warps": 1, "W2_IN_B": True, "SPLIT_B": True}),
-    ("M2-dual", 24, {"BLOCK_F": 32, "num_warps": 1, "W2_IN_B": True, "W2_UPD_COLS": 16, "W1_IN_B": True,
-                     "W1_UPD_ROWS": 16, "SPLIT_B": True}),
-    ("M2-dual", 16, {"BLOCK_F": 16, "num_warps": 1, "W1_IN_B": True}),
     ("M2-primal", 16, {"BLOCK_F": 32, "num_warps": 2}),
     ("M2-primal", 24, {"BLOCK_F": 128, "num_warps": 4}),
     ("M2-primal", 16, {"BLOCK_F": 16, "num_warps": 1}),
@@ -149,15 +146,14 @@ def test_other_launch_configs(kernel, f, config, nan_empty, monkeypatch):
     run_and_compare(mlp, form, f, "fp32", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("cols,split,w1", [(0, False, False), (16, False, False), (16, True, False), (16, True, True)],
-                         ids=["from-registers", "column-slices", "column-slices-split-pass-b", "w1-too"])
-def test_m2_dual_w2_update_in_pass_b_fp16(cols, split, w1, nan_empty, monkeypatch):
+@pytest.mark.parametrize("cols,split", [(0, False), (16, False), (16, True)],
+                         ids=["from-registers", "column-slices", "column-slices-split-pass-b"])
+def test_m2_dual_w2_update_in_pass_b_fp16(cols, split, nan_empty, monkeypatch):
     """W2_IN_B with fp16 state and cache: the end-of-mini-batch W2 update as one fp16 MMA per chunk, from the
     chunk in registers (W2_UPD_COLS 0) or from the chunk read again in column slices (f = 24: a masked slice),
-    in pass B's one loop or in the last position's own copy of it (SPLIT_B); W1_IN_B: W1's update there too,
-    in row slices (a masked one)."""
+    in pass B's one loop or in the last position's own copy of it (SPLIT_B)."""
     config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": cols,
-              "SPLIT_B": split, "W1_IN_B": w1, "W1_UPD_ROWS": 16}
+              "SPLIT_B": split}
     run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 

@@ -155,8 +155,9 @@ RECIPES = {
             {**_R9, "W2_IN_B": True, "maxnreg": 168, "SPLIT_B": True},
         ],
     },
-    # Round 13: W1's end-of-mini-batch update in the last position's pass B too (W1_IN_B), chunk by chunk from the
-    # chunk's G1 rows once its g1 is known: the W1 read overlaps the chain instead of a serial update pass.
+    # Round 13 (ran at 0cdc023, whose W1_IN_B flag was removed after it: 578 against 549 us): W1's end-of-mini-batch
+    # update in the last position's pass B too, chunk by chunk from the chunk's G1 rows once its g1 is known, so
+    # that the W1 read would overlap the chain instead of a serial update pass.
     "round13": {
         "mlp_2_dual_triton": [
             {**_R12},
