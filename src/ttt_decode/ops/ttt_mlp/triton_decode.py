@@ -151,7 +151,7 @@ def _m2_dual_kernel(
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
-    SPLIT_B: tl.constexpr,
+    SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr,
     FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -214,8 +214,11 @@ def _m2_dual_kernel(
     if W2_IN_B:
         if SPLIT_B:
             if pos == MB - 1:
+                # KEEP_W2_LAST: no evict-first hint on this position's W2 reads, which the W2 slices read again
+                # (an L1 miss then finds the chunk in L2 instead of DRAM).
+                EV_LAST: tl.constexpr = "" if KEEP_W2_LAST else EV_ONCE
                 z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
-                                    c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
+                                    c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_LAST,
                                     CACHE_DT, True, W2_UPD_COLS)
             else:
                 z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
@@ -306,7 +309,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
         W2_IN_B=cfg.get("W2_IN_B", False), W2_UPD_COLS=min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
-        SPLIT_B=cfg.get("SPLIT_B", False),
+        SPLIT_B=cfg.get("SPLIT_B", False), KEEP_W2_LAST=cfg.get("KEEP_W2_LAST", False),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
