@@ -252,7 +252,7 @@ def test_m2_dual_register_cap_dispatch():
     hi, lo = tri.CAP_MIN_BATCH, tri.CAP_MIN_BATCH // 2
     for dt in (torch.float16, torch.bfloat16):
         cfg = tri.dual_config(hi, 64, dt)
-        assert cfg["maxnreg"] == 168 and cfg["W2_UPD_COLS"] and cfg["SPLIT_B"], cfg
+        assert cfg["maxnreg"] == 168 and cfg["W2_UPD_COLS"] and cfg["SPLIT_B"] and cfg["KEEP_W2_LAST"], cfg
     for args in ((lo, 64, torch.float16), (hi, 64, torch.float32), (hi, 128, torch.float16), (hi, 32, torch.float16)):
         assert not tri.dual_config(*args).get("maxnreg"), args
 

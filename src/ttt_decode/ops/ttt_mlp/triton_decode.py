@@ -277,11 +277,12 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     601 us at B = 512, 151 against 157 at B = 128; at B = 64 (2048 items, two short waves) the cap lost,
     91 against 81 us. SPLIT_B: the last position's pass B as its own loop (round 12: 540 against 546 us at
     B = 512), so that the update's tiles do not share the ordinary positions' register allocation. W1's
-    update moved into that loop as well (round 13, at 0cdc023 only) lost: 578 against 549 us. float32
+    update moved into that loop as well (round 13, at 0cdc023 only) lost: 578 against 549 us. KEEP_W2_LAST
+    (round 14): that position's W2 reads without the evict-first hint, 544 against 550 us. float32
     state and other head dims keep the compiler's own register count (untimed under a cap)."""
     if batch >= CAP_MIN_BATCH and head_dim == 64 and state_dtype in (torch.float16, torch.bfloat16):
         return {"BLOCK_F": 32, "num_warps": 1, "maxnreg": 168, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True,
-                "W2_UPD_COLS": 32, "SPLIT_B": True}
+                "W2_UPD_COLS": 32, "SPLIT_B": True, "KEEP_W2_LAST": True}
     return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
             "W2_IN_B": True}
 
