@@ -32,6 +32,11 @@ Grid: (B H,), one program per item, 1 warp at f = 64 (docs/DESIGN.md section 11.
   already in registers, so only W1 and the biases are read again in the update pass. H200, B = 512
   (kernel_sweep_round9_h200_df86e81.jsonl): last position 1367 -> 1250 us, ordinary 572 -> 562 us
   (4 fewer registers, half the shared memory: the W2 update tile's staging is gone).
+  Register cap (from B = 128, f = 64, fp16/bf16 state; `dual_config`): 168 registers a thread instead of 251
+  puts 12 one-warp programs on a multiprocessor instead of 8 (ncu: achieved occupancy 12.2% -> 18.1%, DRAM
+  throughput 48% -> 63% of peak at position 0). It fits without spills in the loops because the W2 update
+  is then done in column slices (W2_UPD_COLS) and the last position runs its own copy of pass B (SPLIT_B).
+  H200, B = 512: 601 -> 544 us (kernel_sweep_round1[0-4]_h200_*.jsonl).
 Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2.
   pos is read, never moved: with advance=True the wrapper moves it after the kernel (one tiny op).
 Arithmetic in float32 on the CUDA cores. No autotuning (state updated in place): the configuration is
