@@ -120,10 +120,10 @@ def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, 
                 tl.store(p_w2 + o_f[:, None] * D + o_d[None, :], tc.rne(w2_new, p_w2.dtype.element_ty),
                          mask=m_f[:, None] & m_d[None, :])
             else:
-                # The chunk read again (from L1: it was loaded just above) in W2_UPD_COLS-column slices,
-                # against the g2 rows of those columns (all b rows: this token's was stored before the
-                # pre-pass-B barrier), so that the branch's tiles fit a register cap (maxnreg) under
-                # which the whole-chunk update above spills into pass B's common path.
+                # The chunk read again (from L1, or L2: it was loaded just above) in W2_UPD_COLS-column
+                # slices, against the g2 rows of those columns (all b rows: this token's was stored before
+                # the pre-pass-B barrier), so that the branch's tiles fit a register cap (maxnreg) under
+                # which the whole-chunk update above spills.
                 if CACHE_DT == tl.float16:
                     x2_t = tl.trans(x2_rows.to(tl.float16))
                 else:
@@ -264,6 +264,9 @@ def _m2_dual_kernel(
 
 
 # ---------------------------------------------------------------- launch
+CAP_MIN_BATCH = 128  # the register-capped configuration from this batch on (dual_config)
+
+
 def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     """Hand-picked launch configuration (no autotune: the state is updated in place); one for every batch.
 
@@ -290,9 +293,6 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
                 "W2_UPD_COLS": 32, "SPLIT_B": True, "KEEP_W2_LAST": True}
     return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
             "W2_IN_B": True}
-
-
-CAP_MIN_BATCH = 128
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None):
