@@ -176,6 +176,13 @@ RECIPES = {
     "round14": {
         "mlp_2_dual_triton": [{**_R12}, {**_R12, "KEEP_W2_LAST": True}, {**_R12}, {**_R12, "KEEP_W2_LAST": True}],
     },
+    # Round 15 (prepared in session 11, not yet run): with the split pass B, offline for sm_90 the ordinary loop
+    # carries no spills at 152 or 144 registers either (13 / 14 programs a multiprocessor; round 11's lower caps
+    # spilled there without the split), and 1 STL + 5 LDL a chunk at 128 (16 programs, one wave of 2048 items at
+    # B = 64). Run at --batch 512 and at --batch 64 / 128.
+    "round15": {
+        "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True, "maxnreg": r} for r in (168, 152, 144, 136, 128, 168)],
+    },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),
