@@ -216,27 +216,23 @@ def _m2_dual_kernel(
     tl.debug_barrier()
     # SPLIT_B: the last position runs its own copy of the loop, so that the W2 update's tiles (and any
     # spill they cause under a register cap) do not share the ordinary positions' register allocation.
-    if W2_IN_B:
-        if SPLIT_B:
-            if pos == MB - 1:
-                # KEEP_W2_LAST: no evict-first hint on this position's W2 reads, which the W2 slices read again
-                # (an L1 miss then finds the chunk in L2 instead of DRAM).
-                EV_LAST: tl.constexpr = "" if KEEP_W2_LAST else EV_ONCE
-                z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
-                                    c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_LAST,
-                                    CACHE_DT, True, W2_UPD_COLS)
-            else:
-                z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
-                                    c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
-                                    CACHE_DT, False, W2_UPD_COLS)
+    if W2_IN_B and SPLIT_B:
+        if pos == MB - 1:
+            # KEEP_W2_LAST: no evict-first hint on this position's W2 reads, which the W2 slices read again
+            # (an L1 miss then finds the chunk in L2 instead of DRAM).
+            EV_LAST: tl.constexpr = "" if KEEP_W2_LAST else EV_ONCE
+            z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
+                                c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_LAST,
+                                CACHE_DT, True, W2_UPD_COLS)
         else:
             z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
                                 c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
-                                CACHE_DT, pos == MB - 1, W2_UPD_COLS)
+                                CACHE_DT, False, W2_UPD_COLS)
     else:
+        # One loop for every position; with W2_IN_B the W2 update runs in it at pos == b-1 (a run-time branch).
         z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
                             c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
-                            CACHE_DT, False, W2_UPD_COLS)
+                            CACHE_DT, (pos == MB - 1) if W2_IN_B else False, W2_UPD_COLS)
 
     # Loaded where used (after the F walks): a tile held through them costs registers at every position.
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
