@@ -183,6 +183,10 @@ RECIPES = {
     "round15": {
         "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True, "maxnreg": r} for r in (168, 152, 144, 136, 128, 168)],
     },
+    "round15_small": {
+        "mlp_2_dual_triton": [{**_R9, "W2_IN_B": True}] + [{**_R12, "KEEP_W2_LAST": True, "maxnreg": r}
+                                                             for r in (168, 144, 128)],
+    },
 }
 KERNEL_FUNCS = {  # the Triton (and Gluon) functions whose compiled variants are reported, as module:function
     "mlp_2_dual_triton": ("ttt_decode.ops.ttt_mlp.triton_decode:_m2_dual_kernel",),
