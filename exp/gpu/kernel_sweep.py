@@ -183,6 +183,31 @@ RECIPES = {
     "round15": {
         "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True, "maxnreg": r} for r in (168, 152, 144, 136, 128, 168)],
     },
+    # Round 16 (session 12): the matrix-vector products on the tensor cores with the vector as the MMA's A
+    # operand, split into fp16 hi / lo rows (TC_A: pass A; TC_B: the ordinary positions' pass B). Offline for
+    # sm_90 pass A is ~540 SASS instructions a chunk instead of 654, and Triton pipelines its W tiles into
+    # shared memory with cp.async (num_stages 3: 18.5 KB a program, 2: 10.4 KB).
+    "round16": {
+        "mlp_2_dual_triton": [
+            {**_R12, "KEEP_W2_LAST": True},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True, "num_stages": 2},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True, "TC_B": True},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True, "TC_B": True, "num_stages": 2},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True, "maxnreg": None},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True, "TC_B": True, "maxnreg": None},
+            {**_R12, "KEEP_W2_LAST": True},
+        ],
+    },
+    "round16_small": {
+        "mlp_2_dual_triton": [
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "TC_A": True},
+            {**_R9, "W2_IN_B": True, "TC_A": True, "TC_B": True},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True},
+            {**_R12, "KEEP_W2_LAST": True, "TC_A": True, "TC_B": True},
+        ],
+    },
     "round15_small": {
         "mlp_2_dual_triton": [{**_R9, "W2_IN_B": True}] + [{**_R12, "KEEP_W2_LAST": True, "maxnreg": r}
                                                              for r in (168, 144, 128)],
