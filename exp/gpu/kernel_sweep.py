@@ -201,12 +201,15 @@ RECIPES = {
     },
     # Round 17: round 16's TC_A + TC_B uncapped (242 registers, 8 programs a multiprocessor) read 561 against
     # 601 us for the CUDA-core kernel at the same residency (round 9), but spilled under the 168 cap (634-643
-    # us). Caps between: 208 / 192 / 184 registers (9 / 10 / 11 programs), num_stages 2 and 3; TC_B alone.
+    # us). Caps between: 208 / 192 / 184 registers (9 / 10 / 11 programs), num_stages 2 and 3; TC_B alone;
+    # 16-column chunks (smaller MMA operand fragments).
     "round17": {
         "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True}]
         + [{**_R12, "KEEP_W2_LAST": True, "TC_A": True, "TC_B": True, "maxnreg": r, "num_stages": st}
            for r, st in ((208, 3), (192, 3), (184, 3), (184, 2), (176, 2))]
         + [{**_R12, "KEEP_W2_LAST": True, "TC_B": True, "maxnreg": r} for r in (None, 192, 168)]
+        + [{**_R12, "KEEP_W2_LAST": True, "TC_A": True, "TC_B": True, "BLOCK_F": 16, "W2_UPD_COLS": 32, "maxnreg": r}
+           for r in (168, 192)]
         + [{**_R12, "KEEP_W2_LAST": True}],
     },
     "round16_small": {

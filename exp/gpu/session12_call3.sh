@@ -6,4 +6,4 @@ cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 PYTHONPATH=src timeout 300 python3 exp/gpu/kernel_sweep.py --recipe round17 --commit "${COMMIT:-unknown}" \
-  --scan-batches 1024,2048 --out "$OUT/sweep" 2>&1 | tail -14
+  --scan-batches 1024,2048 --out "$OUT/sweep" 2>&1 | tail -16
