@@ -12,14 +12,11 @@ import importlib
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from conftest import rel_err
 from ttt_decode import registry
 from ttt_decode.errors import UserError
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
-from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
 from ttt_inputs import make_case
 
 # The Triton TTT kernels of the registry, as readable ids: "M2-dual" -> (mlp, form).
@@ -160,54 +157,6 @@ def test_m2_dual_w2_update_in_pass_b_fp16(cols, split, nan_empty, monkeypatch):
     run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("tc", [{"TC_A": True}, {"TC_A": True, "TC_B": True}, {"TC_B": True, "maxnreg": 168}],
-                         ids=["pass-a", "pass-a-and-b", "pass-b-capped"])
-def test_m2_dual_tensor_core_products(tc, nan_empty, monkeypatch):
-    """TC_A / TC_B, fp16 state: the matrix-vector products on the tensor cores from the float32 vectors split
-    into two fp16 rows; f = 24 (a masked head dim, F = 96: three chunks), every
-    position, the last one through the CUDA-core loop with the W2 update (SPLIT_B)."""
-    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": 16,
-              "SPLIT_B": True, "KEEP_W2_LAST": True, **tc}
-    run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
-
-
-@triton.jit
-def _split_products(x_ptr, y_ptr, w_ptr, o_ptr):
-    o_k = tl.arange(0, 32)
-    o_n = tl.arange(0, 16)
-    w = tl.load(w_ptr + o_k[:, None] * 16 + o_n[None, :])
-    y = tl.load(y_ptr + o_k)
-    y_s, y_inv = tiles.pow2_scale(y)
-    rows = tiles.put_split(tiles.split_rows(tl.load(x_ptr + o_k)), y * y_s, 2)
-    acc = tl.dot(rows, w)
-    tl.store(o_ptr + o_n, tiles.row_sum(acc, 0))
-    tl.store(o_ptr + 16 + o_n, tiles.row_sum(acc, 2) * y_inv)
-
-
-def test_split_rows_products_are_float32_accurate():
-    """tiles.split_rows / row_sum: a float32 vector times an fp16 tile on the tensor-core path within 1e-6 of
-    float64 (one fp16 row alone is ~1e-3 off); a second vector of small entries (put_split at row 2, scaled by
-    pow2_scale) kept apart from the first and as accurate."""
-    g = torch.Generator().manual_seed(5)
-    x, y = torch.randn(32, generator=g), torch.randn(32, generator=g) * 1e-3
-    w = torch.randn(32, 16, generator=g).half()
-    out = torch.zeros(32)
-    _split_products[(1,)](x, y, w, out, num_warps=1)
-    for got, vec in ((out[:16], x), (out[16:], y)):
-        ref = vec.double() @ w.double()
-        assert rel_err(got, ref) < 1e-6, rel_err(got, ref)
-        assert rel_err(vec.half().double() @ w.double(), ref) > 1e-5  # what a one-row operand would give
-
-
-def test_m2_dual_tensor_core_products_need_fp16(monkeypatch):
-    _, tri_step, tri_mod = _mods(True, "dual")
-    case = make_case(B=1, H=1, f=16, N=1, mlp=True, seed=1).to(dtype=torch.bfloat16)
-    state = case.state(dtype=torch.bfloat16)
-    monkeypatch.setattr(tri_mod, "dual_config", lambda *a: {"BLOCK_F": 32, "num_warps": 1, "TC_A": True})
-    with pytest.raises(ValueError, match="TC_A / TC_B need fp16"):
-        tri_step(*case.token(0), state, _cache("dual", state, case.c.shape[0]))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["M2-dual", "M2-primal"])
 def test_largest_head_dim_default_config(kernel, nan_empty):
@@ -321,19 +270,6 @@ def test_gpu_m2_dual_capped_config_matches_reference(key):
     cfg = tri.dual_config(512, 64, state_dtype)
     assert cfg["maxnreg"]
     res = check_ttt_variant("mlp_2_dual_triton", state_dtype, "cuda", "ttt-1b", act, batch=16, config=cfg)
-    assert res["passed"], res
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("tc", [{"TC_A": True}, {"TC_A": True, "TC_B": True}], ids=["pass-a", "pass-a-and-b"])
-@pytest.mark.parametrize("batch", [64, 512])
-def test_gpu_m2_dual_tensor_core_configs_match_reference(tc, batch):
-    """TC_A / TC_B over the dispatcher's fp16 configuration at ttt-1b shapes against the float64 reference."""
-    from ttt_decode.bench.micro import check_ttt_variant
-    from ttt_decode.ops.ttt_mlp import triton_decode as tri
-
-    cfg = {**tri.dual_config(batch, 64, torch.float16), **tc}
-    res = check_ttt_variant("mlp_2_dual_triton", torch.float16, "cuda", "ttt-1b", torch.float16, batch=16, config=cfg)
     assert res["passed"], res
 
 

@@ -212,6 +212,22 @@ RECIPES = {
            for r in (168, 192)]
         + [{**_R12, "KEEP_W2_LAST": True}],
     },
+    # Round 18 (session 12, after the TC code was removed again): B = 64 (2048 items: two waves of the uncapped
+    # 8 programs a multiprocessor), launch shapes only: 16-column chunks, 2 and 4 warps an item, one wave under a
+    # 128-register cap.
+    "round18_small": {
+        "mlp_2_dual_triton": [
+            {**_R9, "W2_IN_B": True},
+            {**_R9, "W2_IN_B": True, "BLOCK_F": 16},
+            {**_R9, "W2_IN_B": True, "num_warps": 2},
+            {**_R9, "W2_IN_B": True, "BLOCK_F": 64, "num_warps": 2},
+            {**_R9, "W2_IN_B": True, "BLOCK_F": 64, "num_warps": 4},
+            {**_R12, "KEEP_W2_LAST": True, "maxnreg": 128},
+            {**_R12, "KEEP_W2_LAST": True, "BLOCK_F": 16, "W2_UPD_COLS": 32, "maxnreg": 128},
+            {**_R12, "KEEP_W2_LAST": True, "num_warps": 2, "maxnreg": 128},
+            {**_R9, "W2_IN_B": True},
+        ],
+    },
     "round16_small": {
         "mlp_2_dual_triton": [
             {**_R9, "W2_IN_B": True},

@@ -384,8 +384,8 @@ def advance_pos(pos: torch.Tensor, mini_batch_size: int) -> None:
 
 
 def launch_options(cfg: dict) -> dict:
-    """The Triton launch options of a configuration dict (num_warps, and maxnreg / num_stages when set)."""
-    return {k: cfg[k] for k in ("num_warps", "maxnreg", "num_stages") if cfg.get(k)}
+    """The Triton launch options of a configuration dict (num_warps, and maxnreg when set)."""
+    return {k: cfg[k] for k in ("num_warps", "maxnreg") if cfg.get(k)}
 
 
 def pow2(n: int) -> int:

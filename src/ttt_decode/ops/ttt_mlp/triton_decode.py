@@ -146,46 +146,6 @@ def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, 
 
 
 @triton.jit
-def _pass_b_tc(p_w2, p_cg1, p_cx2, p_z1, o_d, m_d, o_s, o_f0, m_old, g2, eta, c_i, a1, pos,
-               FH: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
-               BLOCK_MB: tl.constexpr, NUM_CHUNKS: tl.constexpr, REVERSE_B: tl.constexpr, EV_ONCE: tl.constexpr,
-               CACHE_DT: tl.constexpr):
-    """_pass_b without the W2 update, its matrix-vector products on the tensor cores (fp16; tiles.split_rows):
-    g2 W2^T, the cache-row term sum_{s<pos} a1_s G1_s, X2' W2 and X2' . X2_s, each the row sum of an MMA
-    whose A operand is the split vector; this token's row enters through a1[pos] g1 and X2k . X2'."""
-    g2_s, g2_inv = tiles.pow2_scale(g2)
-    g2r = tiles.split_rows(g2 * g2_s)  # [16, BD]
-    a1_s, a1_inv = tiles.pow2_scale(a1)
-    a1r = tiles.split_rows(a1 * a1_s)  # [16, BMB] (the G1 rows it meets are 0 from pos on)
-    a1_pos = tl.sum(tl.where(o_s == pos, a1, 0.0), 0)
-    z2q = tl.zeros([16, BLOCK_D], dtype=tl.float32)
-    dots = tl.zeros([16, BLOCK_MB], dtype=tl.float32)
-    cur = 0.0
-    for cj in range(NUM_CHUNKS):
-        ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
-        o_f = ci * BLOCK_F + o_f0
-        m_f = o_f < FH
-        c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)  # [BF, BD]
-        g1 = tiles.row_sum(tl.dot(g2r, tl.trans(c_w2)), 0) * g2_inv  # [BF]: W2 g2
-        z1k = tl.load(p_z1 + o_f, mask=m_f, other=0.0)
-        z1q0 = tl.load(p_z1 + FH + o_f, mask=m_f, other=0.0)
-        x2k, dx2k = tc.gelu_and_grad(z1k)
-        g1t = tc.rne(g1 * dx2k * eta, CACHE_DT)
-        x2k_r = tc.rne(x2k, CACHE_DT)
-        tl.store(p_cg1 + pos * FH + o_f, g1t, mask=m_f)
-        tl.store(p_cx2 + pos * FH + o_f, x2k_r, mask=m_f)
-        c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)  # [BMB, BF], rows s < pos
-        cterm = tiles.row_sum(tl.dot(a1r, c_g1), 0) * a1_inv + a1_pos * g1t.to(tl.float32)
-        x2q = tc.gelu(z1q0 - cterm * c_i)  # [BF]
-        x2qr = tiles.split_rows(x2q)  # [16, BF]
-        z2q = tl.dot(x2qr, c_w2, z2q)
-        c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)  # [BMB, BF]
-        dots = tl.dot(x2qr, tl.trans(c_x2), dots)
-        cur += tl.sum(x2k_r.to(tl.float32) * x2q, 0)
-    return tiles.row_sum(z2q, 0), tiles.row_sum(dots, 0) + tl.where(o_s == pos, cur, 0.0)
-
-
-@triton.jit
 def _m2_dual_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
     w1_ptr, b1_ptr, w2_ptr, b2_ptr, ck_ptr, cg1_ptr, cx2_ptr, cg2_ptr, out_ptr, z1_ptr,
@@ -196,7 +156,7 @@ def _m2_dual_kernel(
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
-    SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr, TC_A: tl.constexpr, TC_B: tl.constexpr,
+    SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr,
     FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -245,14 +205,8 @@ def _m2_dual_kernel(
     # L2_HINTS: W1 is read once (evict first), W2 again in pass B (evict last there, first after).
     EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
     EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
-    # TC_A / TC_B: pass A's / the ordinary positions' pass B's matrix-vector products on the tensor cores
-    # (fp16 state and cache; tiles.split_rows says how).
-    if TC_A:
-        z2k = tiles.z2k_chunked_tc(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_D, BLOCK_F,
-                                   NUM_CHUNKS, EV_ONCE, EV_AGAIN)
-    else:
-        z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS,
-                                True, EV_ONCE, EV_AGAIN)
+    z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
+                      EV_ONCE, EV_AGAIN)
     g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2t = tc.rne(g2 * eta, CACHE_DT)
     tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)
@@ -262,17 +216,7 @@ def _m2_dual_kernel(
     tl.debug_barrier()
     # SPLIT_B: the last position runs its own copy of the loop, so that the W2 update's tiles (and any
     # spill they cause under a register cap) do not share the ordinary positions' register allocation.
-    if TC_B:
-        # The last position keeps the CUDA-core loop, whose chunk tiles the W2 update uses (SPLIT_B's copy).
-        if W2_IN_B and pos == MB - 1:
-            EV_L: tl.constexpr = "" if KEEP_W2_LAST else EV_ONCE
-            z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
-                                c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_L,
-                                CACHE_DT, True, W2_UPD_COLS)
-        else:
-            z2q, dots = _pass_b_tc(p_w2, p_cg1, p_cx2, p_z1, o_d, m_d, o_s, o_f0, m_old, g2, eta, c_i, a1, pos, FH, D,
-                                   BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE, CACHE_DT)
-    elif W2_IN_B and SPLIT_B:
+    if W2_IN_B and SPLIT_B:
         if pos == MB - 1:
             # KEEP_W2_LAST: no evict-first hint on this position's W2 reads, which the W2 slices read again
             # (an L1 miss then finds the chunk in L2 instead of DRAM).
@@ -359,9 +303,6 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
     qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
     F = W1.shape[-1]
     cfg = config or dual_config(B, f, W1.dtype)
-    if (cfg.get("TC_A") or cfg.get("TC_B")) and not (W1.dtype == ck.dtype == torch.float16):
-        raise ValueError(f"ttt_mlp dual decode: TC_A / TC_B need fp16 state and cache, got {W1.dtype} / {ck.dtype}; "
-                         "drop them from the launch configuration")
     z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
@@ -370,8 +311,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
         W2_IN_B=cfg.get("W2_IN_B", False), W2_UPD_COLS=min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
-        SPLIT_B=cfg.get("SPLIT_B", False), KEEP_W2_LAST=cfg.get("KEEP_W2_LAST", False), TC_A=cfg.get("TC_A", False),
-        TC_B=cfg.get("TC_B", False),
+        SPLIT_B=cfg.get("SPLIT_B", False), KEEP_W2_LAST=cfg.get("KEEP_W2_LAST", False),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
