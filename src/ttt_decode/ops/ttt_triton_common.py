@@ -47,6 +47,28 @@ def rne(x, DT: tl.constexpr):
         return x.to(DT)
 
 
+@triton.jit
+def prefetch_l2(ptrs, mask):
+    """Ask L2 for the 128-byte lines that hold ptrs where mask is set (`prefetch.global.L2`). No register
+    receives the data, so nothing waits on the request and nothing is held across the code after it: a
+    tile needed a chunk later comes from L2 instead of DRAM without costing residency. CUDA only (inline
+    PTX): kernels take it behind a constexpr that their launchers clear under the interpreter."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+        "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def prefetch_rows_l2(p_base, o_r, m_r, col0, stride, NCOLS, BLOCK_COLS: tl.constexpr):
+    """prefetch_l2 of the NCOLS-element segments starting at column col0 of rows o_r (masked by m_r) of a
+    row-major array with `stride` elements a row, BLOCK_COLS >= NCOLS a power of two: one request per
+    128-byte line of each segment (segments start on a 128- or 64-byte boundary here)."""
+    LINE: tl.constexpr = 128 // (p_base.dtype.element_ty.primitive_bitwidth // 8)  # elements a line
+    SEG: tl.constexpr = max(1, BLOCK_COLS // LINE)
+    o_l = tl.arange(0, SEG) * LINE
+    prefetch_l2(p_base + o_r[:, None] * stride + col0 + o_l[None, :], m_r[:, None] & (o_l < NCOLS)[None, :])
+
+
 # sqrt(2 / pi) and 2 sqrt(2 / pi) log2(e): gelu_tanh(x) = 0.5 x (1 + tanh(u)) = x sigmoid(2u),
 # u = sqrt(2 / pi) (x + 0.044715 x^3); sigmoid through exp2 and an approximate reciprocal (2 ulp).
 _K0 = tl.constexpr(0.7978845608028654)

@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from ttt_decode.ops import ttt_triton_common as tc
-from ttt_decode.ops.kernel_op import step_op
+from ttt_decode.ops.kernel_op import interpreting, step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
 from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
 
@@ -84,13 +84,14 @@ def _load_rows(p_rows, o_s, m_old, o_c, m_c, stride):
 def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta, c_i, a1, pos,
             FH: tl.constexpr, D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
             BLOCK_MB: tl.constexpr, NUM_CHUNKS: tl.constexpr, REVERSE_B: tl.constexpr, EV_ONCE: tl.constexpr,
-            CACHE_DT: tl.constexpr, UPDATE_W2, W2_UPD_COLS: tl.constexpr):
+            CACHE_DT: tl.constexpr, UPDATE_W2, W2_UPD_COLS: tl.constexpr, PREFETCH_B: tl.constexpr = False):
     """Pass B over F: g1, Z1', X2' and the X2' products, chunk by chunk (pass A's Z1 from the scratch);
     -> (X2' W2 [BD], X2' . X2_s [BMB]). UPDATE_W2 (a constant, or pos == b-1 at run time): each chunk's W2 rows
     updated here too (the old W2 is used above and nowhere after), which saves the update pass's second
     read of W2 from DRAM; W2_UPD_COLS 0: from the registers that hold the chunk, against the g2 rows
     loaded in the branch, else from the chunk read again (from L1) in W2_UPD_COLS-column slices, whose
-    tiles fit a register cap (maxnreg) under which the whole-chunk update spills."""
+    tiles fit a register cap (maxnreg) under which the whole-chunk update spills. PREFETCH_B: the next
+    chunk's W2 rows and cache rows are requested into L2 (tc.prefetch_l2) before this chunk's loads."""
     z2q = tl.zeros([BLOCK_D], dtype=tl.float32)
     dots = tl.zeros([BLOCK_MB], dtype=tl.float32)
     for cj in range(NUM_CHUNKS):
@@ -98,6 +99,13 @@ def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, 
         ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
         o_f = ci * BLOCK_F + o_f0
         m_f = o_f < FH
+        if PREFETCH_B:
+            cn = ci - 1 if REVERSE_B else ci + 1
+            o_n = cn * BLOCK_F + o_f0
+            ok = (cn >= 0) & (cn < NUM_CHUNKS)
+            tc.prefetch_rows_l2(p_w2, o_n, (o_n < FH) & ok, 0, D, D, BLOCK_D)
+            tc.prefetch_rows_l2(p_cg1, o_s, m_old & ok, cn * BLOCK_F, FH, BLOCK_F, BLOCK_F)
+            tc.prefetch_rows_l2(p_cx2, o_s, m_old & ok, cn * BLOCK_F, FH, BLOCK_F, BLOCK_F)
         c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
         c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)
         c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)
@@ -156,7 +164,7 @@ def _m2_dual_kernel(
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
-    SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr,
+    SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr, PREFETCH_A: tl.constexpr, PREFETCH_B: tl.constexpr,
     FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -183,6 +191,15 @@ def _m2_dual_kernel(
     p_cg2 = cg2_ptr + pid * (MB * D)
     p_z1 = z1_ptr + pid * (2 * FH)  # k W1 + b1 and q W1 + b1 of pass A, float32
 
+    # L2 prefetch (PREFETCH_A / PREFETCH_B): the first tiles each pass reads are requested before the
+    # prologue, whose own loads then overlap them.
+    for cp in tl.static_range(PREFETCH_A):
+        tiles.prefetch_chunk(p_w1, p_w2, o_d, m_d, o_f0, cp, FH, D, BLOCK_F, NUM_CHUNKS)
+    if PREFETCH_B:
+        C0: tl.constexpr = NUM_CHUNKS - 1 if REVERSE_B else 0
+        tc.prefetch_rows_l2(p_cg1, o_s, m_old, C0 * BLOCK_F, FH, BLOCK_F, BLOCK_F)
+        tc.prefetch_rows_l2(p_cx2, o_s, m_old, C0 * BLOCK_F, FH, BLOCK_F, BLOCK_F)
+
     if FUSED_QK:
         b_q, b_k, b_v, eta, c_i, gam, bet = tc.ring_token_inputs(
             p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
@@ -206,7 +223,7 @@ def _m2_dual_kernel(
     EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
     EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
     z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
-                      EV_ONCE, EV_AGAIN)
+                            EV_ONCE, EV_AGAIN, PREFETCH_A)
     g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2t = tc.rne(g2 * eta, CACHE_DT)
     tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)
@@ -223,16 +240,17 @@ def _m2_dual_kernel(
             EV_LAST: tl.constexpr = "" if KEEP_W2_LAST else EV_ONCE
             z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
                                 c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_LAST,
-                                CACHE_DT, True, W2_UPD_COLS)
+                                CACHE_DT, True, W2_UPD_COLS, PREFETCH_B)
         else:
             z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
                                 c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
-                                CACHE_DT, False, W2_UPD_COLS)
+                                CACHE_DT, False, W2_UPD_COLS, PREFETCH_B)
     else:
         # One loop for every position; with W2_IN_B the W2 update runs in it at pos == b-1 (a run-time branch).
         z2q, dots = _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta,
                             c_i, a1, pos, FH, D, MB, BLOCK_D, BLOCK_F, BLOCK_MB, NUM_CHUNKS, REVERSE_B, EV_ONCE,
-                            CACHE_DT, (pos == MB - 1) if W2_IN_B else False, W2_UPD_COLS)
+                            CACHE_DT, (pos == MB - 1) if W2_IN_B else False, W2_UPD_COLS,
+                            PREFETCH_B)
 
     # Loaded where used (after the F walks): a tile held through them costs registers at every position.
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
@@ -312,6 +330,9 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
         W2_IN_B=cfg.get("W2_IN_B", False), W2_UPD_COLS=min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
         SPLIT_B=cfg.get("SPLIT_B", False), KEEP_W2_LAST=cfg.get("KEEP_W2_LAST", False),
+        # inline PTX, which the interpreter cannot run (the prefetches change no result)
+        PREFETCH_A=0 if interpreting() else cfg.get("PREFETCH_A", 0),
+        PREFETCH_B=False if interpreting() else cfg.get("PREFETCH_B", False),
         **qk_consts, **tc.launch_options(cfg))
     return out
 

@@ -38,18 +38,32 @@ def load_w2(p_w2, o_d, m_d, o_f, m_f, D: tl.constexpr, EVICT: tl.constexpr = "")
 
 
 @triton.jit
+def prefetch_chunk(p_w1, p_w2, o_d, m_d, o_f0, ci, FH: tl.constexpr, D: tl.constexpr, BLOCK_F: tl.constexpr,
+                   NUM_CHUNKS: tl.constexpr):
+    """tc.prefetch_l2 of chunk ci's W1 columns and W2 rows (nothing when ci is past the last chunk)."""
+    o_f = ci * BLOCK_F + o_f0
+    ok = ci < NUM_CHUNKS
+    tc.prefetch_rows_l2(p_w1, o_d, m_d & ok, ci * BLOCK_F, FH, BLOCK_F, BLOCK_F)
+    tc.prefetch_rows_l2(p_w2, o_f, (o_f < FH) & ok, 0, D, D, o_d.shape[0])
+
+
+@triton.jit
 def z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.constexpr, D: tl.constexpr,
                 BLOCK_F: tl.constexpr, NUM_CHUNKS: tl.constexpr, Z1_SCRATCH: tl.constexpr,
-                EVICT_W1: tl.constexpr = "", EVICT_W2: tl.constexpr = ""):
+                EVICT_W1: tl.constexpr = "", EVICT_W2: tl.constexpr = "", PREFETCH: tl.constexpr = 0):
     """Pass A over F in BLOCK_F chunks: Z2k = tc.gelu(k W1 + b1) W2 + b2 [BD]. Each chunk's tiles are loaded
     when it is reached: other resident programs hide the latency, and a second chunk requested ahead
     would cost registers, hence residency (exp/NOTES.md, "H200 kernel sweeps"). With Z1_SCRATCH,
     k W1 + b1 and q W1 + b1 are also stored at p_z1 (F floats each) for pass B. EVICT_W1 / EVICT_W2: L2
-    hints for the tiles (pass B reads W2, and the primal form W1 too, a second time)."""
+    hints for the tiles (pass B reads W2, and the primal form W1 too, a second time). PREFETCH > 0: the
+    tiles of the chunk that many ahead are requested into L2 (tc.prefetch_l2, no registers held), so that
+    its loads wait on L2 rather than DRAM; chunks 0 .. PREFETCH-1 are the caller's to request."""
     z2k = b_b2
     for ci in range(NUM_CHUNKS):
         o_f = ci * BLOCK_F + o_f0
         m_f = o_f < FH
+        if PREFETCH > 0:
+            prefetch_chunk(p_w1, p_w2, o_d, m_d, o_f0, ci + PREFETCH, FH, D, BLOCK_F, NUM_CHUNKS)
         c_w1 = load_w1(p_w1, o_d, m_d, o_f, m_f, FH, EVICT_W1)
         c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D, EVICT_W2)
         z1k, z1q0 = w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
