@@ -236,14 +236,27 @@ RECIPES = {
     # no spills in the loops at 168 or 152 registers.
     "round19": {
         "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True, **pf} for pf in (
-            {}, {"PREFETCH_A": 1}, {"PREFETCH_A": 2}, {"PREFETCH_B": True}, {"PREFETCH_A": 1, "PREFETCH_B": True},
-            {"PREFETCH_A": 2, "PREFETCH_B": True}, {"PREFETCH_A": 1, "PREFETCH_B": True, "maxnreg": 152}, {})]
-        + [{**_R9, "W2_IN_B": True, "PREFETCH_A": 1, "PREFETCH_B": True}],
+            {}, {"PREFETCH_A": 1}, {"PREFETCH_A": 2}, {"PREFETCH_B": 2}, {"PREFETCH_A": 1, "PREFETCH_B": 2},
+            {"PREFETCH_A": 2, "PREFETCH_B": 2}, {"PREFETCH_A": 1, "PREFETCH_B": 2, "maxnreg": 152}, {})]
+        + [{**_R9, "W2_IN_B": True, "PREFETCH_A": 1, "PREFETCH_B": 2}],
     },
     "round19_small": {
         "mlp_2_dual_triton": [{**_R9, "W2_IN_B": True, **pf} for pf in (
-            {}, {"PREFETCH_A": 1}, {"PREFETCH_A": 1, "PREFETCH_B": True}, {"PREFETCH_A": 2, "PREFETCH_B": True})]
-        + [{**_R12, "KEEP_W2_LAST": True, "PREFETCH_A": 1, "PREFETCH_B": True}, {**_R9, "W2_IN_B": True}],
+            {}, {"PREFETCH_A": 1}, {"PREFETCH_A": 1, "PREFETCH_B": 2}, {"PREFETCH_A": 2, "PREFETCH_B": 2})]
+        + [{**_R12, "KEEP_W2_LAST": True, "PREFETCH_A": 1, "PREFETCH_B": 2}, {**_R9, "W2_IN_B": True}],
+    },
+    # Round 20: round 19's PREFETCH_B (536.0 against 544.7 / 544.9 us at B = 512) split into its cache rows (1) and
+    # cache rows + W2 rows (2), each twice; PREFETCH_A 1 with it at the small batches (79.0 against 81.1 us at
+    # B = 64, 150.8 against 157.2 at B = 128, uncapped) and the capped kernel at B = 128 (what dual_config picks).
+    "round20": {
+        "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True, **pf} for pf in (
+            {}, {"PREFETCH_B": 2}, {"PREFETCH_B": 1}, {}, {"PREFETCH_B": 2}, {"PREFETCH_B": 1})],
+    },
+    "round20_small": {
+        "mlp_2_dual_triton": [{**_R9, "W2_IN_B": True, **pf} for pf in (
+            {}, {"PREFETCH_A": 1, "PREFETCH_B": 2}, {"PREFETCH_B": 2}, {"PREFETCH_B": 1},
+            {"PREFETCH_A": 1, "PREFETCH_B": 1}, {}, {"PREFETCH_A": 1, "PREFETCH_B": 2})]
+        + [{**_R12, "KEEP_W2_LAST": True, **pf} for pf in ({}, {"PREFETCH_B": 2}, {"PREFETCH_B": 1})],
     },
     "round16_small": {
         "mlp_2_dual_triton": [

@@ -42,7 +42,7 @@ def compile_m2_dual(cfg: dict, capability: int = 90, f: int = 64, mini_batch: in
               "L2_HINTS": cfg.get("L2_HINTS", False), "REVERSE_B": cfg.get("REVERSE_B", False),
               "W2_IN_B": cfg.get("W2_IN_B", False), "W2_UPD_COLS": cfg.get("W2_UPD_COLS", 0),
               "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
-              "PREFETCH_A": cfg.get("PREFETCH_A", 0), "PREFETCH_B": cfg.get("PREFETCH_B", False),
+              "PREFETCH_A": cfg.get("PREFETCH_A", 0), "PREFETCH_B": cfg.get("PREFETCH_B", 0),
               "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
     sig, attrs = {}, {}
     for i, n in enumerate(names):

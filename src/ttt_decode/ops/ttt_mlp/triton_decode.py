@@ -84,14 +84,15 @@ def _load_rows(p_rows, o_s, m_old, o_c, m_c, stride):
 def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, g2, g2t, eta, c_i, a1, pos,
             FH: tl.constexpr, D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
             BLOCK_MB: tl.constexpr, NUM_CHUNKS: tl.constexpr, REVERSE_B: tl.constexpr, EV_ONCE: tl.constexpr,
-            CACHE_DT: tl.constexpr, UPDATE_W2, W2_UPD_COLS: tl.constexpr, PREFETCH_B: tl.constexpr = False):
+            CACHE_DT: tl.constexpr, UPDATE_W2, W2_UPD_COLS: tl.constexpr, PREFETCH_B: tl.constexpr = 0):
     """Pass B over F: g1, Z1', X2' and the X2' products, chunk by chunk (pass A's Z1 from the scratch);
     -> (X2' W2 [BD], X2' . X2_s [BMB]). UPDATE_W2 (a constant, or pos == b-1 at run time): each chunk's W2 rows
     updated here too (the old W2 is used above and nowhere after), which saves the update pass's second
     read of W2 from DRAM; W2_UPD_COLS 0: from the registers that hold the chunk, against the g2 rows
     loaded in the branch, else from the chunk read again (from L1) in W2_UPD_COLS-column slices, whose
-    tiles fit a register cap (maxnreg) under which the whole-chunk update spills. PREFETCH_B: the next
-    chunk's W2 rows and cache rows are requested into L2 (tc.prefetch_l2) before this chunk's loads."""
+    tiles fit a register cap (maxnreg) under which the whole-chunk update spills. PREFETCH_B 1: the next
+    chunk's cache rows (g1, X2 of the earlier tokens) are requested into L2 (tc.prefetch_l2) before this
+    chunk's loads; 2: its W2 rows too."""
     z2q = tl.zeros([BLOCK_D], dtype=tl.float32)
     dots = tl.zeros([BLOCK_MB], dtype=tl.float32)
     for cj in range(NUM_CHUNKS):
@@ -99,13 +100,14 @@ def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, 
         ci = NUM_CHUNKS - 1 - cj if REVERSE_B else cj
         o_f = ci * BLOCK_F + o_f0
         m_f = o_f < FH
-        if PREFETCH_B:
+        if PREFETCH_B > 0:
             cn = ci - 1 if REVERSE_B else ci + 1
-            o_n = cn * BLOCK_F + o_f0
             ok = (cn >= 0) & (cn < NUM_CHUNKS)
-            tc.prefetch_rows_l2(p_w2, o_n, (o_n < FH) & ok, 0, D, D, BLOCK_D)
             tc.prefetch_rows_l2(p_cg1, o_s, m_old & ok, cn * BLOCK_F, FH, BLOCK_F, BLOCK_F)
             tc.prefetch_rows_l2(p_cx2, o_s, m_old & ok, cn * BLOCK_F, FH, BLOCK_F, BLOCK_F)
+            if PREFETCH_B > 1:
+                o_n = cn * BLOCK_F + o_f0
+                tc.prefetch_rows_l2(p_w2, o_n, (o_n < FH) & ok, 0, D, D, BLOCK_D)
         c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EV_ONCE)
         c_g1 = _load_rows(p_cg1, o_s, m_old, o_f, m_f, FH)
         c_x2 = _load_rows(p_cx2, o_s, m_old, o_f, m_f, FH)
@@ -195,7 +197,7 @@ def _m2_dual_kernel(
     # prologue, whose own loads then overlap them.
     for cp in tl.static_range(PREFETCH_A):
         tiles.prefetch_chunk(p_w1, p_w2, o_d, m_d, o_f0, cp, FH, D, BLOCK_F, NUM_CHUNKS)
-    if PREFETCH_B:
+    if PREFETCH_B > 0:
         C0: tl.constexpr = NUM_CHUNKS - 1 if REVERSE_B else 0
         tc.prefetch_rows_l2(p_cg1, o_s, m_old, C0 * BLOCK_F, FH, BLOCK_F, BLOCK_F)
         tc.prefetch_rows_l2(p_cx2, o_s, m_old, C0 * BLOCK_F, FH, BLOCK_F, BLOCK_F)
@@ -332,7 +334,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         SPLIT_B=cfg.get("SPLIT_B", False), KEEP_W2_LAST=cfg.get("KEEP_W2_LAST", False),
         # inline PTX, which the interpreter cannot run (the prefetches change no result)
         PREFETCH_A=0 if interpreting() else cfg.get("PREFETCH_A", 0),
-        PREFETCH_B=False if interpreting() else cfg.get("PREFETCH_B", False),
+        PREFETCH_B=0 if interpreting() else int(cfg.get("PREFETCH_B", 0)),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
