@@ -253,8 +253,32 @@ def test_m2_dual_register_cap_dispatch():
     for dt in (torch.float16, torch.bfloat16):
         cfg = tri.dual_config(hi, 64, dt)
         assert cfg["maxnreg"] == 168 and cfg["W2_UPD_COLS"] and cfg["SPLIT_B"] and cfg["KEEP_W2_LAST"], cfg
+        assert cfg["PREFETCH_B"] == 2 and not cfg.get("PREFETCH_A"), cfg  # pass B: cache rows and W2 rows
     for args in ((lo, 64, torch.float16), (hi, 64, torch.float32), (hi, 128, torch.float16), (hi, 32, torch.float16)):
         assert not tri.dual_config(*args).get("maxnreg"), args
+        assert tri.dual_config(*args)["PREFETCH_B"] == 1, args  # cache rows only
+
+
+def test_m2_dual_prefetch_reaches_ptx():
+    """The dispatcher's L2 prefetches (inline PTX, which the interpreter cannot run, so CPU tests launch the
+    kernels without them) compile for sm_90 with Triton's bundled ptxas, into pass B's loops only; without
+    PREFETCH_B there are none. Catches a flag that stops reaching the kernel and an inline-asm change of the
+    installed Triton before a GPU run does."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import re, torch; from ttt_decode.ops.ttt_mlp import triton_decode as t\n"
+            "for b, pf in ((512, None), (64, None), (512, 0)):\n"
+            "    cfg = t.dual_config(b, 64, torch.float16)\n"
+            "    cfg = cfg if pf is None else {**cfg, 'PREFETCH_B': pf}\n"
+            "    print(len(re.findall(r'prefetch\\.global\\.L2', t.compile_offline(cfg).asm['ptx'])))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    capped, small, none = (int(x) for x in res.stdout.split())
+    # capped: the first chunk's two cache-row sets, then two loops (SPLIT_B) of rows + W2 rows; small: one loop
+    assert capped > small > 0 and none == 0, res.stdout
 
 
 @pytest.mark.gpu
@@ -268,7 +292,7 @@ def test_gpu_m2_dual_capped_config_matches_reference(key):
 
     state_dtype, act = STATE_ACT[key]
     cfg = tri.dual_config(512, 64, state_dtype)
-    assert cfg["maxnreg"]
+    assert cfg["maxnreg"] and cfg["PREFETCH_B"]
     res = check_ttt_variant("mlp_2_dual_triton", state_dtype, "cuda", "ttt-1b", act, batch=16, config=cfg)
     assert res["passed"], res
 

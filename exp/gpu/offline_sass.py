@@ -5,9 +5,8 @@ spills, shared memory and its SASS instruction mix, per loop. For checking a ker
     python exp/gpu/offline_sass.py '{"PREFETCH_A": 1}' --dump /tmp/sass.txt
     python exp/gpu/offline_sass.py '{"maxnreg": null}' --batch 64   # the configuration at B=64, with overrides
 
-The launch's signature as the kernel micro-benchmark calls it (q, k given: FUSED_QK off), ttt-1b shapes, fp16
-state and activations, pointers and the multiple-of-16 sizes marked 16-byte divisible as Triton's launcher
-specialises them. Loops are counted between a backward branch and its target label. TRITON_INTERPRET must be
+The kernel as ops.ttt_mlp.triton_decode.compile_offline builds it (the kernel micro-benchmark's signature, ttt-1b
+shapes, fp16). Loops are counted between a backward branch and its target label. TRITON_INTERPRET must be
 unset.
 """
 
@@ -25,45 +24,8 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from ttt_decode.ops.ttt_common import TTT_NORM_EPS  # noqa: E402
 from ttt_decode.ops.ttt_mlp import triton_decode as td  # noqa: E402
-
-FP32_PTRS = {"eta_ptr", "c_ptr", "z1_ptr"}
-I64_PTRS = {"pos_ptr", "cpos_ptr", "rpos_ptr"}
-
-
-def compile_m2_dual(cfg: dict, capability: int = 90, f: int = 64, mini_batch: int = 16):
-    fn = td._m2_dual_kernel
-    names = fn.arg_names
-    consts = {"D": f, "FH": 4 * f, "MB": mini_batch, "BLOCK_D": triton.next_power_of_2(f),
-              "BLOCK_F": cfg["BLOCK_F"], "BLOCK_MB": max(16, triton.next_power_of_2(mini_batch)), "EPS": TTT_NORM_EPS,
-              "L2_HINTS": cfg.get("L2_HINTS", False), "REVERSE_B": cfg.get("REVERSE_B", False),
-              "W2_IN_B": cfg.get("W2_IN_B", False), "W2_UPD_COLS": cfg.get("W2_UPD_COLS", 0),
-              "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
-              "PREFETCH_A": cfg.get("PREFETCH_A", 0), "PREFETCH_B": cfg.get("PREFETCH_B", 0),
-              "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
-    sig, attrs = {}, {}
-    for i, n in enumerate(names):
-        if n in consts:
-            sig[n] = "constexpr"
-        elif n.endswith("_ptr"):
-            sig[n] = "*fp32" if n in FP32_PTRS else "*i64" if n in I64_PTRS else "*fp16"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif n == "eta_scale":
-            sig[n] = "fp32"
-        else:
-            sig[n] = "i32"
-            if n == "H" or n.startswith("stride_"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    opts = {"num_warps": cfg["num_warps"]}
-    if cfg.get("maxnreg"):
-        opts["maxnreg"] = cfg["maxnreg"]
-    if cfg.get("num_stages"):
-        opts["num_stages"] = cfg["num_stages"]
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=opts)
 
 
 def _tool(name: str, kernel, *flags) -> str:
@@ -121,7 +83,7 @@ def main():
     p.add_argument("--dump", default=None, help="write the SASS here")
     a = p.parse_args()
     cfg = {**td.dual_config(a.batch, 64, torch.float16), **json.loads(a.overrides)}
-    k = compile_m2_dual(cfg)
+    k = td.compile_offline(cfg)
     sass = sass_of(k)
     if a.dump:
         open(a.dump, "w").write(sass)

@@ -37,6 +37,13 @@ Grid: (B H,), one program per item, 1 warp at f = 64 (docs/DESIGN.md section 11.
   throughput 48% -> 63% of peak at position 0). It fits without spills in the loops because the W2 update
   is then done in column slices (W2_UPD_COLS) and the last position runs its own copy of pass B (SPLIT_B).
   H200, B = 512: 601 -> 544 us (kernel_sweep_round1[0-4]_h200_*.jsonl).
+  L2 prefetch (PREFETCH_B, tc.prefetch_l2: `prefetch.global.L2`, no register receives the data): in pass B
+  the next chunk's cache rows (g1, X2 of the earlier tokens: DRAM reads that nothing else requests early),
+  and in the capped configuration its W2 rows too, are requested before the current chunk's loads. H200
+  (kernel_sweep_round20{,_small}_h200_805966d.jsonl): 534.2 -> 522.5 us at B = 512, 146.2 -> 144.9 at 128,
+  80.4 -> 77.7 at 64 (cache rows only there). Pass A's tiles requested a chunk ahead (PREFETCH_A) lost:
+  552.6 / 603.0 us at 1 / 2 chunks against 544.9 (round 19): ncu shows DRAM traffic up, L2 hits for pass B's
+  W2 down (the prefetched W1 lines take L2 that W2 needs).
 Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2.
   pos is read, never moved: with advance=True the wrapper moves it after the kernel (one tiny op).
 Arithmetic in float32 on the CUDA cores. No autotuning (state updated in place): the configuration is
@@ -303,12 +310,50 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     B = 512), so that the update's tiles do not share the ordinary positions' register allocation. W1's
     update moved into that loop as well (round 13, at 0cdc023 only) lost: 578 against 549 us. KEEP_W2_LAST
     (round 14): that position's W2 reads without the evict-first hint, 544 against 550 us. float32
-    state and other head dims keep the compiler's own register count (untimed under a cap)."""
+    state and other head dims keep the compiler's own register count (untimed under a cap). PREFETCH_B (rounds
+    19-20, session 13): pass B's next cache rows requested into L2, with the capped kernel its W2 rows too: 522.5
+    against 534.2 us at B = 512, 77.7 against 80.4 at B = 64 (rows only; rows + W2 79.3)."""
     if batch >= CAP_MIN_BATCH and head_dim == 64 and state_dtype in (torch.float16, torch.bfloat16):
         return {"BLOCK_F": 32, "num_warps": 1, "maxnreg": 168, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True,
-                "W2_UPD_COLS": 32, "SPLIT_B": True, "KEEP_W2_LAST": True}
+                "W2_UPD_COLS": 32, "SPLIT_B": True, "KEEP_W2_LAST": True, "PREFETCH_B": 2}
     return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
-            "W2_IN_B": True}
+            "W2_IN_B": True, "PREFETCH_B": 1}
+
+
+_FP32_ARGS, _I64_ARGS = {"eta_ptr", "c_ptr", "z1_ptr"}, {"pos_ptr", "cpos_ptr", "rpos_ptr"}
+
+
+def compile_offline(cfg: dict, capability: int = 90, head_dim: int = 64, mini_batch: int = 16):
+    """The kernel compiled for an NVIDIA target without a GPU (Triton's bundled ptxas) under a launch
+    configuration: fp16 tensors (eta, c and the Z1 scratch float32, positions int64), q and k given
+    (FUSED_QK off, as the kernel micro-benchmark calls it), pointers, H and the strides marked 16-byte
+    divisible as the launcher specialises them. For inspection (exp/gpu/offline_sass.py: registers,
+    spills, SASS) and for the CPU test that the configuration's prefetches reach the PTX; needs
+    TRITON_INTERPRET unset at import."""
+    from triton.backends.compiler import GPUTarget
+
+    f = head_dim
+    consts = {"D": f, "FH": 4 * f, "MB": mini_batch, "BLOCK_D": tc.pow2(f), "BLOCK_F": cfg["BLOCK_F"],
+              "BLOCK_MB": max(16, tc.pow2(mini_batch)), "EPS": TTT_NORM_EPS,
+              "L2_HINTS": cfg.get("L2_HINTS", False), "REVERSE_B": cfg.get("REVERSE_B", False),
+              "W2_IN_B": cfg.get("W2_IN_B", False), "W2_UPD_COLS": min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
+              "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
+              "PREFETCH_A": cfg.get("PREFETCH_A", 0), "PREFETCH_B": int(cfg.get("PREFETCH_B", 0)),
+              "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
+    sig, attrs = {}, {}
+    for i, n in enumerate(_m2_dual_kernel.arg_names):
+        if n in consts:
+            sig[n] = "constexpr"
+        elif n.endswith("_ptr"):
+            sig[n] = "*fp32" if n in _FP32_ARGS else "*i64" if n in _I64_ARGS else "*fp16"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[n] = "fp32" if n == "eta_scale" else "i32"
+            if n == "H" or n.startswith("stride_"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=_m2_dual_kernel, signature=sig, constexprs=consts, attrs=attrs)
+    opts = {k: cfg[k] for k in ("num_warps", "maxnreg", "num_stages") if cfg.get(k)}
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=opts)
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None):
