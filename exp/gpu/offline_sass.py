@@ -1,7 +1,7 @@
 """The M2 dual decode kernel compiled for sm_90 without a GPU (Triton's bundled ptxas / nvdisasm): registers,
 spills, shared memory and its SASS instruction mix, per loop. For checking a kernel change before device time.
 
-    python exp/gpu/offline_sass.py                                  # the capped configuration dual_config picks at B=512
+    python exp/gpu/offline_sass.py                                # the capped configuration (dual_config, B=512)
     python exp/gpu/offline_sass.py '{"PREFETCH_A": 1}' --dump /tmp/sass.txt
     python exp/gpu/offline_sass.py '{"maxnreg": null}' --batch 64   # the configuration at B=64, with overrides
 
