@@ -258,6 +258,17 @@ RECIPES = {
             {"PREFETCH_A": 1, "PREFETCH_B": 1}, {}, {"PREFETCH_A": 1, "PREFETCH_B": 2})]
         + [{**_R12, "KEEP_W2_LAST": True, **pf} for pf in ({}, {"PREFETCH_B": 2}, {"PREFETCH_B": 1})],
     },
+    # Round 21: the last position's update pass reads W1 again from DRAM, slice by slice, after pass B and the
+    # epilogue (last / ordinary 2.5 at round 20's default). UPD_PREFETCH 1: the next slice's W1 columns requested
+    # into L2 in the update loop; 2: all of W1 after pass B; 3: all of W1 before pass B. Each twice, on round 20's
+    # default (PREFETCH_B 2 capped, 1 below CAP_MIN_BATCH).
+    "round21": {
+        "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True, "PREFETCH_B": 2, "UPD_PREFETCH": u}
+                              for u in (0, 1, 2, 3) * 2],
+    },
+    "round21_small": {
+        "mlp_2_dual_triton": [{**_R9, "W2_IN_B": True, "PREFETCH_B": 1, "UPD_PREFETCH": u} for u in (0, 1, 2, 3, 0)],
+    },
     "round16_small": {
         "mlp_2_dual_triton": [
             {**_R9, "W2_IN_B": True},
