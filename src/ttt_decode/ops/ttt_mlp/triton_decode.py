@@ -174,7 +174,7 @@ def _m2_dual_kernel(
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
     SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr, PREFETCH_A: tl.constexpr, PREFETCH_B: tl.constexpr,
-    UPD_PREFETCH: tl.constexpr, FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+    FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -242,11 +242,6 @@ def _m2_dual_kernel(
     tl.debug_barrier()
     # SPLIT_B: the last position runs its own copy of the loop, so that the W2 update's tiles (and any
     # spill they cause under a register cap) do not share the ordinary positions' register allocation.
-    # UPD_PREFETCH 3 / 2: the last position requests W1 (the update pass reads it again; pass A's copy was
-    # evicted first) into L2 before / after pass B, so that its DRAM latency overlaps pass B / the epilogue.
-    if UPD_PREFETCH == 3:
-        if pos == MB - 1:
-            tc.prefetch_rows_l2(p_w1, o_d, m_d, 0, FH, FH, NUM_CHUNKS * BLOCK_F)
     if W2_IN_B and SPLIT_B:
         if pos == MB - 1:
             # KEEP_W2_LAST: no evict-first hint on this position's W2 reads, which the W2 slices read again
@@ -266,10 +261,6 @@ def _m2_dual_kernel(
                             CACHE_DT, (pos == MB - 1) if W2_IN_B else False, W2_UPD_COLS,
                             PREFETCH_B)
 
-    if UPD_PREFETCH == 2:
-        if pos == MB - 1:
-            tc.prefetch_rows_l2(p_w1, o_d, m_d, 0, FH, FH, NUM_CHUNKS * BLOCK_F)
-
     # Loaded where used (after the F walks): a tile held through them costs registers at every position.
     b_g2c = _load_rows(p_cg2, o_s, m_old, o_d, m_d, D)  # [BMB, BD]
     b_g2c = tl.where(m_cur[:, None], g2t.to(tl.float32)[None, :], b_g2c.to(tl.float32))
@@ -285,12 +276,9 @@ def _m2_dual_kernel(
         m_all = o_s < MB
         UPD_F: tl.constexpr = min(BLOCK_F, 64)
         o_u0 = tl.arange(0, UPD_F)
-        N_UPD: tl.constexpr = (FH + UPD_F - 1) // UPD_F
-        for ci in range(N_UPD):
+        for ci in range((FH + UPD_F - 1) // UPD_F):
             o_u = ci * UPD_F + o_u0
             m_u = o_u < FH
-            if UPD_PREFETCH == 1:  # the next slice's W1 columns
-                tc.prefetch_rows_l2(p_w1, o_d, m_d & (ci + 1 < N_UPD), (ci + 1) * UPD_F, FH, UPD_F, UPD_F)
             tc.update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, True, True)
             if not W2_IN_B:
                 tc.update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
@@ -351,7 +339,7 @@ def compile_offline(cfg: dict, capability: int = 90, head_dim: int = 64, mini_ba
               "W2_IN_B": cfg.get("W2_IN_B", False), "W2_UPD_COLS": min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
               "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
               "PREFETCH_A": cfg.get("PREFETCH_A", 0), "PREFETCH_B": int(cfg.get("PREFETCH_B", 0)),
-              "UPD_PREFETCH": cfg.get("UPD_PREFETCH", 0), "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
+              "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
     sig, attrs = {}, {}
     for i, n in enumerate(_m2_dual_kernel.arg_names):
         if n in consts:
@@ -392,7 +380,6 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         # inline PTX, which the interpreter cannot run (the prefetches change no result)
         PREFETCH_A=0 if interpreting() else cfg.get("PREFETCH_A", 0),
         PREFETCH_B=0 if interpreting() else int(cfg.get("PREFETCH_B", 0)),
-        UPD_PREFETCH=0 if interpreting() else cfg.get("UPD_PREFETCH", 0),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
