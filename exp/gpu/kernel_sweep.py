@@ -261,7 +261,7 @@ RECIPES = {
     # Round 21: the last position's update pass reads W1 again from DRAM, slice by slice, after pass B and the
     # epilogue (last / ordinary 2.5 at round 20's default). UPD_PREFETCH 1: the next slice's W1 columns requested
     # into L2 in the update loop; 2: all of W1 after pass B; 3: all of W1 before pass B. Each twice, on round 20's
-    # default (PREFETCH_B 2 capped, 1 below CAP_MIN_BATCH).
+    # default (PREFETCH_B 2 capped, 1 below CAP_MIN_BATCH). Lost (532-539 against 531-532 us): code at 8ee7300 only.
     "round21": {
         "mlp_2_dual_triton": [{**_R12, "KEEP_W2_LAST": True, "PREFETCH_B": 2, "UPD_PREFETCH": u}
                               for u in (0, 1, 2, 3) * 2],
