@@ -175,12 +175,31 @@ def _lengths(text: str) -> list[int]:
     return values
 
 
+DEFAULT_STATE = "default"  # in --state-dtype's list: the model's own state dtype (no --state-dtype for the cell)
+
+
+def _state_dtypes(text: str | None) -> list[str | None]:
+    """--state-dtype's comma list -> the cells' state dtypes (None: the model's own), checked by name."""
+    from ttt_decode.dtypes import DTYPES
+
+    if text is None:
+        return [None]
+    names = _split(text)
+    bad = [n for n in names if n != DEFAULT_STATE and n not in DTYPES]
+    if not names or bad:
+        raise UserError(f"--state-dtype {text!r}: unknown {', '.join(bad) or 'empty list'}; give a comma list of "
+                        f"float16, bfloat16, float32, float64 or {DEFAULT_STATE} (the model's own), e.g. float32,float16")
+    out = [None if n == DEFAULT_STATE else n for n in names]
+    return list(dict.fromkeys(out))  # a name given twice is one cell
+
+
 def plan(args) -> list[dict]:
     cells = []
-    grid = itertools.product(_split(args.models), _lengths(args.promptlens), _ints(args.batches), _ints(args.genlens))
-    for model, promptlen, batch, genlen in grid:
+    grid = itertools.product(_split(args.models), _state_dtypes(args.state_dtype), _lengths(args.promptlens),
+                             _ints(args.batches), _ints(args.genlens))
+    for model, state_dtype, promptlen, batch, genlen in grid:
         for inner in _inner_nets_for(model, _split(args.inner_nets)):
-            c = {"model": model, "inner_net": inner, "dtype": args.dtype, "state_dtype": args.state_dtype,
+            c = {"model": model, "inner_net": inner, "dtype": args.dtype, "state_dtype": state_dtype,
                  "mode": args.mode, "batch": batch, "promptlen": promptlen, "genlen": genlen,
                  "compile": args.use_compile, "cuda_graph": not args.no_cg}
             c["cell_id"] = cell_id(c)
@@ -676,8 +695,9 @@ class Sweep:
 
 def _label(c: dict, gpu: str | None) -> str:
     prompt = f" prompt={c['promptlen']}" if c["promptlen"] != 1 else ""
+    state = f" state={c['state_dtype']}" if c.get("state_dtype") else ""
     where = f" gpu{gpu}" if gpu else ""
-    return f"{c['model']} {c['inner_net'] or ''} B={c['batch']}{prompt} gen={c['genlen']}{where}"
+    return f"{c['model']} {c['inner_net'] or ''}{state} B={c['batch']}{prompt} gen={c['genlen']}{where}"
 
 
 def _tail(path: str, lines: int = 40) -> str:
@@ -709,7 +729,9 @@ def add_arguments(p):
     p.add_argument("--mode", choices=("prefill", "decode", "prefill_decode"), default="decode")
     p.add_argument("--dtype", default="float16", help="weight dtype (default float16)")
     p.add_argument("--state-dtype", "--state_dtype", dest="state_dtype", default=None,
-                   help="state dtype (model default)")
+                   help="comma list of state dtypes (float16, bfloat16, float32, float64, or default: the model's "
+                        "own); every model runs each, e.g. float32,float16 for Mamba with fp32 and fp16 SSM state in "
+                        "one sweep (default: the model's own)")
     p.add_argument("--use_compile", "--use-compile", dest="use_compile", action="store_true")
     p.add_argument("--no_cg", "--no-cg", dest="no_cg", action="store_true")
     p.add_argument("--repeats", type=positive_int, default=3)
@@ -750,7 +772,8 @@ def _dry_run(args, cells: list[dict], retry: set[str]) -> int:
     for c in cells:
         mine = by_cell.get(c["cell_id"])
         mark = "todo" if not mine else ("retry" if mine[-1]["status"] in retry else mine[-1]["status"])
-        print(f"{mark:>8}  {c['model']} {c['inner_net'] or '-'} B={c['batch']} prompt={c['promptlen']} "
+        state = f" state={c['state_dtype']}" if c["state_dtype"] else ""
+        print(f"{mark:>8}  {c['model']} {c['inner_net'] or '-'}{state} B={c['batch']} prompt={c['promptlen']} "
               f"gen={c['genlen']} ({c['cell_id']})")
     return EXIT_OK
 
