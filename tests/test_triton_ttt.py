@@ -261,24 +261,25 @@ def test_m2_dual_register_cap_dispatch():
 
 def test_m2_dual_prefetch_reaches_ptx():
     """The dispatcher's L2 prefetches (inline PTX, which the interpreter cannot run, so CPU tests launch the
-    kernels without them) compile for sm_90 with Triton's bundled ptxas, into pass B's loops only; without
-    PREFETCH_B there are none. Catches a flag that stops reaching the kernel and an inline-asm change of the
-    installed Triton before a GPU run does."""
+    kernels without them) compile for sm_90 with Triton's bundled ptxas; without PREFETCH_B there are none,
+    and PREFETCH_A (pass A's) reaches the PTX too. Catches a flag that stops reaching the kernel and an
+    inline-asm change of the installed Triton before a GPU run does."""
     import os
     import subprocess
     import sys
 
     code = ("import re, torch; from ttt_decode.ops.ttt_mlp import triton_decode as t\n"
-            "for b, pf in ((512, None), (64, None), (512, 0)):\n"
+            "for b, pf in ((512, None), (64, None), (512, 0), (512, 'A')):\n"
             "    cfg = t.dual_config(b, 64, torch.float16)\n"
-            "    cfg = cfg if pf is None else {**cfg, 'PREFETCH_B': pf}\n"
+            "    cfg = cfg if pf is None else {**cfg, 'PREFETCH_B': 0, 'PREFETCH_A': int(pf == 'A')}\n"
             "    print(len(re.findall(r'prefetch\\.global\\.L2', t.compile_offline(cfg).asm['ptx'])))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    capped, small, none = (int(x) for x in res.stdout.split())
-    # capped: the first chunk's two cache-row sets, then two loops (SPLIT_B) of rows + W2 rows; small: one loop
-    assert capped > small > 0 and none == 0, res.stdout
+    capped, small, none, pass_a = (int(x) for x in res.stdout.split())
+    # capped: the first chunk's two cache-row sets, then two loops (SPLIT_B) of rows + W2 rows; small: one loop;
+    # PREFETCH_A (a sweep's option, not the dispatcher's): pass A's next chunk and chunk 0 before the prologue
+    assert capped > small > 0 and none == 0 and pass_a > 0, res.stdout
 
 
 @pytest.mark.gpu

@@ -188,7 +188,8 @@ def _state_dtypes(text: str | None) -> list[str | None]:
     bad = [n for n in names if n != DEFAULT_STATE and n not in DTYPES]
     if not names or bad:
         raise UserError(f"--state-dtype {text!r}: unknown {', '.join(bad) or 'empty list'}; give a comma list of "
-                        f"float16, bfloat16, float32, float64 or {DEFAULT_STATE} (the model's own), e.g. float32,float16")
+                        f"float16, bfloat16, float32, float64 or {DEFAULT_STATE} (the model's own), "
+                        "e.g. float32,float16")
     out = [None if n == DEFAULT_STATE else n for n in names]
     return list(dict.fromkeys(out))  # a name given twice is one cell
 
