@@ -320,6 +320,20 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
             "W2_IN_B": True, "PREFETCH_B": 1}
 
 
+def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, prefetch: bool) -> dict:
+    """The kernel's constexprs (all but the fused prologue's) for a launch configuration, shared by `launch`
+    and `compile_offline`. prefetch False (the interpreter, which cannot run inline PTX) drops the L2
+    prefetches, which change no result."""
+    f, F = head_dim, hidden
+    return {"D": f, "FH": F, "MB": mini_batch, "BLOCK_D": tc.pow2(f), "BLOCK_F": min(cfg["BLOCK_F"], tc.pow2(F)),
+            "BLOCK_MB": max(16, tc.pow2(mini_batch)), "EPS": TTT_NORM_EPS,
+            "L2_HINTS": cfg.get("L2_HINTS", False), "REVERSE_B": cfg.get("REVERSE_B", False),
+            "W2_IN_B": cfg.get("W2_IN_B", False), "W2_UPD_COLS": min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
+            "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
+            "PREFETCH_A": cfg.get("PREFETCH_A", 0) if prefetch else 0,
+            "PREFETCH_B": int(cfg.get("PREFETCH_B", 0)) if prefetch else 0}
+
+
 _FP32_ARGS, _I64_ARGS = {"eta_ptr", "c_ptr", "z1_ptr"}, {"pos_ptr", "cpos_ptr", "rpos_ptr"}
 
 
@@ -332,13 +346,7 @@ def compile_offline(cfg: dict, capability: int = 90, head_dim: int = 64, mini_ba
     TRITON_INTERPRET unset at import."""
     from triton.backends.compiler import GPUTarget
 
-    f = head_dim
-    consts = {"D": f, "FH": 4 * f, "MB": mini_batch, "BLOCK_D": tc.pow2(f), "BLOCK_F": cfg["BLOCK_F"],
-              "BLOCK_MB": max(16, tc.pow2(mini_batch)), "EPS": TTT_NORM_EPS,
-              "L2_HINTS": cfg.get("L2_HINTS", False), "REVERSE_B": cfg.get("REVERSE_B", False),
-              "W2_IN_B": cfg.get("W2_IN_B", False), "W2_UPD_COLS": min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
-              "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
-              "PREFETCH_A": cfg.get("PREFETCH_A", 0), "PREFETCH_B": int(cfg.get("PREFETCH_B", 0)),
+    consts = {**kernel_constants(cfg, head_dim, 4 * head_dim, mini_batch, prefetch=True),
               "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
     sig, attrs = {}, {}
     for i, n in enumerate(_m2_dual_kernel.arg_names):
@@ -372,14 +380,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        *qk_args, D=f, FH=F, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_F=min(cfg["BLOCK_F"], tc.pow2(F)),
-        BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
-        EPS=TTT_NORM_EPS, L2_HINTS=cfg.get("L2_HINTS", False), REVERSE_B=cfg.get("REVERSE_B", False),
-        W2_IN_B=cfg.get("W2_IN_B", False), W2_UPD_COLS=min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
-        SPLIT_B=cfg.get("SPLIT_B", False), KEEP_W2_LAST=cfg.get("KEEP_W2_LAST", False),
-        # inline PTX, which the interpreter cannot run (the prefetches change no result)
-        PREFETCH_A=0 if interpreting() else cfg.get("PREFETCH_A", 0),
-        PREFETCH_B=0 if interpreting() else int(cfg.get("PREFETCH_B", 0)),
+        *qk_args, **kernel_constants(cfg, f, F, ck.shape[2], prefetch=not interpreting()),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
