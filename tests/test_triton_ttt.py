@@ -342,6 +342,8 @@ def test_m1_gluon_dispatch(form):
     lo, hi = tri.GLUON_MIN_BATCH // 2, tri.GLUON_MIN_BATCH
     assert _m1_default(form, hi)["GLUON"]
     assert GLUON_CONFIGS[form][0]["GLUON"] and GLUON_CONFIGS[form][0]["rows"] == 16
+    # The dual step's Gluon kernel does qk_prep's work itself where the model's fused op calls it.
+    assert bool(_m1_default(form, hi).get("GLUON_QK")) == (form == "dual")
     for args in ((lo, 64, torch.float16), (hi, 64, torch.bfloat16), (hi, 64, torch.float32), (hi, 128, torch.float16)):
         cfg = (tri.dual_config if form == "dual" else tri.primal_config)(*args)
         assert not cfg.get("GLUON"), args
@@ -373,13 +375,17 @@ def test_m1_gluon_kernels_compile_for_sm90():
     import subprocess
     import sys
 
+    # The fused variant (qk_prep's work in the kernel) is the only one with a sigmoid (ex2) and a store of the
+    # conv ring's slot (one more st.global kind than the plain kernel's).
     code = ("from ttt_decode.ops.ttt_linear import gluon_decode as d, gluon_primal as p; "
             "a = d.compile_offline(90).asm['ptx']; b = p.compile_offline(90).asm['ptx']; "
-            "print('cp.async' in a, 'mma.sync' in a, 'cp.async' in b)")
+            "f = d.compile_offline(90, fused_qk=True).asm['ptx']; "
+            "print('cp.async' in a, 'mma.sync' in a, 'cp.async' in b, 'ex2' in a, 'ex2' in f, "
+            "f.count('st.global') > a.count('st.global'))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["True", "True", "True"], res.stdout
+    assert res.stdout.split() == ["True", "True", "True", "False", "True", "True"], res.stdout
 
 
 @pytest.mark.gpu

@@ -8,8 +8,8 @@ measured against the float64 reference (ops.ttt_block.qk_prep and the naive step
 rounded inputs): float32 within 1e-5; float16 / bfloat16 at most 2x the error of the same PyTorch path
 run in that dtype (plus 1e-6), and under 2e-2. Outputs are NaN-poisoned and the cache starts NaN-filled,
 so an unwritten output or a read of a stale row fails. Under TRITON_INTERPRET=1 on CPU at small shapes;
-the GPU cases (pytest -m gpu) at ttt-1b shapes, where M1 fp16 from B = 128 on runs qk_prep's kernel and
-then the Gluon kernel (its prologue would cost it more than qk_prep's launch)."""
+the GPU cases (pytest -m gpu) at ttt-1b shapes, where M1 fp16 from B = 128 on runs the Gluon kernel with
+qk_prep's work in it (GLUON_QK), or qk_prep's kernel and then the Gluon kernel (GLUON_QK off)."""
 
 import importlib
 
@@ -51,7 +51,7 @@ class _Path:
                 t["token_idx"], 1.0, H, lr_col)
 
 
-def _params(B, H, f, mlp, bias, seed, device):
+def _params(B, H, f, mlp, bias, seed, device, width=W):
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=1.0):
@@ -61,19 +61,19 @@ def _params(B, H, f, mlp, bias, seed, device):
     if mlp:
         params += (r(H, F, f, scale=F ** -0.5), r(H, f, scale=0.1))
     angles = torch.arange(MB)[:, None] * torch.rand(f // 2, generator=g)[None]
-    return dict(B=B, params=params, wq=r(W, D, scale=0.5), wk=r(W, D, scale=0.5),
+    return dict(B=B, params=params, wq=r(width, D, scale=0.5), wk=r(width, D, scale=0.5),
                 bq=r(D, scale=0.1) if bias else None, bk=r(D, scale=0.1) if bias else None,
                 cos=angles.cos().float().to(device), sin=angles.sin().float().to(device),
                 lr_bias=r(H, scale=0.3), token_idx=r(MB, scale=0.1), gamma=1.0 + r(H, f, scale=0.1),
-                beta=r(H, f, scale=0.1), ring=r(B, W, D))
+                beta=r(H, f, scale=0.1), ring=r(B, width, D))
 
 
-def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, poison=None):
+def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, poison=None, width=W):
     dtype = DTYPES[key]
     naive, tri = _mods(mlp)
     D = H * f
     lr_col = 3 * D
-    P = _params(B, H, f, mlp, bias, seed, device)
+    P = _params(B, H, f, mlp, bias, seed, device, width)
     paths = {"ref": _Path(P, dtype, torch.float64, device), "same": _Path(P, dtype, dtype, device),
              "kernel": _Path(P, dtype, dtype, device, nan_cache=True)}
     conv_pos, rot_pos = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(2)]
@@ -108,7 +108,7 @@ def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, pois
         torch.testing.assert_close(paths["kernel"].ring, paths["same"].ring, atol=0, rtol=0)  # q0 itself: exact
         for path in paths.values():
             path.cache.pos.copy_((path.cache.pos + 1) % MB)
-        conv_pos.copy_((conv_pos + 1) % W)
+        conv_pos.copy_((conv_pos + 1) % width)
         rot_pos.copy_((rot_pos + 1) % MB)
     k_st, s_st, r_st = (paths[n].state.tensors() for n in ("kernel", "same", "ref"))
     for n in k_st:
@@ -183,28 +183,61 @@ def test_fused_qk_bad_input_is_one_line():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", [None, {"GLUON": True, "programs_per_sm": 2, "rows": 32}],
-                         ids=["default", "gluon-P2-R32"])
+@pytest.mark.parametrize("config", [None, {"GLUON": True, "programs_per_sm": 2, "rows": 32}, {"GLUON_QK": False}],
+                         ids=["default", "gluon-P2-R32", "gluon-qk_prep-first"])
 @pytest.mark.parametrize("B", [16, 512])
 @pytest.mark.parametrize("key", list(DTYPES))
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
 def test_gpu_fused_qk_matches_qk_prep_then_step(mlp, key, B, config, nan_empty, monkeypatch):
-    """ttt-1b shapes (32 heads of 64); M1 fp16 at B = 512 takes the Gluon route (qk_prep's kernel, then the
-    Gluon kernel; checked), and with 2 programs a multiprocessor each program loops over many items."""
+    """ttt-1b shapes (32 heads of 64); M1 fp16 at B = 512 takes the Gluon route (the Gluon kernel doing
+    qk_prep's work; with GLUON_QK off qk_prep's kernel, then the Gluon kernel; checked), and with 2
+    programs a multiprocessor each program loops over many items (and the grid is rounded to a
+    multiple of the heads)."""
     if config is not None and (mlp or key != "fp16"):
-        pytest.skip("the Gluon configuration is M1's, fp16")
+        pytest.skip("the Gluon configurations are M1's, fp16")
     _, tri = _mods(mlp)
     if config is not None:
         default = tri.dual_config
         monkeypatch.setattr(tri, "dual_config", lambda *a: {**default(*a), **config})
-    if not mlp and key == "fp16" and B == 512:
-        # The dispatcher's Gluon route: qk_prep's kernel, then the Gluon kernel (its inputs are supported).
-        from ttt_decode.ops.ttt_linear import gluon_decode
-        assert tri.dual_config(B, 64, torch.float16).get("GLUON")
-        q = torch.zeros(B, 32, 64, dtype=torch.float16, device="cuda")
-        t = torch.zeros(B, 32, 16, 64, dtype=torch.float16, device="cuda")
-        st = torch.zeros(B, 32, 64, 64, dtype=torch.float16, device="cuda")
-        g = torch.zeros(32, 64, dtype=torch.float16, device="cuda")
-        v = torch.zeros(B, 3 * 2048 + 32, dtype=torch.float16, device="cuda")[:, 2048:4096].view(B, 32, 64)
-        assert gluon_decode.supported(v, v, v, g, g, st, q, t, t) and gluon_decode.supported(q, q, v, g, g, st, q, t, t)
+    gluon = not mlp and key == "fp16" and B == 512
+    seen = _gluon_route(tri, B, 32, monkeypatch) if gluon else None
     run_fused(mlp, B=B, H=32, f=64, key=key, device="cuda", poison=nan_empty)
+    if gluon:
+        fused = (config or {}).get("GLUON_QK", True)
+        assert seen and all(s == fused for s in seen), seen
+
+
+def _gluon_route(tri, B, H, monkeypatch) -> list:
+    """Checks that the dispatcher's configuration at these shapes is the Gluon kernel's and that its inputs
+    are supported; returns a list that records, per Gluon launch from then on, whether the launch got
+    qk_prep's inputs (the kernel doing qk_prep's work) rather than q, k from qk_prep's kernel."""
+    from ttt_decode.ops.ttt_linear import gluon_decode
+    assert tri.dual_config(B, 64, torch.float16).get("GLUON")
+    D = H * 64
+    q = torch.zeros(B, H, 64, dtype=torch.float16, device="cuda")
+    t = torch.zeros(B, H, 16, 64, dtype=torch.float16, device="cuda")
+    st = torch.zeros(B, H, 64, 64, dtype=torch.float16, device="cuda")
+    g = torch.zeros(H, 64, dtype=torch.float16, device="cuda")
+    v = torch.zeros(B, 3 * D + H, dtype=torch.float16, device="cuda")[:, D:2 * D].view(B, H, 64)
+    assert gluon_decode.supported(v, v, v, g, g, st, q, t, t) and gluon_decode.supported(q, q, v, g, g, st, q, t, t)
+    seen = []
+    launch = gluon_decode.launch
+
+    def spy(*args, qk=None, **kw):
+        seen.append(qk is not None)
+        return launch(*args, qk=qk, **kw)
+    monkeypatch.setattr(gluon_decode, "launch", spy)
+    return seen
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("width,bias,H", [(4, False, 32), (3, True, 32), (2, True, 32), (4, True, 20)],
+                         ids=["W4-nobias", "W3", "W2", "W4-H20"])
+def test_gpu_fused_qk_gluon_conv_widths_and_heads(width, bias, H, nan_empty, monkeypatch):
+    """The Gluon kernel's qk_prep work at the conv widths it takes (2..4: its old slots are named), without
+    conv biases, and with 20 heads (the grid rounded down to a multiple of 20: 1040 programs on the H200's
+    132 multiprocessors, not 1056); M1 fp16 at B = 512, every position, against qk_prep then the step."""
+    _, tri = _mods(False)
+    seen = _gluon_route(tri, 512, H, monkeypatch)
+    run_fused(False, B=512, H=H, f=64, key="fp16", bias=bias, device="cuda", poison=nan_empty, width=width)
+    assert seen and all(seen), seen

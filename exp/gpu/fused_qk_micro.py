@@ -2,14 +2,15 @@
 ttt-1b shapes (32 heads of 64, mini-batch 16, conv width 4, fp16), per inner kernel and batch.
 
 Variants per model: "qk_prep+triton" (two launches, the Triton kernel), "fused triton" (one launch),
-and for M1 also "qk_prep+gluon" and "fused gluon" (the Gluon kernel, GLUON forced on or off in
-dual_config). Each variant is first checked against qk_prep + the naive PyTorch step (same dtype) on
+and for M1 also "qk_prep+gluon" and "fused gluon" (the Gluon kernel; GLUON forced on or off in
+dual_config, and for the fused op GLUON_QK off: qk_prep's kernel then the Gluon kernel, or on: the Gluon
+kernel does qk_prep's work). Each variant is first checked against qk_prep + the naive PyTorch step (same dtype) on
 the same inputs (rel err of the output < 1e-2), then timed as the decode step runs it: one CUDA graph
 of calls over rotated copies of the state (bench.micro.time_calls, median of the replays), at mini-batch
 position 7 (ordinary) and 15 (the end-of-mini-batch update). Mean = (15 x pos 7 + pos 15) / 16.
 Writes JSON lines to --out and prints a table last.
 
-    python3 exp/gpu/fused_qk_micro.py --out /tmp/fused_qk.jsonl --commit <sha> [--batches 64,128,512]
+    python3 exp/gpu/fused_qk_micro.py --out /tmp/fused_qk.jsonl --commit <sha> [--batches 64,128,512] [--m1-only]
 """
 
 import argparse
@@ -82,21 +83,25 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--batches", default="64,128,512")
+    ap.add_argument("--m1-only", action="store_true", help="the M1 variants only")
     a = ap.parse_args()
     orig = tri1.dual_config
     rows = []
-    variants = [("M1", False, "qk_prep+triton", unfused(tri1.decode_step_dual), False),
-                ("M1", False, "fused triton", fused(tri1.decode_step_dual_qk), False),
-                ("M1", False, "qk_prep+gluon", unfused(tri1.decode_step_dual), True),
-                ("M1", False, "fused gluon", fused(tri1.decode_step_dual_qk), True),
+    gluon = {"GLUON": True, "programs_per_sm": 8, "rows": 16}
+    variants = [("M1", False, "qk_prep+triton", unfused(tri1.decode_step_dual), {"GLUON": False}),
+                ("M1", False, "fused triton", fused(tri1.decode_step_dual_qk), {"GLUON": False}),
+                ("M1", False, "qk_prep+gluon", unfused(tri1.decode_step_dual), gluon),
+                ("M1", False, "fused op, qk_prep+gluon", fused(tri1.decode_step_dual_qk), {**gluon, "GLUON_QK": False}),
+                ("M1", False, "fused gluon", fused(tri1.decode_step_dual_qk), {**gluon, "GLUON_QK": True}),
                 ("M2", True, "qk_prep+triton", unfused(tri2.decode_step_dual), None),
                 ("M2", True, "fused triton", fused(tri2.decode_step_dual_qk), None)]
+    if a.m1_only:
+        variants = [v for v in variants if v[0] == "M1"]
     with open(a.out, "a") as fh:
         for B in [int(b) for b in a.batches.split(",")]:
-            for model, mlp, name, run, gluon in variants:
-                if gluon is not None:
-                    tri1.dual_config = lambda b, f, dt, _g=gluon: {**orig(b, f, dt), **(
-                        {"GLUON": True, "programs_per_sm": 8, "rows": 16} if _g else {"GLUON": False})}
+            for model, mlp, name, run, over in variants:
+                if over is not None:
+                    tri1.dual_config = lambda b, f, dt, _o=over: {**orig(b, f, dt), **_o}
                 g = torch.Generator(device="cuda").manual_seed(B)
                 base = make(B, mlp, g)
                 rec = dict(model=model, variant=name, batch=B, commit=a.commit)

@@ -11,6 +11,15 @@ from shared memory in 16-row slices, so it takes few registers. The end-of-mini-
 K and G from shared memory and runs on the tensor cores (fp16 rows: exact products, float32
 accumulation).
 
+FUSED_QK (the model's fused step, ops `ttt_linear_dual_step_qk`): the kernel also does qk_prep's work
+(ops/ttt_block_triton.py: the q and k convs over the ring, rotary, eta, c), one item ahead. At the top
+of an iteration the next item's q0, its ring slots and lr are loaded into registers (a few words a
+lane), and at the end of it the next item's q, k are computed into its buffer set's rows where the
+plain kernel's cp.async puts them; the loads' latency hides behind the current item, and the grid is a
+multiple of H, so that a program's conv taps, rotary row and LayerNorm weights are its one head's,
+loaded once. Offline for sm_90 the loop is 7 instructions longer than the plain kernel's, and the layer
+saves qk_prep's launch and the q, k round trip through memory.
+
 Gluon (triton.experimental.gluon) gives the explicit shared memory and async copies Triton's
 pipeliner does not apply to these loads; it does not run under the Triton interpreter, so the CPU
 tests cover triton_decode.py and the GPU tests (pytest -m gpu) this kernel. The arithmetic is
@@ -39,45 +48,94 @@ _barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 @gluon.jit
 def _issue(buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr,
            cg_ptr, item, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old,
-           o_v, D: gl.constexpr, MB: gl.constexpr):
+           o_v, D: gl.constexpr, MB: gl.constexpr, FUSED_QK: gl.constexpr):
     """cp.async of everything item reads into buffer set buf: W1 [D, D], its cache rows s < pos [MB, D],
-    the token's q, k, v, b1 and the head's LayerNorm gamma, beta [D]."""
+    the token's q, k, v, b1 and the head's LayerNorm gamma, beta [D]. FUSED_QK: v and b1 of the token's
+    vectors only (the prologue stores q, k; gamma, beta are the program's head's, held in registers)."""
     i_b = item // H
     i_h = item % H
     cp.async_copy_global_to_shared(w_s.index(buf), w1_ptr + item * (D * D) + w_off)
     cp.async_copy_global_to_shared(k_s.index(buf), ck_ptr + item * (MB * D) + c_off, mask=m_old)
     cp.async_copy_global_to_shared(g_s.index(buf), cg_ptr + item * (MB * D) + c_off, mask=m_old)
-    cp.async_copy_global_to_shared(t_s.index(4 * buf), q_ptr + i_b * stride_qb + i_h * stride_qh + o_v)
-    cp.async_copy_global_to_shared(t_s.index(4 * buf + 1), k_ptr + i_b * stride_kb + i_h * stride_kh + o_v)
+    if not FUSED_QK:
+        cp.async_copy_global_to_shared(t_s.index(4 * buf), q_ptr + i_b * stride_qb + i_h * stride_qh + o_v)
+        cp.async_copy_global_to_shared(t_s.index(4 * buf + 1), k_ptr + i_b * stride_kb + i_h * stride_kh + o_v)
     cp.async_copy_global_to_shared(t_s.index(4 * buf + 2), v_ptr + i_b * stride_vb + i_h * stride_vh + o_v)
     cp.async_copy_global_to_shared(b_s.index(buf), b1_ptr + item * D + o_v)
-    cp.async_copy_global_to_shared(n_s.index(2 * buf), gamma_ptr + i_h * D + o_v)
-    cp.async_copy_global_to_shared(n_s.index(2 * buf + 1), beta_ptr + i_h * D + o_v)
+    if not FUSED_QK:
+        cp.async_copy_global_to_shared(n_s.index(2 * buf), gamma_ptr + i_h * D + o_v)
+        cp.async_copy_global_to_shared(n_s.index(2 * buf + 1), beta_ptr + i_h * D + o_v)
+
+
+@gluon.jit
+def _conv_rotary(x, s0, s1, s2, t0, t1, t2, t_new, bias, cos, sin, even, ACT: gl.constexpr,
+                 HAS_BIAS: gl.constexpr, WIDTH: gl.constexpr):
+    """One of qk_prep's convs at one item, then rotary, in qk_prep's order and roundings (ops/
+    ttt_block_triton.py: bias, then the old slots s_j times their taps t_j in slot order, then the new
+    input x times its tap; the sum rounded to ACT; the rotated pair rounded to ACT). [D / 2, 2] tiles, a
+    rotary pair a lane, all float32; slots and taps past WIDTH - 2 are not read."""
+    acc = gl.zeros_like(x)
+    if HAS_BIAS:
+        acc += bias
+    acc += s0 * t0
+    if WIDTH >= 3:
+        acc += s1 * t1
+    if WIDTH >= 4:
+        acc += s2 * t2
+    y = (acc + x * t_new).to(ACT).to(gl.float32)
+    y_e = gl.sum(gl.where(even, y, 0.0), 1)  # [D / 2]: the pairs' halves (in-lane sums of one term)
+    y_o = gl.sum(gl.where(even, 0.0, y), 1)
+    return gl.where(even, (y_e * cos - y_o * sin)[:, None], (y_o * cos + y_e * sin)[:, None]).to(ACT)
+
+
+@gluon.jit
+def _load_qk_inputs(p_ptr, ring_ptr, item, H, stride_p, lr_col, i_h, cols2, cpos, dim, WIDTH: gl.constexpr):
+    """An item's prologue inputs into registers: q0 (its projection columns), the ring's old slots
+    (cpos + 1 + j) % WIDTH for j < WIDTH - 1 (zeros past them) and its lr column; the ring row's base."""
+    i_b = item // H
+    row_p = p_ptr + i_b * stride_p
+    base = i_b * (WIDTH * dim)
+    x = gl.load(row_p + cols2)
+    s0 = gl.load(ring_ptr + base + ((cpos + 1) % WIDTH) * dim + cols2)
+    s1 = s0
+    s2 = s0
+    if WIDTH >= 3:
+        s1 = gl.load(ring_ptr + base + ((cpos + 2) % WIDTH) * dim + cols2)
+    if WIDTH >= 4:
+        s2 = gl.load(ring_ptr + base + ((cpos + 3) % WIDTH) * dim + cols2)
+    lr = gl.load(row_p + lr_col + i_h)
+    return x, s0, s1, s2, lr, base
 
 
 @gluon.jit
 def _m1_dual_gluon_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr, out_ptr,
     n_items, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
+    # FUSED_QK: q, k, eta, c from qk_prep's inputs (tc.qk_kernel_args; q_ptr, k_ptr, eta_ptr, c_ptr unused)
+    p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
+    stride_p, lr_col, eta_scale, dim,
     D: gl.constexpr, MB: gl.constexpr, EPS: gl.constexpr, ROWS: gl.constexpr,
+    FUSED_QK: gl.constexpr = False, HAS_QK_BIAS: gl.constexpr = False, WIDTH: gl.constexpr = 1,
 ):
     # [R, D] tiles on one warp: 8 consecutive columns (16 bytes of fp16) a lane, 8 lanes across a row.
     L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
     ROW: gl.constexpr = gl.SliceLayout(1, L)  # vectors along a tile's rows
     COL: gl.constexpr = gl.SliceLayout(0, L)  # vectors along its columns
     V1: gl.constexpr = gl.BlockedLayout([2], [32], [1], [0])  # a [D] vector's copy: 2 elements (4+ bytes) a lane
+    P2: gl.constexpr = gl.BlockedLayout([1, 2], [32, 1], [1, 1], [1, 0])  # [D / 2, 2]: a rotary pair a lane
     SH: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
     SH1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # [n, D] vector buffers, indexed by n
     MMA: gl.constexpr = gl.NVMMADistributedLayout([2, 0], [1, 1], [16, 8])
     A_OP: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
     B_OP: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
     OUT_DT: gl.constexpr = out_ptr.dtype.element_ty
+    ACT: gl.constexpr = v_ptr.dtype.element_ty
 
     # Two buffer sets: the item being computed and the next one in flight.
     w_s = gl.allocate_shared_memory(gl.float16, [2, D, D], SH)
     k_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
     g_s = gl.allocate_shared_memory(gl.float16, [2, MB, D], SH)
-    t_s = gl.allocate_shared_memory(q_ptr.dtype.element_ty, [8, D], SH1)  # q, k, v of set s at rows 4 s + 0..2
+    t_s = gl.allocate_shared_memory(ACT, [8, D], SH1)  # q, k, v of set s at rows 4 s + 0..2
     b_s = gl.allocate_shared_memory(gl.float16, [2, D], SH1)
     n_s = gl.allocate_shared_memory(gamma_ptr.dtype.element_ty, [4, D], SH1)  # gamma, beta at rows 2 s, 2 s + 1
 
@@ -86,7 +144,6 @@ def _m1_dual_gluon_kernel(
     o_s = gl.arange(0, MB, layout=ROW)
     o_v = gl.arange(0, D, layout=V1)
     pos = gl.load(pos_ptr).to(gl.int32)
-    c_i = gl.load(c_ptr + pos).to(gl.float32)
     w_off = o_w[:, None] * D + o_c[None, :]
     c_off = o_s[:, None] * D + o_c[None, :]
     m_old = (o_s < pos)[:, None] & (o_c < D)[None, :]
@@ -95,10 +152,63 @@ def _m1_dual_gluon_kernel(
 
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
+    if FUSED_QK:
+        # qk_prep's work, one item ahead: the next item's q0, ring slots and lr are loaded into registers
+        # at the top of an iteration and its q, k computed into its buffer set at the end, so the loads'
+        # latency hides behind the current item. The launch makes the grid a multiple of H: a program's
+        # items are all of one head, whose conv taps, rotary factors, lr bias and LayerNorm weights are
+        # loaded once here.
+        i_h = pid % H
+        c_i = tc.token_coeff(tok_ptr, pos)
+        cpos = gl.load(cpos_ptr).to(gl.int32)
+        o_h = gl.arange(0, D // 2, layout=gl.SliceLayout(1, P2))
+        o_2 = gl.arange(0, 2, layout=gl.SliceLayout(0, P2))
+        even = (o_2 == 0)[None, :]
+        cols2 = i_h * D + o_h[:, None] * 2 + o_2[None, :]  # [D / 2, 2]: the head's columns as rotary pairs
+        rot = gl.load(rpos_ptr).to(gl.int32) * (D // 2)
+        cos = gl.load(cos_ptr + rot + o_h).to(ACT).to(gl.float32)
+        sin = gl.load(sin_ptr + rot + o_h).to(ACT).to(gl.float32)
+        tq0 = gl.load(wq_ptr + cols2).to(gl.float32)
+        tk0 = gl.load(wk_ptr + cols2).to(gl.float32)
+        tq1 = tq0
+        tk1 = tk0
+        tq2 = tq0
+        tk2 = tk0
+        if WIDTH >= 3:
+            tq1 = gl.load(wq_ptr + dim + cols2).to(gl.float32)
+            tk1 = gl.load(wk_ptr + dim + cols2).to(gl.float32)
+        if WIDTH >= 4:
+            tq2 = gl.load(wq_ptr + 2 * dim + cols2).to(gl.float32)
+            tk2 = gl.load(wk_ptr + 2 * dim + cols2).to(gl.float32)
+        tq_new = gl.load(wq_ptr + (WIDTH - 1) * dim + cols2).to(gl.float32)
+        tk_new = gl.load(wk_ptr + (WIDTH - 1) * dim + cols2).to(gl.float32)
+        bq = tq0
+        bk = tk0
+        if HAS_QK_BIAS:
+            bq = gl.load(bq_ptr + cols2).to(gl.float32)
+            bk = gl.load(bk_ptr + cols2).to(gl.float32)
+        lrb = gl.load(lrb_ptr + i_h).to(gl.float32)
+        gam = gl.load(gamma_ptr + i_h * D + o_c).to(gl.float32)
+        bet = gl.load(beta_ptr + i_h * D + o_c).to(gl.float32)
+        # The first item's q, k (into set 0) and eta.
+        x, s0, s1, s2, lr, base = _load_qk_inputs(p_ptr, ring_ptr, pid, H, stride_p, lr_col, i_h, cols2, cpos, dim,
+                                                  WIDTH)
+        xf = x.to(gl.float32)
+        t_s.index(0).reshape([D // 2, 2]).store(
+            _conv_rotary(xf, s0.to(gl.float32), s1.to(gl.float32), s2.to(gl.float32), tq0, tq1, tq2, tq_new, bq,
+                         cos, sin, even, ACT, HAS_QK_BIAS, WIDTH))
+        t_s.index(1).reshape([D // 2, 2]).store(
+            _conv_rotary(xf, s0.to(gl.float32), s1.to(gl.float32), s2.to(gl.float32), tk0, tk1, tk2, tk_new, bk,
+                         cos, sin, even, ACT, HAS_QK_BIAS, WIDTH))
+        gl.store(ring_ptr + base + cpos * dim + cols2, x.to(ring_ptr.dtype.element_ty))
+        eta_next = eta_scale / (1.0 + gl.exp(-(lr.to(gl.float32) + lrb)))
+    else:
+        c_i = gl.load(c_ptr + pos).to(gl.float32)
+        eta_next = gl.load(eta_ptr + (pid // H) * stride_eb + (pid % H) * stride_eh).to(gl.float32)
     _issue(0, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr,
-           pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v, D, MB)
+           pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v, D, MB,
+           FUSED_QK)
     cp.commit_group()
-    eta_next = gl.load(eta_ptr + (pid // H) * stride_eb + (pid % H) * stride_eh).to(gl.float32)
     for it in range(pid, n_items, nprog):
         buf = ((it - pid) // nprog) % 2
         nxt = it + nprog
@@ -107,11 +217,15 @@ def _m1_dual_gluon_kernel(
         if nxt < n_items:
             _issue(1 - buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr,
                    ck_ptr, cg_ptr, nxt, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off,
-                   c_off, m_old, o_v, D, MB)
+                   c_off, m_old, o_v, D, MB, FUSED_QK)
         cp.commit_group()
         eta = eta_next
         nxt_c = gl.minimum(nxt, n_items - 1)
-        eta_next = gl.load(eta_ptr + (nxt_c // H) * stride_eb + (nxt_c % H) * stride_eh).to(gl.float32)
+        if FUSED_QK:
+            x, s0, s1, s2, lr, base = _load_qk_inputs(p_ptr, ring_ptr, nxt_c, H, stride_p, lr_col, i_h, cols2, cpos,
+                                                      dim, WIDTH)
+        else:
+            eta_next = gl.load(eta_ptr + (nxt_c // H) * stride_eb + (nxt_c % H) * stride_eh).to(gl.float32)
 
         cp.wait_group(1)  # this item's copies (the next item's stay in flight)
         _barrier()  # ... and the other lanes' parts of them
@@ -121,8 +235,9 @@ def _m1_dual_gluon_kernel(
         k = k_sm.load(COL).to(gl.float32)
         v = t_s.index(4 * buf + 2).load(COL).to(gl.float32)
         b1 = b_s.index(buf).load(COL).to(gl.float32)
-        gam = n_s.index(2 * buf).load(COL).to(gl.float32)
-        bet = n_s.index(2 * buf + 1).load(COL).to(gl.float32)
+        if not FUSED_QK:
+            gam = n_s.index(2 * buf).load(COL).to(gl.float32)
+            bet = n_s.index(2 * buf + 1).load(COL).to(gl.float32)
         w_cur = w_s.index(buf)
         acc_k = gl.zeros([ROWS, D], gl.float32, L)
         acc_q = gl.zeros([ROWS, D], gl.float32, L)
@@ -149,6 +264,20 @@ def _m1_dual_gluon_kernel(
         z = z1q - c_i * gl.sum(a1[:, None] * gc, 0)
         out = q + tc.ln_fwd(z, gam, bet, m_d, D, EPS)
         gl.store(out_ptr + it * D + o_c, out.to(OUT_DT))
+
+        if FUSED_QK:
+            # The next item's q, k into its set's rows (read there after the next iteration's barriers), q0
+            # into its ring slot (a slot no program reads in this step), its eta.
+            xf = x.to(gl.float32)
+            t_s.index(4 * (1 - buf)).reshape([D // 2, 2]).store(
+                _conv_rotary(xf, s0.to(gl.float32), s1.to(gl.float32), s2.to(gl.float32), tq0, tq1, tq2, tq_new,
+                             bq, cos, sin, even, ACT, HAS_QK_BIAS, WIDTH))
+            t_s.index(4 * (1 - buf) + 1).reshape([D // 2, 2]).store(
+                _conv_rotary(xf, s0.to(gl.float32), s1.to(gl.float32), s2.to(gl.float32), tk0, tk1, tk2, tk_new,
+                             bk, cos, sin, even, ACT, HAS_QK_BIAS, WIDTH))
+            gl.store(ring_ptr + base + cpos * dim + cols2, x.to(ring_ptr.dtype.element_ty),
+                     mask=(cols2 >= 0) & (nxt < n_items))
+            eta_next = eta_scale / (1.0 + gl.exp(-(lr.to(gl.float32) + lrb)))
 
         if pos == MB - 1:
             # W1 -= c K^T G and b1 -= c sum_s G_s from the mini-batch's 16 rows (this token's included),
@@ -205,25 +334,42 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16):
+def qk_supported(qk: dict, v) -> bool:
+    """Whether the kernel can do qk_prep's work itself for these inputs (qk: tc.qk_kernel_args' dict; v the
+    projection's v columns, which supported() has taken): q0, the ring and the conv weights read per
+    head as [f / 2, 2] pairs, the ring [B, W, D] contiguous with W in 2..4 (the prologue's slots are
+    named, not looped over) and of v's dtype, p with contiguous rows."""
+    ring, p = qk["ring"], qk["p"]
+    return (2 <= ring.shape[1] <= 4 and ring.is_contiguous() and ring.dtype == v.dtype == p.dtype
+            and p.stride(1) == 1 and qk["wq"].is_contiguous() and qk["wk"].is_contiguous())
+
+
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16,
+           qk: dict | None = None):
     """Run the kernel into out [B, H, 64] (contiguous) for inputs that supported() takes: programs_per_sm
     persistent programs a multiprocessor (at most the number of items), W1 read from shared memory in
-    rows-row slices."""
-    B, H, f = q.shape
+    rows-row slices. qk (where qk_supported): qk_prep's inputs, its work done in the kernel (q, k, eta,
+    c are then unused); the grid is then a multiple of H (each program's items are of one head)."""
+    B, H, f = v.shape
     n = B * H
-    grid = (min(n, programs_per_sm * num_sms(q.device)),)
-    _m1_dual_gluon_kernel[grid](
+    grid = min(n, programs_per_sm * num_sms(v.device))
+    if qk is not None:
+        grid = max(H, grid // H * H)  # n is a multiple of H
+        q = k = eta = c = v  # unused under FUSED_QK
+    qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
+    _m1_dual_gluon_kernel[(grid,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         n, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0),
-        eta.stride(1), D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, num_warps=1)
+        eta.stride(1), *qk_args, D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, **qk_consts, num_warps=1)
     return out
 
 
-def compile_for_target(fn, ptrs: list[str], consts: dict, capability: int = 90):
+def compile_for_target(fn, ptrs: list[str], consts: dict, capability: int = 90, tail: dict | None = None):
     """Compile an M1 Gluon kernel for an NVIDIA target without a GPU (Triton's bundled ptxas): fp16
-    pointers (eta float32, pos int64), int32 sizes and strides, the launch's 16-byte divisibility of
-    pointers and strides assumed. For inspection (registers, SASS) and for the CPU test that catches a
-    Gluon API change; needs TRITON_INTERPRET unset at import."""
+    pointers (eta float32, pos int64), int32 sizes and strides, then tail's arguments (name: Triton
+    type), the launch's 16-byte divisibility of pointers, strides and int32 tail arguments assumed. For
+    inspection (registers, SASS) and for the CPU test that catches a Gluon API change; needs
+    TRITON_INTERPRET unset at import."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -231,15 +377,28 @@ def compile_for_target(fn, ptrs: list[str], consts: dict, capability: int = 90):
     sig = {f"{n}_ptr": ("*fp32" if n == "eta" else "*i64" if n == "pos" else "*fp16") for n in ptrs}
     ints = "n_items H stride_qb stride_qh stride_kb stride_kh stride_vb stride_vh stride_eb stride_eh".split()
     sig.update({n: "i32" for n in ints})
+    sig.update(tail or {})
     sig.update({n: "constexpr" for n in consts})
     names = list(sig)
-    aligned = [n for n in names if n.endswith("_ptr") or n in ints[1:8]]
+    aligned = [n for n in names if n.endswith("_ptr") or n in ints[1:8] or (tail or {}).get(n) == "i32"]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 1})
 
 
-def compile_offline(capability: int = 90, rows: int = 16):
-    """This kernel compiled for an NVIDIA target without a GPU (compile_for_target)."""
+# qk_prep's arguments of the fused kernel as compile_offline declares them: ttt-1b's fp16 model (the rotary
+# table float32, the two positions int64).
+_QK_TAIL = {**{f"{n}_ptr": "*fp16" for n in "p ring".split()}, "cpos_ptr": "*i64",
+            **{f"{n}_ptr": "*fp16" for n in "wq bq wk bk".split()}, "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+            "rpos_ptr": "*i64", "lrb_ptr": "*fp16", "tok_ptr": "*fp16",
+            "stride_p": "i32", "lr_col": "i32", "eta_scale": "fp32", "dim": "i32"}
+
+
+def compile_offline(capability: int = 90, rows: int = 16, fused_qk: bool = False):
+    """This kernel compiled for an NVIDIA target without a GPU (compile_for_target); fused_qk: with
+    qk_prep's work (conv width 4, with biases), as the model's fused step launches it."""
+    consts = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows}
+    if fused_qk:
+        consts.update(FUSED_QK=True, HAS_QK_BIAS=True, WIDTH=4)
     return compile_for_target(_m1_dual_gluon_kernel, "q k v eta c gamma beta pos w1 b1 ck cg out".split(),
-                              {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows}, capability)
+                              consts, capability, tail=_QK_TAIL)

@@ -123,7 +123,9 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
         # B = 512 (86% of copy bandwidth) against this kernel's 66 us, 94.5% at B = 2048; at B = 64 it is
         # 4% slower (its persistent programs get only ~2 items each). Record:
         # exp/results/h200/kernel_sweep_round6_h200_cb8487c.jsonl.
-        cfg.update(GLUON=True, programs_per_sm=8, rows=16)
+        # GLUON_QK: with qk_prep's inputs (the model's fused step), the Gluon kernel does qk_prep's work
+        # too (7 SASS instructions more an item, offline for sm_90, and one launch less a layer).
+        cfg.update(GLUON=True, programs_per_sm=8, rows=16, GLUON_QK=True)
     return cfg
 
 
@@ -140,22 +142,26 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
 
     The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks). qk:
     qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
-    eta, c are then None. Where the configuration picks the Gluon kernel, qk_prep's kernel runs first
-    and the Gluon kernel reads its outputs (two launches)."""
+    eta, c are then None. Where the configuration picks the Gluon kernel, it does qk_prep's work too
+    (GLUON_QK, where gluon_decode.qk_supported takes the inputs), else qk_prep's kernel runs first and
+    the Gluon kernel reads its outputs (two launches)."""
     B, H, f = v.shape
     cfg = config or dual_config(B, f, W1.dtype)
     if cfg.get("GLUON"):
         from ttt_decode.ops.ttt_linear import gluon_decode  # noqa: PLC0415 (experimental API: imported where used)
 
         if gluon_decode.supported(v, v, v, gamma, beta, W1, b1, ck, cg1):
+            kw = dict(programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
+            if qk is not None and cfg.get("GLUON_QK") and gluon_decode.qk_supported(qk, v):
+                # qk_prep's work in the Gluon kernel, one item ahead of the item it computes (no launch of
+                # its own, q and k never in memory; exp/NOTES.md, fourteenth session).
+                return gluon_decode.launch(None, None, v, None, None, gamma, beta, pos, W1, b1, ck, cg1, out, qk=qk,
+                                           **kw)
             if qk is not None:
-                # qk_prep's own kernel first: the Gluon kernel is issue-bound on one warp an item, and the
-                # prologue's ~300 instructions an item cost it more than qk_prep's launch (exp/NOTES.md,
-                # session 8: 65.5 against 59.8 us at B = 512).
+                # qk_prep's own kernel first (GLUON_QK off, or inputs the fused prologue does not take).
                 q, k, eta, c = _qk_prep(qk, H)
             if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, ck, cg1):
-                return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
-                                           programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
+                return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, **kw)
             qk = None  # q, k, eta, c are computed: the Triton kernel reads them
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
