@@ -231,12 +231,13 @@ def _gluon_route(tri, B, H, monkeypatch) -> list:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("width,bias,H", [(4, False, 32), (3, True, 32), (2, True, 32), (4, True, 20)],
-                         ids=["W4-nobias", "W3", "W2", "W4-H20"])
+@pytest.mark.parametrize("width,bias,H", [(4, False, 32), (3, True, 32), (2, True, 32), (4, True, 40)],
+                         ids=["W4-nobias", "W3", "W2", "W4-H40"])
 def test_gpu_fused_qk_gluon_conv_widths_and_heads(width, bias, H, nan_empty, monkeypatch):
     """The Gluon kernel's qk_prep work at the conv widths it takes (2..4: its old slots are named), without
-    conv biases, and with 20 heads (the grid rounded down to a multiple of 20: 1040 programs on the H200's
-    132 multiprocessors, not 1056); M1 fp16 at B = 512, every position, against qk_prep then the step."""
+    conv biases, and with 40 heads (the grid rounded down to a multiple of 40: 1040 programs on the H200's
+    132 multiprocessors, not 1056; the projection row 3 D + H stays 16-byte aligned, as cp.async needs);
+    M1 fp16 at B = 512, every position, against qk_prep then the step."""
     _, tri = _mods(False)
     seen = _gluon_route(tri, 512, H, monkeypatch)
     run_fused(False, B=512, H=H, f=64, key="fp16", bias=bias, device="cuda", poison=nan_empty, width=width)

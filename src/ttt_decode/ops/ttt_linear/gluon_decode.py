@@ -152,6 +152,11 @@ def _m1_dual_gluon_kernel(
 
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
+    # The first item's copies before anything else, so that they are in flight while the rest is set up.
+    _issue(0, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr,
+           pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v, D, MB,
+           FUSED_QK)
+    cp.commit_group()
     if FUSED_QK:
         # qk_prep's work, one item ahead: the next item's q0, ring slots and lr are loaded into registers
         # at the top of an iteration and its q, k computed into its buffer set at the end, so the loads'
@@ -205,10 +210,6 @@ def _m1_dual_gluon_kernel(
     else:
         c_i = gl.load(c_ptr + pos).to(gl.float32)
         eta_next = gl.load(eta_ptr + (pid // H) * stride_eb + (pid % H) * stride_eh).to(gl.float32)
-    _issue(0, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr,
-           pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v, D, MB,
-           FUSED_QK)
-    cp.commit_group()
     for it in range(pid, n_items, nprog):
         buf = ((it - pid) // nprog) % 2
         nxt = it + nprog
