@@ -231,14 +231,35 @@ def _gluon_route(tri, B, H, monkeypatch) -> list:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("width,bias,H", [(4, False, 32), (3, True, 32), (2, True, 32), (4, True, 40)],
-                         ids=["W4-nobias", "W3", "W2", "W4-H40"])
+@pytest.mark.parametrize("width,bias,H", [(4, False, 32), (3, True, 32), (2, True, 32), (4, True, 80)],
+                         ids=["W4-nobias", "W3", "W2", "W4-H80"])
 def test_gpu_fused_qk_gluon_conv_widths_and_heads(width, bias, H, nan_empty, monkeypatch):
     """The Gluon kernel's qk_prep work at the conv widths it takes (2..4: its old slots are named), without
-    conv biases, and with 40 heads (the grid rounded down to a multiple of 40: 1040 programs on the H200's
-    132 multiprocessors, not 1056; the projection row 3 D + H stays 16-byte aligned, as cp.async needs);
-    M1 fp16 at B = 512, every position, against qk_prep then the step."""
+    conv biases, and with 80 heads (the grid rounded down to a multiple of 80: 1040 programs on the H200's
+    132 multiprocessors, not 1056; the projection row of 3 D + H = 15440 elements keeps v's rows at a
+    stride of a multiple of 16, as gluon_decode.copyable asks); M1 fp16 at B = 512, every position,
+    against qk_prep then the step."""
     _, tri = _mods(False)
     seen = _gluon_route(tri, 512, H, monkeypatch)
     run_fused(False, B=512, H=H, f=64, key="fp16", bias=bias, device="cuda", poison=nan_empty, width=width)
     assert seen and all(seen), seen
+
+
+@pytest.mark.gpu
+def test_gpu_gluon_refuses_rows_it_cannot_copy(nan_empty):
+    """40 heads: the projection row is 3 D + H = 7720 fp16 elements, 16-byte aligned but not a multiple of 16
+    elements, so the compiler cannot prove cp.async's alignment (it failed to compile there). The Gluon
+    kernels refuse it and the fused step runs the Triton kernel, still correct."""
+    from ttt_decode.ops.ttt_linear import gluon_decode
+    B = 512
+
+    def takes(H):
+        D = H * 64
+        v = torch.zeros(B, 3 * D + H, dtype=torch.float16, device="cuda")[:, D:2 * D].view(B, H, 64)
+        g = torch.zeros(H, 64, dtype=torch.float16, device="cuda")
+        b1 = torch.zeros(B, H, 64, dtype=torch.float16, device="cuda")
+        st = torch.zeros(B, H, 64, 64, dtype=torch.float16, device="cuda")
+        t = torch.zeros(B, H, 16, 64, dtype=torch.float16, device="cuda")
+        return gluon_decode.supported(v, v, v, g, g, st, b1, t, t)
+    assert takes(80) and not takes(40)
+    run_fused(False, B=B, H=40, f=64, key="fp16", device="cuda", poison=nan_empty, N=3)

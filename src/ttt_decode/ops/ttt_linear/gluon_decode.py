@@ -310,8 +310,10 @@ def offsets_fit(*tensors) -> bool:
 def copyable(q, k, v, gamma, beta, *state) -> bool:
     """What both M1 Gluon kernels need of their inputs: a CUDA device with cp.async (sm_80 on), f = 64,
     q, k, v of one dtype and gamma, beta of one dtype, every row the kernel copies 16-byte aligned with
-    contiguous columns (cp.async copies 4-16 bytes a lane), the state tensors fp16, contiguous and
-    small enough for int32 offsets (offsets_fit)."""
+    contiguous columns and row strides that are multiples of 16 elements (cp.async copies 4-16 bytes a
+    lane, and the compiler knows a row's alignment only from a stride Triton marks divisible by 16: a
+    projection row of 7720 fp16 elements is 16-byte aligned but did not compile), the state tensors
+    fp16, contiguous and small enough for int32 offsets (offsets_fit)."""
     if not (q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 0)):
         return False
     if q.shape[-1] != HEAD_DIM or not (q.dtype == k.dtype == v.dtype and gamma.dtype == beta.dtype):
@@ -319,7 +321,7 @@ def copyable(q, k, v, gamma, beta, *state) -> bool:
     if not all(t.dtype == torch.float16 for t in state) or not offsets_fit(*state):
         return False
     for t in (q, k, v):
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st % 16 for st in t.stride()[:-1]):
             return False
     return all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (gamma, beta, *state))
 
