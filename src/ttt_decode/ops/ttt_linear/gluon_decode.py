@@ -115,7 +115,7 @@ def _m1_dual_gluon_kernel(
     p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
     stride_p, lr_col, eta_scale, dim,
     D: gl.constexpr, MB: gl.constexpr, EPS: gl.constexpr, ROWS: gl.constexpr,
-    FUSED_QK: gl.constexpr = False, HAS_QK_BIAS: gl.constexpr = False, WIDTH: gl.constexpr = 1,
+    FUSED_QK: gl.constexpr, HAS_QK_BIAS: gl.constexpr, WIDTH: gl.constexpr,
 ):
     # [R, D] tiles on one warp: 8 consecutive columns (16 bytes of fp16) a lane, 8 lanes across a row.
     L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
@@ -400,8 +400,7 @@ _QK_TAIL = {**{f"{n}_ptr": "*fp16" for n in "p ring".split()}, "cpos_ptr": "*i64
 def compile_offline(capability: int = 90, rows: int = 16, fused_qk: bool = False):
     """This kernel compiled for an NVIDIA target without a GPU (compile_for_target); fused_qk: with
     qk_prep's work (conv width 4, with biases), as the model's fused step launches it."""
-    consts = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows}
-    if fused_qk:
-        consts.update(FUSED_QK=True, HAS_QK_BIAS=True, WIDTH=4)
+    consts = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows,
+              "FUSED_QK": fused_qk, "HAS_QK_BIAS": fused_qk, "WIDTH": 4 if fused_qk else 1}
     return compile_for_target(_m1_dual_gluon_kernel, "q k v eta c gamma beta pos w1 b1 ck cg out".split(),
                               consts, capability, tail=_QK_TAIL)
