@@ -34,6 +34,7 @@ from ttt_decode.decode.sampling import Sampling, sample
 from ttt_decode.errors import NonFiniteLogits, OutOfMemoryEstimate, UserError
 from ttt_decode.models.common import stage
 from ttt_decode.ops.cuda_graphs import capture_graph
+from ttt_decode.ops.step_tokens import record_tokens
 
 WARMUP_STEPS = 2
 # Share of the device's memory the estimate may not use: the CUDA context, allocator slack and the
@@ -237,9 +238,8 @@ class DecodeSession:
         logits = self._step_fn(self.ids, self.state)
         with stage("sampling"):
             nxt = sample(logits, self.model.vocab_size, self.sampling)
-            self.tokens.index_copy_(1, self.step_idx, nxt.unsqueeze(1))
-            self.step_idx.copy_((self.step_idx + 1) % self.max_steps)
-            self.ids.copy_(nxt)
+            # tokens[:, step_idx] = nxt, ids = nxt, step_idx advanced: one kernel on CUDA (five as PyTorch ops).
+            record_tokens(nxt, self.ids, self.tokens, self.step_idx, self.max_steps)
         return logits
 
     def _warm_up_steps(self, sync):
