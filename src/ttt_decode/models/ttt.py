@@ -104,6 +104,9 @@ class TTTInferenceState:
     # step looks its row up instead of computing cos/sin every token.
     rope_cos: torch.Tensor | None = None
     rope_sin: torch.Tensor | None = None
+    # [B, D] zeros in the residual dtype, never written: the first block's residual (h = 0 + embedding).
+    # A torch.zeros in the step was a fill kernel every token in the CUDA graph.
+    zero_residual: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors().values())
@@ -331,9 +334,10 @@ class TTTLM(DecodeLM):
                 conv_pre=conv() if c.pre_conv else None, conv_qk=conv() if c.share_qk else None,
                 taps={n: m.weight.detach().t().contiguous() for n, m in block.convs().items()}))
         cos, sin = rotary_cos_sin(torch.arange(c.mini_batch_size, device=self.device), c.head_dim, c.rope_theta)
+        zero = torch.zeros(batch, c.hidden_size, dtype=residual_dtype(self.dtype), device=self.device)
         return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype,
                                  conv_pos=torch.zeros(1, dtype=torch.int64, device=self.device),
-                                 rope_cos=cos, rope_sin=sin)
+                                 rope_cos=cos, rope_sin=sin, zero_residual=zero)
 
     @torch.no_grad()
     def reset_state(self, state: TTTInferenceState) -> None:
@@ -403,7 +407,9 @@ class TTTLM(DecodeLM):
             # every block gets the same kinds of arguments and torch.compile compiles the block once; with
             # delta=None the first block's guards differed and it was compiled a second time.
             delta = self.embed(input_ids)
-            h = torch.zeros(delta.shape, dtype=residual_dtype(self.dtype), device=delta.device)
+            h = state.zero_residual  # read only: every block's step returns a new residual
+            if h is None or h.shape != delta.shape:
+                h = torch.zeros(delta.shape, dtype=residual_dtype(self.dtype), device=delta.device)
         for block, ls in zip(self.layers, state.layers):
             h, delta = block.step(h, delta, ls, state.conv_pos, state.pos, state.rope_cos, state.rope_sin)
         x = self.finish_step(h, delta, state)
