@@ -129,6 +129,25 @@ def test_session_reset_repeats_exactly():
     assert torch.equal(session.tokens[:, :6], session.tokens[:, :6])
 
 
+def test_step_allocates_no_zero_residual(monkeypatch):
+    """The first block's residual is the state's zero buffer (a torch.zeros in the step was a fill kernel every
+    token in the CUDA graph), and the steps leave it zero."""
+    model = tiny("mlp_1_dual", dtype=torch.float32)
+    state = model.allocate_state(2)
+    x = ids(2, 3, seed=5)
+    real = torch.zeros
+
+    def no_zeros(*args, **kwargs):
+        raise AssertionError("torch.zeros called in the step")
+    monkeypatch.setattr(torch, "zeros", no_zeros)
+    outs = [model.step(x[:, t], state) for t in range(3)]
+    monkeypatch.setattr(torch, "zeros", real)
+    assert torch.count_nonzero(state.zero_residual) == 0
+    ref = model.allocate_state(2)
+    for t in range(3):
+        assert torch.equal(outs[t], model.step(x[:, t], ref)), t
+
+
 def test_greedy_generate_follows_argmax_of_teacher_forced_logits():
     model = tiny("mlp_1_dual", dtype=torch.float64)
     prompt = ids(2, 9, seed=5)
