@@ -23,6 +23,7 @@ from ttt_decode.bench.profiler import GROUPS, kernel_group
     ("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NTN", "GEMM"),
     ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_f16_s161616gemm_f16_32x32_128x1_tn_align8>", "GEMM"),
     ("Memcpy DtoD (Device -> Device)", "copies"),
+    ("_record_tokens_kernel", "copies"),
     ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<...>", "copies"),
     ("triton_poi_fused__to_copy_add_mul_0", "fused elementwise"),
     ("triton_red_fused_add_mean_mul_pow_rsqrt_1", "fused elementwise"),

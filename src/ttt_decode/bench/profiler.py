@@ -84,7 +84,9 @@ KERNEL_GROUPS = (
                       "_m1_primal_kernel", "_m1_primal_gluon_kernel", "_ssm_step_kernel", "_decode_attention_kernel")),
     ("GEMM", ("gemm", "Gemm", "GEMM", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "sm80_", "ampere_", "splitK",
               "gemv", "Gemv", "dot_kernel")),
-    ("copies", ("Memcpy", "memcpy", "Memset", "memset", "copy_kernel", "CatArrayBatchedCopy", "direct_copy")),
+    # _record_tokens_kernel: the engine's token bookkeeping (ops/step_tokens.py), the copies it replaced.
+    ("copies", ("Memcpy", "memcpy", "Memset", "memset", "copy_kernel", "CatArrayBatchedCopy", "direct_copy",
+                "_record_tokens_kernel")),
     ("fused elementwise", ("triton_", "elementwise_kernel", "reduce_kernel", "vectorized_", "_pre_conv_kernel",
                            "_qk_prep_kernel", "_gate_norm_kernel", "_conv_step_kernel", "_add_rms_norm_kernel")),
 )
