@@ -408,7 +408,7 @@ class TTTLM(DecodeLM):
             # delta=None the first block's guards differed and it was compiled a second time.
             delta = self.embed(input_ids)
             h = state.zero_residual  # read only: every block's step returns a new residual
-            if h is None or h.shape != delta.shape:
+            if h is None:  # a state built without it
                 h = torch.zeros(delta.shape, dtype=residual_dtype(self.dtype), device=delta.device)
         for block, ls in zip(self.layers, state.layers):
             h, delta = block.step(h, delta, ls, state.conv_pos, state.pos, state.rope_cos, state.rope_sin)
