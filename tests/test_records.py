@@ -132,3 +132,19 @@ def test_report_newest_record_of_a_cell_wins_and_duplicates_are_named(tmp_path, 
     assert "skipped 1 unreadable line" in md
     printed = capsys.readouterr().out
     assert "3 cells, 2 ok, 1 failed (3 superseded record(s) of re-run cells not counted)" in printed
+
+
+def test_provenance_names_the_toolkit_switches_set(monkeypatch):
+    """A record says which TTT_DECODE_* switches were set where it ran (TTT_DECODE_M2_DEFER_W1 picks the M2 dual
+    kernel's cache convention, so two records of one cell can differ by it); the variables that only say where
+    or for whom (commit, assigned GPU, cache folder) have fields of their own or none."""
+    from ttt_decode.provenance import provenance
+
+    for k in [k for k in __import__("os").environ if k.startswith("TTT_DECODE_")]:
+        monkeypatch.delenv(k)
+    assert provenance("cpu")["ttt_decode_env"] == {}
+    monkeypatch.setenv("TTT_DECODE_M2_DEFER_W1", "0")
+    monkeypatch.setenv("TTT_DECODE_COMMIT", "abc1234")
+    monkeypatch.setenv("TTT_DECODE_CACHE", "/tmp/x")
+    info = provenance("cpu")
+    assert info["ttt_decode_env"] == {"TTT_DECODE_M2_DEFER_W1": "0"}

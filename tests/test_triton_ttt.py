@@ -40,7 +40,17 @@ def _cache(form, state, b, fill=None):
         for n, t in cache.tensors().items():
             if n != "pos":
                 t.fill_(fill)
+        if _pending_row(form, state):
+            # Row b-1 of k and g1 is TTT-MLP's pending W1 term, read at every position: zero, nothing pending.
+            cache.k[:, :, b - 1].zero_()
+            cache.g1[:, :, b - 1].zero_()
     return cache
+
+
+def _pending_row(form, state) -> bool:
+    """Whether the dual cache's row b-1 of k and g1 is state (TTT-MLP's deferred W1 term, naive.DEFER_W1)."""
+    from ttt_decode.ops.ttt_mlp import naive as m2_naive
+    return form == "dual" and state.is_mlp and m2_naive.DEFER_W1
 
 
 @pytest.fixture
@@ -90,6 +100,9 @@ def run_and_compare(mlp, form, f, key, nan_empty, N=33, B=2, H=2, seed=0, config
     assert c_k.pos.item() == c64.pos.item() == N % b
     pairs = [("out", out_k, out_n, out64)]
     pairs += [(f"state.{n}", t, st_n.tensors()[n], st64.tensors()[n]) for n, t in st_k.tensors().items()]
+    if _pending_row(form, st0):
+        pairs += [(f"cache.{n}[b-1]", getattr(c_k, n)[:, :, b - 1], getattr(c_n, n)[:, :, b - 1],
+                   getattr(c64, n)[:, :, b - 1]) for n in ("k", "g1")]
     for n, t in c_k.tensors().items():
         if n == "pos":
             continue
@@ -155,6 +168,18 @@ def test_m2_dual_w2_update_in_pass_b_fp16(cols, split, nan_empty, monkeypatch):
     config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": cols,
               "SPLIT_B": split}
     run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("key", ["fp32", "fp16"])
+def test_m2_dual_current_state_convention(key, nan_empty, monkeypatch):
+    """TTT_DECODE_M2_DEFER_W1=0 (naive.DEFER_W1 False): the kernel built without the deferred W1 term (W1 updated
+    by the end-of-mini-batch pass, read again) against the reference in the same convention, across two
+    mini-batch ends, in the capped configuration's structure (split pass B, W2 in pass B, sliced)."""
+    from ttt_decode.ops.ttt_mlp import naive as m2_naive
+    monkeypatch.setattr(m2_naive, "DEFER_W1", False)
+    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": 16,
+              "SPLIT_B": True}
+    run_and_compare(*KERNELS["M2-dual"], 24, key, nan_empty, N=33, config=config, monkeypatch=monkeypatch)
 
 
 @pytest.mark.slow

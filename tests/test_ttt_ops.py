@@ -5,7 +5,7 @@ import torch
 
 from conftest import rel_err
 from ttt_decode.ops import ttt_linear, ttt_mlp
-from ttt_decode.ops.ttt_common import gelu_tanh, gelu_tanh_bwd, ln_fused_l2_bwd, ln_fwd
+from ttt_decode.ops.ttt_common import DualCache, gelu_tanh, gelu_tanh_bwd, ln_fused_l2_bwd, ln_fwd
 from ttt_inputs import make_case
 
 OPS = {"M1": (ttt_linear, False), "M2": (ttt_mlp, True)}
@@ -19,12 +19,22 @@ def decode_all(op, case, cache_kind, N=None):
     return torch.stack(outs, dim=2), state, cache
 
 
+def settled(op, state, cache, c):
+    """The inner model's state: M2's dual cache may hold the pending term of W1 (ttt_mlp.naive.DEFER_W1),
+    applied here to a copy."""
+    state = state.clone()
+    if op is ttt_mlp and isinstance(cache, DualCache):
+        ttt_mlp.naive.settle_w1(state, cache.clone(), c)
+    return state
+
+
 @pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("f,N", [(16, 53), (8, 35)], ids=["f16-N53", "f8-N35"])
 def test_dual_equals_primal_equals_prefill(name, f, N):
     op, mlp = OPS[name]
     case = make_case(B=2, H=3, f=f, N=N, mlp=mlp, seed=hash((name, f)) % 1000)
     out_dual, st_dual, cache_dual = decode_all(op, case, "dual")
+    st_dual = settled(op, st_dual, cache_dual, case.c)
     out_primal, st_primal, _ = decode_all(op, case, "primal")
     st_pre = case.state()
     out_pre = op.prefill(case.q, case.k, case.v, case.eta, case.c, case.gamma, case.beta, st_pre)
@@ -53,6 +63,7 @@ def test_prefill_state_equals_token_by_token(name, cache_kind):
                                case.gamma, case.beta, state, cache))
         t0 += n
     assert rel_err(torch.cat(outs, 2), out_ref) < 1e-9
+    st_ref, state = settled(op, st_ref, cache_ref, case.c), settled(op, state, cache, case.c)
     for k, t in state.tensors().items():
         assert rel_err(t, st_ref.tensors()[k]) < 1e-9, k
     assert cache.pos.item() == cache_ref.pos.item() == 45 % 16
@@ -64,6 +75,61 @@ def test_prefill_state_equals_token_by_token(name, cache_kind):
     else:
         for k, t in cache.tensors().items():
             assert rel_err(t.double(), getattr(cache_ref, k).double()) < 1e-9, k
+
+
+def test_m2_deferred_w1_is_the_same_inner_model(monkeypatch):
+    """TTT-MLP's deferred W1 update (naive.DEFER_W1): the same outputs as the current-state convention at every
+    position of three mini-batches; after each mini-batch the state differs by exactly the pending row's
+    rank-1 term (cache row b-1: this mini-batch's last k and eta g1), which settle_w1 applies and clears."""
+    case = make_case(B=2, H=2, f=8, N=40, mlp=True, seed=5)
+    b = case.c.shape[0]
+    runs = {}
+    for defer in (False, True):
+        monkeypatch.setattr(ttt_mlp.naive, "DEFER_W1", defer)
+        state, cache = case.state(), None
+        cache = case.dual_cache(state)
+        outs = []
+        for t in range(40):
+            outs.append(ttt_mlp.decode_step(*case.token(t), state, cache))
+            if t == 2 * b - 1:
+                runs[defer, "at_end"] = (state.clone(), cache.clone())
+        runs[defer] = (torch.stack(outs, 2), state, cache)
+    (out_cur, st_cur, _), (out_def, st_def, cache_def) = runs[False], runs[True]
+    assert rel_err(out_def, out_cur) < 1e-12
+    # At the end of the second mini-batch: the pending row is its last token's, and W1 misses its term.
+    st_e, cache_e = runs[True, "at_end"]
+    k_c, g_c = cache_e.k[:, :, b - 1], cache_e.g1[:, :, b - 1]
+    assert rel_err(k_c, case.k[:, :, 2 * b - 1]) < 1e-15 and g_c.abs().min() > 0
+    term = case.c[b - 1] * k_c.unsqueeze(-1) * g_c.unsqueeze(-2)  # [B,H,f,F]
+    assert rel_err(st_e.W1 - term, runs[False, "at_end"][0].W1) < 1e-12
+    assert rel_err(st_e.W1, runs[False, "at_end"][0].W1) > 1e-6  # it was pending
+    # settle_w1 applies it and clears the row; with the convention off it changes nothing.
+    ttt_mlp.naive.settle_w1(st_def, cache_def, case.c)
+    assert cache_def.k[:, :, b - 1].abs().max() == 0 and cache_def.g1[:, :, b - 1].abs().max() == 0
+    for k, t in st_def.tensors().items():
+        assert rel_err(t, st_cur.tensors()[k]) < 1e-12, k
+    monkeypatch.setattr(ttt_mlp.naive, "DEFER_W1", False)
+    before = st_cur.clone()
+    ttt_mlp.naive.settle_w1(st_cur, runs[False][2], case.c)
+    assert all(torch.equal(t, before.tensors()[k]) for k, t in st_cur.tensors().items())
+
+
+def test_m2_prefill_settles_a_pending_term_before_whole_mini_batches():
+    """Decode up to past a mini-batch end (a pending W1 term), then prefill across more than a whole mini-batch
+    (chunked: the rest of this mini-batch token by token, a whole one as matrices, which start from the state
+    alone, then a remainder): the same outputs and inner model as decoding every token."""
+    case = make_case(B=2, H=2, f=8, N=60, mlp=True, seed=9)
+    out_ref, st_ref, cache_ref = decode_all(ttt_mlp, case, "dual")
+    state = case.state()
+    cache = case.dual_cache(state)
+    outs = [ttt_mlp.decode_step(*case.token(t), state, cache) for t in range(20)]
+    s = slice(20, 60)  # positions 4..15, one whole mini-batch, 12 more
+    out_pre = ttt_mlp.prefill(case.q[:, :, s], case.k[:, :, s], case.v[:, :, s], case.eta[:, :, s], case.c,
+                              case.gamma, case.beta, state, cache)
+    assert rel_err(torch.cat([torch.stack(outs, 2), out_pre], 2), out_ref) < 1e-12
+    st_ref, state = settled(ttt_mlp, st_ref, cache_ref, case.c), settled(ttt_mlp, state, cache, case.c)
+    for k, t in state.tensors().items():
+        assert rel_err(t, st_ref.tensors()[k]) < 1e-12, k
 
 
 @pytest.mark.parametrize("name", OPS)

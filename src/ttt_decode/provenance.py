@@ -86,6 +86,10 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [prog] + sys.argv[1:])
 
 
+# TTT_DECODE_* variables that say where or for whom a record was made, recorded in fields of their own.
+_NOT_SWITCHES = {"TTT_DECODE_COMMIT", "TTT_DECODE_GPU_ASSIGNED", "TTT_DECODE_CACHE"}
+
+
 def provenance(device: torch.device | str | None = None) -> dict:
     """Where and with what a record was produced (DESIGN section 8: provenance)."""
     import triton
@@ -101,6 +105,9 @@ def provenance(device: torch.device | str | None = None) -> dict:
         # The compiled-kernel caches in effect (a sweep shares them between its cells); null: the library default.
         "compile_cache": {"inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR") or None,
                           "triton": os.environ.get("TRITON_CACHE_DIR") or None},
+        # The toolkit's own switches (TTT_DECODE_*, e.g. TTT_DECODE_M2_DEFER_W1) that were set: part of what ran.
+        "ttt_decode_env": {k: v for k, v in sorted(os.environ.items())
+                           if k.startswith("TTT_DECODE_") and k not in _NOT_SWITCHES},
         "command": command_line(),
     }
     if device.type == "cuda":

@@ -190,13 +190,15 @@ def check_decode_inputs(q, k, v, eta, c, gamma, beta, state: TTTState, cache, ml
 
 
 def chunked_prefill(step_for, dual_mini_batch, q, k, v, eta, c, gamma, beta,
-                    state: TTTState, cache=None, advance: bool = True):
+                    state: TTTState, cache=None, advance: bool = True, settle=None):
     """Prefill of any number of tokens. q, k, v [B,H,N,f]; eta [B,H,N] -> out [B,H,N,f].
 
     `step_for(dual: bool)` gives the decode step of the dual or primal form. Tokens up to the next
     mini-batch boundary and the remainder after the last whole mini-batch go through the decode step
     of the cache's form (DualCache or PrimalCache); whole mini-batches go through `dual_mini_batch`
-    (matrices; on a GPU inside `prefill_graphs()`, replayed from one CUDA graph). Without a cache a
+    (matrices; on a GPU inside `prefill_graphs()`, replayed from one CUDA graph), which start from the
+    state alone: `settle(state, cache, c)`, if given, first applies what a dual cache still holds of the
+    state (TTT-MLP's deferred W1 term, ttt_mlp.naive.settle_w1). Without a cache a
     temporary dual cache is used (the state after the last whole mini-batch is kept, a trailing
     partial mini-batch is dropped). Mutates state and cache; the position ends at (start + N) mod b,
     or stays at start if advance=False.
@@ -219,6 +221,8 @@ def chunked_prefill(step_for, dual_mini_batch, q, k, v, eta, c, gamma, beta,
         t += 1
     whole = (N - t) // b
     if whole:
+        if settle is not None and isinstance(cache, DualCache):
+            settle(state, cache, c)
         # From one CUDA graph inside a prefill_graphs() context on a GPU, else eagerly (ttt_prefill_graph.py).
         run_whole_mini_batches(dual_mini_batch, q, k, v, eta, c, gamma, beta, state, out, t, whole)
         t += whole * b
@@ -290,7 +294,7 @@ def inner_step_cost(mlp: bool, form: str, heads: int, head_dim: int, mini_batch_
             "state_bytes": int(heads * state * state_itemsize)}
 
 
-def op_api(package: str, dual_mini_batch):
+def op_api(package: str, dual_mini_batch, settle=None):
     """The functional op API of a TTT inner-loop package (DESIGN section 4): (decode_step, prefill).
 
     The form follows the cache: a DualCache runs the dual form, a PrimalCache the published primal
@@ -305,6 +309,6 @@ def op_api(package: str, dual_mini_batch):
     def prefill(q, k, v, eta, c, gamma, beta, state, cache=None, impl="naive", advance=True):
         """Any number of tokens: whole mini-batches as matrices (PyTorch), the rest through decode_step."""
         return chunked_prefill(lambda dual: pick_step(package, impl, dual), dual_mini_batch,
-                               q, k, v, eta, c, gamma, beta, state, cache, advance)
+                               q, k, v, eta, c, gamma, beta, state, cache, advance, settle)
 
     return decode_step, prefill

@@ -9,4 +9,4 @@ from ttt_decode.ops.ttt_mlp import naive
 
 __all__ = ["decode_step", "prefill", "DualCache", "PrimalCache", "TTTState", "naive"]
 
-decode_step, prefill = op_api(__name__, naive.dual_mini_batch)
+decode_step, prefill = op_api(__name__, naive.dual_mini_batch, naive.settle_w1)

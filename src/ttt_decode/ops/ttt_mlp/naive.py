@@ -9,10 +9,23 @@ Output of token t at mini-batch position i:
   Z   = X2' W2 + b2 - c_i sum_{s<=t} eta_s (X2' . X2_s + 1) g2_s; out_t = q_t + LN(Z).
 At i = b-1: W1 -= c_{b-1} sum eta_s k_s^T g1_s, W2 -= c_{b-1} sum eta_s X2_s^T g2_s, biases likewise.
 
+Deferred W1 update (DEFER_W1, the decode steps' convention; DESIGN section 9.8): the last token's rank-1 term
+of W1's update, c_{b-1} k_{b-1}^T G1_{b-1}, is not applied at i = b-1 but held as cache row b-1 (k, g1) and
+applied at the end of the next mini-batch, so that the state W1 in memory is
+    W1 (the inner model's) = state.W1 - c_{b-1} k_c^T G1_c,   k_c, G1_c = cache.k, cache.g1 at row b-1
+(a zero row: nothing pending). Why: G1_{b-1} exists only after the whole of W2 has been read, which in the
+kernel comes after W1's one read; applying it then needs W1 read again (a second DRAM walk of 32 KB an
+item at ttt-1b). Deferred, the update at i = b-1 uses the rows as stored before this token's (rows < b-1
+of this mini-batch, row b-1 the pending one) and fits in the kernel's one W1 walk; rows <= i of every
+position are read as before, and Z1 of k and q subtracts the pending term. b1, W2, b2 stay current.
+`settle_w1` applies the pending term (chunked prefill before its whole mini-batches, tests).
+
 Entry points and conventions as in ttt_linear/naive.py.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -27,6 +40,11 @@ from ttt_decode.ops.ttt_common import (
     ln_fused_l2_bwd,
     ln_fwd,
 )
+
+
+# The decode steps' convention for M2 dual caches (the Triton kernel and this reference read it at each call;
+# tests set it). TTT_DECODE_M2_DEFER_W1=0 selects the current-state convention (an A/B of the two kernels).
+DEFER_W1 = os.environ.get("TTT_DECODE_M2_DEFER_W1", "1") != "0"
 
 
 def _inner_grads(k, v, W1, b1, W2, b2, gamma, beta):
@@ -47,17 +65,26 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     """One token, dual form. q, k, v [B,H,f]; eta [B,H]; c [b]; gamma, beta [H,f] -> out [B,H,f].
 
     Mutates: cache (row `pos` of k, g1, x2, g2; pos advanced unless advance=False) and, at the last
-    position of the mini-batch, state.
+    position of the mini-batch, state. With DEFER_W1, row b-1 of k and g1 is the pending term of W1
+    (module docstring) and state.W1 is the inner model's W1 only after `settle_w1`.
     """
     acc = compute_dtype(q, state.W1)
     b = cache.mini_batch_size
     i = cache.pos
     q_, k_, v_ = q.to(acc).unsqueeze(2), k.to(acc).unsqueeze(2), v.to(acc).unsqueeze(2)  # [B,H,1,f]
-    W1, b1, W2, b2 = _load(state, acc)
+    W1s, b1, W2, b2 = _load(state, acc)
     gam, bet = gamma.to(acc).unsqueeze(1), beta.to(acc).unsqueeze(1)  # [H,1,f]
     e = eta.to(acc)[..., None, None]  # [B,H,1,1]
+    c_last = c.to(acc)[b - 1]
+    if DEFER_W1:
+        # The pending row (k_c, G1_c), read before this token's row can replace it (at i = b-1).
+        k_c, g_c = cache.k[:, :, b - 1:].to(acc), cache.g1[:, :, b - 1:].to(acc)  # [B,H,1,f], [B,H,1,F]
+        W1 = W1s - c_last * (k_c.transpose(-1, -2) @ g_c)  # the inner model's W1 [B,H,f,F]
+    else:
+        W1 = W1s
 
     X2, g1, g2 = _inner_grads(k_, v_, W1, b1, W2, b2, gam, bet)
+    old_k, old_g1 = cache.k.to(acc, copy=True), cache.g1.to(acc, copy=True)  # as stored before this token's row
     for buf, row in ((cache.k, k_), (cache.g1, g1 * e), (cache.x2, X2), (cache.g2, g2 * e)):
         buf.index_copy_(2, i, row.to(buf.dtype))
 
@@ -72,14 +99,33 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     out = (q_ + ln_fwd(Z2, gam, bet)).squeeze(2)
 
     # At the end of the mini-batch the state advances; elsewhere the scale is exactly 0.
-    scale = (i == b - 1).to(acc) * c.to(acc)[b - 1]
-    state.W1.copy_(W1 - scale * (K.transpose(-1, -2) @ G1))
+    scale = (i == b - 1).to(acc) * c_last
+    if DEFER_W1:
+        # The rows as stored before this token's: rows < b-1 of this mini-batch and the pending row b-1
+        # (i = b-1 here wherever scale is not 0); this token's row is the next pending one.
+        state.W1.copy_(W1s - scale * (old_k.transpose(-1, -2) @ old_g1))
+    else:
+        state.W1.copy_(W1 - scale * (K.transpose(-1, -2) @ G1))
     state.b1.copy_(b1 - scale * G1.sum(2))
     state.W2.copy_(W2 - scale * (X2s.transpose(-1, -2) @ G2))
     state.b2.copy_(b2 - scale * G2.sum(2))
     if advance:
         cache.pos.copy_((i + 1) % b)
     return out.to(q.dtype)
+
+
+def settle_w1(state: TTTState, cache: DualCache, c) -> None:
+    """Apply the pending term of W1's update (DEFER_W1: cache row b-1 of k and g1, coefficient c_{b-1}) to
+    state.W1 and zero that row: state.W1 is then the inner model's W1 and the cache holds nothing pending.
+    Without DEFER_W1 the row is never pending and nothing changes."""
+    if not DEFER_W1:
+        return
+    b = cache.mini_batch_size
+    acc = compute_dtype(state.W1, cache.k)
+    k_c, g_c = cache.k[:, :, b - 1:].to(acc), cache.g1[:, :, b - 1:].to(acc)  # [B,H,1,f], [B,H,1,F]
+    state.W1.copy_(state.W1.to(acc) - c.to(acc)[b - 1] * (k_c.transpose(-1, -2) @ g_c))
+    cache.k[:, :, b - 1].zero_()
+    cache.g1[:, :, b - 1].zero_()
 
 
 def decode_step_primal(q, k, v, eta, c, gamma, beta, state: TTTState, cache: PrimalCache, advance: bool = True):
@@ -149,4 +195,4 @@ def dual_mini_batch(q, k, v, eta, c, gamma, beta, state: TTTState):
 def prefill(q, k, v, eta, c, gamma, beta, state: TTTState, cache=None, advance: bool = True):
     """Any number of tokens. q, k, v [B,H,N,f]; eta [B,H,N] -> out [B,H,N,f]; see ttt_common.chunked_prefill."""
     return chunked_prefill(lambda dual: decode_step_dual if dual else decode_step_primal, dual_mini_batch,
-                           q, k, v, eta, c, gamma, beta, state, cache, advance)
+                           q, k, v, eta, c, gamma, beta, state, cache, advance, settle_w1)

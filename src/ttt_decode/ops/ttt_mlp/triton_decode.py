@@ -8,6 +8,14 @@ Per (sequence, head) item, f head dim, F = 4f hidden, b mini-batch, i = pos (rea
 and at i = b-1, in the same launch: W1 -= c_{b-1} K^T G1, b1 -= c_{b-1} sum_s G1_s, W2 -= c_{b-1} X2^T G2,
 b2 -= c_{b-1} sum_s G2_s (G = eta * g, the cache rows as stored, i.e. rounded to the cache dtype,
 exactly as the reference reads them back).
+DEFER_W1 (naive.DEFER_W1, the default; DESIGN section 9.8): W1 in memory is the inner model's plus
+c_{b-1} k_c^T G1_c, the pending term held in cache row b-1, so that Z1 of k and q subtract c_{b-1} (x . k_c)
+G1_c (tiles.less_pending, in pass A), and at i = b-1 pass A updates each W1 chunk as it loads it with the rows
+as stored before this token's (`_pass_a_last`): W1 is read once at every position, and the end-of-mini-batch
+pass does only the biases (and W2 without W2_IN_B). Offline for sm_90 (exp/gpu/offline_sass.py, capped
+configuration) the last position's pass A is 923 SASS instructions a chunk against 655 + 529 for pass A and
+the W1 update pass before, no spills in the loops; the ordinary pass A 542 against 655 (the pending row's
+load gives Z1 a one-element-a-lane layout, so gelu is no longer computed 8 times over in a replicated one).
 
 Compulsory bytes per call (s = state/cache item size, a = activation item size), per item:
     state read once  (2 f F + F + f) s;  cache rows of earlier tokens read  i (2 f + 2 F) s;
@@ -44,7 +52,8 @@ Grid: (B H,), one program per item, 1 warp at f = 64 (docs/DESIGN.md section 11.
   80.4 -> 77.7 at 64 (cache rows only there). Pass A's tiles requested a chunk ahead (PREFETCH_A) lost:
   552.6 / 603.0 us at 1 / 2 chunks against 544.9 (round 19): ncu shows DRAM traffic up, L2 hits for pass B's
   W2 down (the prefetched W1 lines take L2 that W2 needs).
-Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2.
+Mutates: cache.k, cache.g1, cache.x2, cache.g2 (row pos), and at pos = b-1 state W1, b1, W2, b2 (with DEFER_W1
+  row b-1 of k and g1 is the pending W1 term from then on).
   pos is read, never moved: with advance=True the wrapper moves it after the kernel (one tiny op).
 Arithmetic in float32 on the CUDA cores. No autotuning (state updated in place): the configuration is
 hand-picked (`dual_config`) from the H200 sweep recorded in exp/NOTES.md and exp/results/h200/.
@@ -59,6 +68,7 @@ import triton.language as tl
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import interpreting, step_op
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
+from ttt_decode.ops.ttt_mlp import naive
 from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
 
 
@@ -163,6 +173,41 @@ def _pass_b(p_w2, p_cg1, p_cx2, p_cg2, p_z1, o_d, m_d, o_s, o_f0, m_old, m_cur, 
 
 
 @triton.jit
+def _pass_a_last(p_w1, p_b1, p_w2, p_z1, p_ck, p_cg1, b_b2, b_k, b_q, o_d, m_d, o_f0, o_s, c_i, pend_k, pend_q,
+                 FH: tl.constexpr, D: tl.constexpr, MB: tl.constexpr, BLOCK_F: tl.constexpr,
+                 NUM_CHUNKS: tl.constexpr, CACHE_DT: tl.constexpr, EVICT_W1: tl.constexpr,
+                 EVICT_W2: tl.constexpr):
+    """Pass A of the last position with DEFER_W1: tiles.z2k_chunked's Z2k and Z1 scratch, and each W1 chunk,
+    as loaded for its products (Z1 less the pending term, as z2k_chunked's PENDING), updated with the cache
+    rows as stored before this token's (the mini-batch's
+    rows < b-1 and the pending row b-1): W1[:, chunk] -= c_{b-1} K^T G1[:, chunk], one MMA a chunk (fp16
+    rows: exact products, float32 accumulation), stored back. So W1 is read once at every position; this
+    token's rank-1 term is the next pending row (naive.py, DEFER_W1)."""
+    m_all = o_s < MB
+    # K^T [BD, BMB]: every row as stored (this token's k row is stored after this pass).
+    b_kt = tl.trans(tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_all[:, None] & m_d[None, :], other=0.0))
+    z2k = b_b2
+    for ci in range(NUM_CHUNKS):
+        o_f = ci * BLOCK_F + o_f0
+        m_f = o_f < FH
+        c_w1 = tiles.load_w1(p_w1, o_d, m_d, o_f, m_f, FH, EVICT_W1)
+        c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EVICT_W2)
+        b_g = tl.load(p_cg1 + o_s[:, None] * FH + o_f[None, :], mask=m_all[:, None] & m_f[None, :], other=0.0)
+        z1k, z1q0 = tiles.w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
+        z1k, z1q0 = tiles.less_pending(z1k, z1q0, p_cg1 + (MB - 1) * FH, o_f, m_f, pend_k, pend_q)
+        tl.store(p_z1 + o_f, z1k, mask=m_f)
+        tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
+        z2k += tl.sum(tc.gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)
+        if CACHE_DT == tl.float16:
+            upd = tl.dot(b_kt, b_g)  # exact fp16 products
+        else:
+            upd = tl.dot(b_kt.to(tl.float32), b_g.to(tl.float32), input_precision="tf32x3")
+        tl.store(p_w1 + o_d[:, None] * FH + o_f[None, :], tc.rne(c_w1.to(tl.float32) - upd * c_i, p_w1.dtype.element_ty),
+                 mask=m_d[:, None] & m_f[None, :])
+    return z2k
+
+
+@triton.jit
 def _m2_dual_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr,
     w1_ptr, b1_ptr, w2_ptr, b2_ptr, ck_ptr, cg1_ptr, cx2_ptr, cg2_ptr, out_ptr, z1_ptr,
@@ -174,7 +219,7 @@ def _m2_dual_kernel(
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
     SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr, PREFETCH_A: tl.constexpr, PREFETCH_B: tl.constexpr,
-    FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+    FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr, DEFER_W1: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -223,7 +268,8 @@ def _m2_dual_kernel(
 
     # Weights of the rows s <= pos in Z1': q . k_s + 1 (this token's row as stored).
     k_r = tc.rne(b_k, CACHE_DT)
-    tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
+    if not DEFER_W1:
+        tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
     b_kc = tl.where(m_cur[:, None], k_r.to(tl.float32)[None, :], b_kc.to(tl.float32))
     a1 = tl.where(m_rows, tl.sum(b_kc * b_q[None, :], 1) + 1.0, 0.0)  # [BMB]
 
@@ -231,8 +277,26 @@ def _m2_dual_kernel(
     # L2_HINTS: W1 is read once (evict first), W2 again in pass B (evict last there, first after).
     EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
     EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
-    z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS, True,
-                            EV_ONCE, EV_AGAIN, PREFETCH_A)
+    if DEFER_W1:
+        # W1 in memory is the inner model's plus c_{b-1} k_c^T G1_c (the pending row b-1, naive.py): Z1 of k
+        # and q less c_{b-1} (x . k_c) G1_c, taken off pass A's products chunk by chunk.
+        c_last = tc.token_coeff(tok_ptr, tl.full((), MB - 1, tl.int32)) if FUSED_QK else tl.load(c_ptr + MB - 1).to(tl.float32)
+        k_c = tl.load(p_ck + (MB - 1) * D + o_d, mask=m_d, other=0.0).to(tl.float32)
+        pend_k = tl.sum(b_k * k_c, 0) * c_last
+        pend_q = tl.sum(b_q * k_c, 0) * c_last
+        if pos == MB - 1:
+            z2k = _pass_a_last(p_w1, p_b1, p_w2, p_z1, p_ck, p_cg1, b_b2, b_k, b_q, o_d, m_d, o_f0, o_s, c_i, pend_k,
+                               pend_q, FH, D, MB, BLOCK_F, NUM_CHUNKS, CACHE_DT, EV_ONCE, EV_AGAIN)
+        else:
+            z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F,
+                                    NUM_CHUNKS, True, EV_ONCE, EV_AGAIN, PREFETCH_A, p_cg1 + (MB - 1) * FH, pend_k,
+                                    pend_q, True)
+        # This token's k row, after every read of the rows as stored (a barrier: other threads read them).
+        tl.debug_barrier()
+        tl.store(p_ck + pos * D + o_d, k_r, mask=m_d)
+    else:
+        z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS,
+                                True, EV_ONCE, EV_AGAIN, PREFETCH_A, p_cg1, 0.0, 0.0, False)
     g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2t = tc.rne(g2 * eta, CACHE_DT)
     tl.store(p_cg2 + pos * D + o_d, g2t, mask=m_d)
@@ -279,7 +343,8 @@ def _m2_dual_kernel(
         for ci in range((FH + UPD_F - 1) // UPD_F):
             o_u = ci * UPD_F + o_u0
             m_u = o_u < FH
-            tc.update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, True, True)
+            if not DEFER_W1:
+                tc.update_tile(p_w1, p_ck, p_cg1, o_d, m_d, o_u, m_u, o_s, m_all, FH, D, FH, c_i, MB, True, True)
             if not W2_IN_B:
                 tc.update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
             tc.update_bias(p_b1, p_cg1, o_u, m_u, o_s, m_all, FH, c_i)
@@ -323,7 +388,8 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
 def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, prefetch: bool) -> dict:
     """The kernel's constexprs (all but the fused prologue's) for a launch configuration, shared by `launch`
     and `compile_offline`. prefetch False (the interpreter, which cannot run inline PTX) drops the L2
-    prefetches, which change no result."""
+    prefetches, which change no result. DEFER_W1 is the cache convention (naive.DEFER_W1, read at each
+    launch), not a tuning choice: the reference and every reader of the state follow the same one."""
     f, F = head_dim, hidden
     return {"D": f, "FH": F, "MB": mini_batch, "BLOCK_D": tc.pow2(f), "BLOCK_F": min(cfg["BLOCK_F"], tc.pow2(F)),
             "BLOCK_MB": max(16, tc.pow2(mini_batch)), "EPS": TTT_NORM_EPS,
@@ -331,7 +397,8 @@ def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, pre
             "W2_IN_B": cfg.get("W2_IN_B", False), "W2_UPD_COLS": min(cfg.get("W2_UPD_COLS", 0), tc.pow2(f)),
             "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
             "PREFETCH_A": cfg.get("PREFETCH_A", 0) if prefetch else 0,
-            "PREFETCH_B": int(cfg.get("PREFETCH_B", 0)) if prefetch else 0}
+            "PREFETCH_B": int(cfg.get("PREFETCH_B", 0)) if prefetch else 0,
+            "DEFER_W1": cfg.get("DEFER_W1", naive.DEFER_W1)}
 
 
 _FP32_ARGS, _I64_ARGS = {"eta_ptr", "c_ptr", "z1_ptr"}, {"pos_ptr", "cpos_ptr", "rpos_ptr"}

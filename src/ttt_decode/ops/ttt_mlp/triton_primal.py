@@ -117,8 +117,7 @@ def _m2_primal_kernel(
         EV_ONCE: tl.constexpr = "evict_first" if L2_HINTS else ""
         EV_AGAIN: tl.constexpr = "evict_last" if L2_HINTS else ""
         z2k = tiles.z2k_chunked(p_w1, p_b1, p_w2, p_b1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH, D, BLOCK_F, NUM_CHUNKS,
-                                False,
-                          EV_AGAIN, EV_AGAIN)
+                                False, EV_AGAIN, EV_AGAIN, 0, p_b1, 0.0, 0.0, False)
     g2 = tc.ln_fused_l2_bwd(z2k, b_v - b_k, gam, bet, m_d, D, EPS)  # [BD], dl/dZ2
     g2e = g2 * eta
 
