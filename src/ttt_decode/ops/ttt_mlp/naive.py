@@ -41,15 +41,15 @@ from ttt_decode.ops.ttt_common import (
     ln_fwd,
 )
 
-
 # The decode steps' convention for M2 dual caches (the Triton kernel and this reference read it at each call;
 # tests set it). TTT_DECODE_M2_DEFER_W1=0 selects the current-state convention (an A/B of the two kernels).
 DEFER_W1 = os.environ.get("TTT_DECODE_M2_DEFER_W1", "1") != "0"
 
 
-def _inner_grads(k, v, W1, b1, W2, b2, gamma, beta):
-    """(X2, g1, g2) of tokens k, v [..., N, f] at the mini-batch start state W1 [..., f, F] etc."""
-    Z1 = k @ W1 + b1.unsqueeze(-2)  # [..., N, F]
+def _inner_grads(k, v, W1, b1, W2, b2, gamma, beta, z1_less=0.0):
+    """(X2, g1, g2) of tokens k, v [..., N, f] at the mini-batch start state W1 [..., f, F] etc.; z1_less: a term
+    taken off k W1 + b1 (the pending W1 term's share, decode_step_dual)."""
+    Z1 = k @ W1 + b1.unsqueeze(-2) - z1_less  # [..., N, F]
     X2 = gelu_tanh(Z1)
     Z2 = X2 @ W2 + b2.unsqueeze(-2)  # [..., N, f]
     g2 = ln_fused_l2_bwd(Z2, v - k, gamma, beta)
@@ -77,14 +77,16 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     e = eta.to(acc)[..., None, None]  # [B,H,1,1]
     c_last = c.to(acc)[b - 1]
     if DEFER_W1:
-        # The pending row (k_c, G1_c), read before this token's row can replace it (at i = b-1).
+        # The pending row (k_c, G1_c), read before this token's row can replace it (at i = b-1): the inner
+        # model's x W1 is x W1s - c_{b-1} (x . k_c) G1_c, taken off the products as the kernel does.
         k_c, g_c = cache.k[:, :, b - 1:].to(acc), cache.g1[:, :, b - 1:].to(acc)  # [B,H,1,f], [B,H,1,F]
-        W1 = W1s - c_last * (k_c.transpose(-1, -2) @ g_c)  # the inner model's W1 [B,H,f,F]
+        k_less, q_less = ((c_last * (x @ k_c.transpose(-1, -2))) @ g_c for x in (k_, q_))  # [B,H,1,F]
     else:
-        W1 = W1s
+        k_less = q_less = 0.0
 
-    X2, g1, g2 = _inner_grads(k_, v_, W1, b1, W2, b2, gam, bet)
-    old_k, old_g1 = cache.k.to(acc, copy=True), cache.g1.to(acc, copy=True)  # as stored before this token's row
+    X2, g1, g2 = _inner_grads(k_, v_, W1s, b1, W2, b2, gam, bet, k_less)
+    if DEFER_W1:
+        old_k, old_g1 = cache.k.to(acc, copy=True), cache.g1.to(acc, copy=True)  # as stored before this token's row
     for buf, row in ((cache.k, k_), (cache.g1, g1 * e), (cache.x2, X2), (cache.g2, g2 * e)):
         buf.index_copy_(2, i, row.to(buf.dtype))
 
@@ -93,7 +95,7 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     X2s, G2 = cache.x2.to(acc), cache.g2.to(acc) * valid  # [B,H,b,F], [B,H,b,f]
     c_i = c.to(acc).index_select(0, i)
 
-    Z1 = q_ @ W1 + b1.unsqueeze(2) - c_i * ((q_ @ K.transpose(-1, -2) + 1.0) @ G1)  # [B,H,1,F]
+    Z1 = q_ @ W1s + b1.unsqueeze(2) - q_less - c_i * ((q_ @ K.transpose(-1, -2) + 1.0) @ G1)  # [B,H,1,F]
     X2q = gelu_tanh(Z1)
     Z2 = X2q @ W2 + b2.unsqueeze(2) - c_i * ((X2q @ X2s.transpose(-1, -2) + 1.0) @ G2)  # [B,H,1,f]
     out = (q_ + ln_fwd(Z2, gam, bet)).squeeze(2)
@@ -105,7 +107,7 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
         # (i = b-1 here wherever scale is not 0); this token's row is the next pending one.
         state.W1.copy_(W1s - scale * (old_k.transpose(-1, -2) @ old_g1))
     else:
-        state.W1.copy_(W1 - scale * (K.transpose(-1, -2) @ G1))
+        state.W1.copy_(W1s - scale * (K.transpose(-1, -2) @ G1))
     state.b1.copy_(b1 - scale * G1.sum(2))
     state.W2.copy_(W2 - scale * (X2s.transpose(-1, -2) @ G2))
     state.b2.copy_(b2 - scale * G2.sum(2))

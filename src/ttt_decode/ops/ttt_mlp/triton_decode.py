@@ -202,8 +202,8 @@ def _pass_a_last(p_w1, p_b1, p_w2, p_z1, p_ck, p_cg1, b_b2, b_k, b_q, o_d, m_d, 
             upd = tl.dot(b_kt, b_g)  # exact fp16 products
         else:
             upd = tl.dot(b_kt.to(tl.float32), b_g.to(tl.float32), input_precision="tf32x3")
-        tl.store(p_w1 + o_d[:, None] * FH + o_f[None, :], tc.rne(c_w1.to(tl.float32) - upd * c_i, p_w1.dtype.element_ty),
-                 mask=m_d[:, None] & m_f[None, :])
+        w1_new = tc.rne(c_w1.to(tl.float32) - upd * c_i, p_w1.dtype.element_ty)
+        tl.store(p_w1 + o_d[:, None] * FH + o_f[None, :], w1_new, mask=m_d[:, None] & m_f[None, :])
     return z2k
 
 
@@ -280,7 +280,10 @@ def _m2_dual_kernel(
     if DEFER_W1:
         # W1 in memory is the inner model's plus c_{b-1} k_c^T G1_c (the pending row b-1, naive.py): Z1 of k
         # and q less c_{b-1} (x . k_c) G1_c, taken off pass A's products chunk by chunk.
-        c_last = tc.token_coeff(tok_ptr, tl.full((), MB - 1, tl.int32)) if FUSED_QK else tl.load(c_ptr + MB - 1).to(tl.float32)
+        if FUSED_QK:
+            c_last = tc.token_coeff(tok_ptr, tl.full((), MB - 1, tl.int32))
+        else:
+            c_last = tl.load(c_ptr + MB - 1).to(tl.float32)
         k_c = tl.load(p_ck + (MB - 1) * D + o_d, mask=m_d, other=0.0).to(tl.float32)
         pend_k = tl.sum(b_k * k_c, 0) * c_last
         pend_q = tl.sum(b_q * k_c, 0) * c_last
@@ -385,11 +388,11 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
             "W2_IN_B": True, "PREFETCH_B": 1}
 
 
-def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, prefetch: bool) -> dict:
+def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, prefetch: bool, defer_w1: bool) -> dict:
     """The kernel's constexprs (all but the fused prologue's) for a launch configuration, shared by `launch`
     and `compile_offline`. prefetch False (the interpreter, which cannot run inline PTX) drops the L2
-    prefetches, which change no result. DEFER_W1 is the cache convention (naive.DEFER_W1, read at each
-    launch), not a tuning choice: the reference and every reader of the state follow the same one."""
+    prefetches, which change no result. defer_w1 is the cache convention (naive.DEFER_W1, read at each
+    launch), not a launch configuration: the reference and every reader of the state follow the same one."""
     f, F = head_dim, hidden
     return {"D": f, "FH": F, "MB": mini_batch, "BLOCK_D": tc.pow2(f), "BLOCK_F": min(cfg["BLOCK_F"], tc.pow2(F)),
             "BLOCK_MB": max(16, tc.pow2(mini_batch)), "EPS": TTT_NORM_EPS,
@@ -398,7 +401,7 @@ def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, pre
             "SPLIT_B": cfg.get("SPLIT_B", False), "KEEP_W2_LAST": cfg.get("KEEP_W2_LAST", False),
             "PREFETCH_A": cfg.get("PREFETCH_A", 0) if prefetch else 0,
             "PREFETCH_B": int(cfg.get("PREFETCH_B", 0)) if prefetch else 0,
-            "DEFER_W1": cfg.get("DEFER_W1", naive.DEFER_W1)}
+            "DEFER_W1": defer_w1}
 
 
 _FP32_ARGS, _I64_ARGS = {"eta_ptr", "c_ptr", "z1_ptr"}, {"pos_ptr", "cpos_ptr", "rpos_ptr"}
@@ -408,12 +411,14 @@ def compile_offline(cfg: dict, capability: int = 90, head_dim: int = 64, mini_ba
     """The kernel compiled for an NVIDIA target without a GPU (Triton's bundled ptxas) under a launch
     configuration: fp16 tensors (eta, c and the Z1 scratch float32, positions int64), q and k given
     (FUSED_QK off, as the kernel micro-benchmark calls it), pointers, H and the strides marked 16-byte
-    divisible as the launcher specialises them. For inspection (exp/gpu/offline_sass.py: registers,
+    divisible as the launcher specialises them; cfg's DEFER_W1, if any, picks the cache convention compiled
+    (default naive.DEFER_W1). For inspection (exp/gpu/offline_sass.py: registers,
     spills, SASS) and for the CPU test that the configuration's prefetches reach the PTX; needs
     TRITON_INTERPRET unset at import."""
     from triton.backends.compiler import GPUTarget
 
-    consts = {**kernel_constants(cfg, head_dim, 4 * head_dim, mini_batch, prefetch=True),
+    consts = {**kernel_constants(cfg, head_dim, 4 * head_dim, mini_batch, prefetch=True,
+                                 defer_w1=cfg.get("DEFER_W1", naive.DEFER_W1)),
               "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
     sig, attrs = {}, {}
     for i, n in enumerate(_m2_dual_kernel.arg_names):
@@ -447,7 +452,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        *qk_args, **kernel_constants(cfg, f, F, ck.shape[2], prefetch=not interpreting()),
+        *qk_args, **kernel_constants(cfg, f, F, ck.shape[2], prefetch=not interpreting(), defer_w1=naive.DEFER_W1),
         **qk_consts, **tc.launch_options(cfg))
     return out
 
