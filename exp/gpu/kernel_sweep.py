@@ -27,6 +27,7 @@ from ttt_decode.bench.micro import (
     time_calls,
     ttt_micro_case,
 )
+from ttt_decode.ops.ttt_mlp import naive as m2_naive
 from ttt_decode.provenance import git_commit, gpu_name
 
 _R9 = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True}
@@ -355,7 +356,8 @@ def main():
     meta = {"kind": "kernel_sweep", "commit": a.commit or git_commit(), "gpu": gpu_name(device),
             "torch": torch.__version__, "triton": __import__("triton").__version__, "model": a.model,
             "state_dtype": "float16", "dtype": "float16", "copy_gb_per_s": round(copy["gb_per_s"], 1),
-            "command": " ".join(sys.argv)}
+            # M2 dual's cache convention (ttt_mlp.naive.DEFER_W1, env TTT_DECODE_M2_DEFER_W1): part of what ran
+            "m2_defer_w1": m2_naive.DEFER_W1, "command": " ".join(sys.argv)}
     print(f"copy bandwidth {copy['gb_per_s']:.0f} GB/s {copy['ways']}", flush=True)
     recipe = RECIPES[a.recipe]
     kernels = a.kernels.split(",") if a.kernels else list(recipe)
