@@ -17,7 +17,7 @@ from conftest import rel_err
 from ttt_decode import registry
 from ttt_decode.errors import UserError
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
-from ttt_inputs import make_case
+from ttt_inputs import has_pending_row, make_case, poison_dual_cache
 
 # The Triton TTT kernels of the registry, as readable ids: "M2-dual" -> (mlp, form).
 KERNELS = {f"M{2 if i.part == 'ttt_mlp' else 1}-{i.form}": (i.part == "ttt_mlp", i.form)
@@ -34,23 +34,11 @@ def _mods(mlp, form):
     return getattr(naive, name), getattr(tri, name), tri
 
 
-def _cache(form, state, b, fill=None):
+def _cache(form, state, b, poison=False):
     cache = (DualCache if form == "dual" else PrimalCache).empty_like_state(state, b)
-    if fill is not None and form == "dual":
-        for n, t in cache.tensors().items():
-            if n != "pos":
-                t.fill_(fill)
-        if _pending_row(form, state):
-            # Row b-1 of k and g1 is TTT-MLP's pending W1 term, read at every position: zero, nothing pending.
-            cache.k[:, :, b - 1].zero_()
-            cache.g1[:, :, b - 1].zero_()
+    if poison and form == "dual":
+        poison_dual_cache(cache)
     return cache
-
-
-def _pending_row(form, state) -> bool:
-    """Whether the dual cache's row b-1 of k and g1 is state (TTT-MLP's deferred W1 term, naive.DEFER_W1)."""
-    from ttt_decode.ops.ttt_mlp import naive as m2_naive
-    return form == "dual" and state.is_mlp and m2_naive.DEFER_W1
 
 
 @pytest.fixture
@@ -93,14 +81,14 @@ def run_and_compare(mlp, form, f, key, nan_empty, N=33, B=2, H=2, seed=0, config
         name = "dual_config" if form == "dual" else "primal_config"
         default = getattr(tri_mod, name)
         monkeypatch.setattr(tri_mod, name, lambda *a: {**default(*a), **config})  # the config over the defaults
-    st_k, c_k = st0.clone(), _cache(form, st0, b, fill=float("nan"))
+    st_k, c_k = st0.clone(), _cache(form, st0, b, poison=True)
     out_k = decode(tri_step, low, st_k, c_k, N, poison=nan_empty)
 
     assert out_k.dtype == act and torch.isfinite(out_k).all()
     assert c_k.pos.item() == c64.pos.item() == N % b
     pairs = [("out", out_k, out_n, out64)]
     pairs += [(f"state.{n}", t, st_n.tensors()[n], st64.tensors()[n]) for n, t in st_k.tensors().items()]
-    if _pending_row(form, st0):
+    if has_pending_row(c_k):
         pairs += [(f"cache.{n}[b-1]", getattr(c_k, n)[:, :, b - 1], getattr(c_n, n)[:, :, b - 1],
                    getattr(c64, n)[:, :, b - 1]) for n in ("k", "g1")]
     for n, t in c_k.tensors().items():

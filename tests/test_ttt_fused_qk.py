@@ -19,6 +19,7 @@ import torch
 from conftest import rel_err
 from ttt_decode.ops import ttt_block
 from ttt_decode.ops.ttt_common import DualCache, TTTState
+from ttt_inputs import has_pending_row, poison_dual_cache
 
 W, MB = 4, 16
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,9 +42,7 @@ class _Path:
         self.state = TTTState.from_params(P["B"], dtype, *[cv(x) for x in P["params"]])
         self.cache = DualCache.empty_like_state(self.state, MB)
         if nan_cache:
-            for n, x in self.cache.tensors().items():
-                if n != "pos":
-                    x.fill_(float("nan"))
+            poison_dual_cache(self.cache)
 
     def args(self, p, conv_pos, rot_pos, H, lr_col):
         t = self.t
@@ -118,6 +117,9 @@ def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, pois
     for n in k_c:
         if n != "pos":
             bound(k_c[n][:, :, rows], s_c[n][:, :, rows], r_c[n][:, :, rows], f"cache.{n}")
+    if has_pending_row(paths["kernel"].cache):  # TTT-MLP's pending W1 term is state too
+        for n in ("k", "g1"):
+            bound(k_c[n][:, :, MB - 1], s_c[n][:, :, MB - 1], r_c[n][:, :, MB - 1], f"cache.{n}[b-1]")
 
 
 @pytest.fixture

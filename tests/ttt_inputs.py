@@ -53,3 +53,22 @@ def make_case(B=2, H=3, f=16, N=40, b=16, mlp=False, seed=0, dtype=torch.float64
         params += (r(H, F, f, scale=F ** -0.5), r(H, f, scale=0.1))
     return TTTCase(r(B, H, N, f), r(B, H, N, f), r(B, H, N, f), eta, c, 1.0 + r(H, f, scale=0.1), r(H, f, scale=0.1),
                    params)
+
+
+def has_pending_row(cache) -> bool:
+    """Whether a dual cache's row b-1 of k and g1 is state: TTT-MLP's pending W1 term (ttt_mlp.naive.DEFER_W1)."""
+    from ttt_decode.ops.ttt_mlp import naive as m2_naive
+    return isinstance(cache, DualCache) and cache.x2 is not None and m2_naive.DEFER_W1
+
+
+def poison_dual_cache(cache) -> None:
+    """NaN in every row a kernel must not read as data (rows at or after pos are stale), except TTT-MLP's
+    pending row b-1 of k and g1, which every position reads: zero there, nothing pending."""
+    for n, t in cache.tensors().items():
+        if n != "pos":
+            t.fill_(float("nan"))
+    if has_pending_row(cache):
+        b = cache.mini_batch_size
+        cache.k[:, :, b - 1].zero_()
+        cache.g1[:, :, b - 1].zero_()
+
