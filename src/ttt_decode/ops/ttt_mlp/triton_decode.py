@@ -177,12 +177,12 @@ def _pass_a_last(p_w1, p_b1, p_w2, p_z1, p_ck, p_cg1, b_b2, b_k, b_q, o_d, m_d, 
                  FH: tl.constexpr, D: tl.constexpr, MB: tl.constexpr, BLOCK_F: tl.constexpr,
                  NUM_CHUNKS: tl.constexpr, CACHE_DT: tl.constexpr, EVICT_W1: tl.constexpr,
                  EVICT_W2: tl.constexpr):
-    """Pass A of the last position with DEFER_W1: tiles.z2k_chunked's Z2k and Z1 scratch, and each W1 chunk,
-    as loaded for its products (Z1 less the pending term, as z2k_chunked's PENDING), updated with the cache
-    rows as stored before this token's (the mini-batch's
-    rows < b-1 and the pending row b-1): W1[:, chunk] -= c_{b-1} K^T G1[:, chunk], one MMA a chunk (fp16
-    rows: exact products, float32 accumulation), stored back. So W1 is read once at every position; this
-    token's rank-1 term is the next pending row (naive.py, DEFER_W1)."""
+    """Pass A of the last position with DEFER_W1: tiles.z2k_chunked's Z2k and Z1 scratch (Z1 less the pending
+    term, as its PENDING), and each W1 chunk, as loaded for its products, updated with the cache rows as
+    stored before this token's (the mini-batch's rows < b-1 and the pending row b-1):
+    W1[:, chunk] -= c_{b-1} K^T G1[:, chunk], one MMA a chunk (fp16 rows: exact products, float32
+    accumulation), stored back. So W1 is read once at every position; this token's rank-1 term is the next
+    pending row (naive.py, DEFER_W1)."""
     m_all = o_s < MB
     # K^T [BD, BMB]: every row as stored (this token's k row is stored after this pass).
     b_kt = tl.trans(tl.load(p_ck + o_s[:, None] * D + o_d[None, :], mask=m_all[:, None] & m_d[None, :], other=0.0))
