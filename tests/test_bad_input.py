@@ -213,3 +213,19 @@ def test_every_model_and_inner_net_the_readme_names_exists():
         get_config(name)  # UserError for a name that does not exist
     assert {"mlp_2_dual", "mamba_triton", "attn_ref", "mlp_2_primal_triton"} <= inners
     assert inners <= inner_nets, inners - inner_nets
+
+
+def test_a_bad_m2_convention_switch_is_one_line_before_any_work(tmp_path):
+    """TTT_DECODE_M2_DEFER_W1 takes 0 or 1 (TTT-MLP's cache convention): another value is a one-line error of
+    the command that builds a TTT-MLP model (exit 2), not a traceback at import and not a silent default."""
+    env = {**os.environ, "TTT_DECODE_M2_DEFER_W1": "false", "PYTHONPATH": os.path.join(ROOT, "src")}
+    r = subprocess.run([sys.executable, "-m", "ttt_decode.cli", "generate", "--model-name", "ttt-tiny", "--batch", "2",
+                        "--promptlen", "4", "--genlen", "2", "--device", "cpu"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("ttt-decode generate: error: TTT_DECODE_M2_DEFER_W1='false' is not 0 or 1 (1: "
+                                "TTT-MLP's decode defers the last token's W1 term, 0: it keeps W1 current, the kernel "
+                                "as before; unset it for the default, 1)")
+    r = subprocess.run([sys.executable, "-m", "ttt_decode.cli", "doctor"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0 and "[--] TTT_DECODE_M2_DEFER_W1='false' is not 0 or 1" in r.stdout

@@ -68,6 +68,22 @@ def _triton_line() -> tuple[bool, str]:
         return False, f"triton {triton.__version__}: a test kernel failed ({type(e).__name__}: {first})"
 
 
+def _switches_line() -> tuple[bool, str]:
+    """The toolkit's TTT_DECODE_* switches set here (records name them too: provenance `ttt_decode_env`), and
+    TTT-MLP's cache convention with them."""
+    from ttt_decode.ops.ttt_mlp import naive as m2
+
+    if m2.DEFER_W1_PROBLEM:
+        return False, m2.DEFER_W1_PROBLEM
+    from ttt_decode.provenance import provenance
+
+    switches = provenance("cpu")["ttt_decode_env"]
+    set_ = ", ".join(f"{k}={v}" for k, v in switches.items()) or "none"
+    mode = ("defers W1's last-token term (the default; TTT_DECODE_M2_DEFER_W1=0 keeps W1 current)" if m2.DEFER_W1
+            else "keeps W1 current (TTT_DECODE_M2_DEFER_W1=0; the default defers its last-token term)")
+    return True, f"switches set: {set_}; TTT-MLP's dual decode {mode}"
+
+
 def known_bad_combinations() -> list[tuple[bool, str]]:
     """Version combinations known to fail here, one line each (nothing when there are none)."""
     from ttt_decode.ops.kernel_op import interpreter_problem
@@ -90,6 +106,7 @@ def report() -> list[tuple[bool, str]]:
         lines.append((False, "gpu: none visible (CPU only: CUDA graphs and GPU timings unavailable)"))
     lines.append(_triton_line())
     lines.extend(known_bad_combinations())
+    lines.append(_switches_line())
     for name, (feature, install) in OPTIONAL.items():
         try:
             mod = importlib.import_module(name)

@@ -286,6 +286,8 @@ class TTTLM(DecodeLM):
         chosen = registry.get(inner_net, "ttt")
         kind, form, impl = chosen.ttt_layer_type, chosen.form, chosen.op_impl
         check_triton_usable(inner_net, device)
+        if kind == "mlp":
+            ttt_mlp.naive.check_convention()  # TTT_DECODE_M2_DEFER_W1, before anything is allocated
         if config.ttt_layer_type is not None and config.ttt_layer_type != kind:
             raise UserError(f"inner net {inner_net!r} is TTT-{kind.capitalize()} but the model {config.name!r} "
                             f"was built as TTT-{config.ttt_layer_type.capitalize()}; pick an inner net "

@@ -29,6 +29,7 @@ import os
 
 import torch
 
+from ttt_decode.errors import UserError
 from ttt_decode.ops.ttt_common import (
     DualCache,
     PrimalCache,
@@ -43,7 +44,27 @@ from ttt_decode.ops.ttt_common import (
 
 # The decode steps' convention for M2 dual caches (the Triton kernel and this reference read it at each call;
 # tests set it). TTT_DECODE_M2_DEFER_W1=0 selects the current-state convention (an A/B of the two kernels).
-DEFER_W1 = os.environ.get("TTT_DECODE_M2_DEFER_W1", "1") != "0"
+ENV_DEFER_W1 = "TTT_DECODE_M2_DEFER_W1"
+
+
+def _read_switch(name: str, default: str) -> tuple[bool, str | None]:
+    """(value, problem): a 0/1 switch from the environment; anything else is the default and a problem that
+    check_convention reports (raising here, at import, would be a traceback before any command runs)."""
+    value = os.environ.get(name, default)
+    if value in ("0", "1"):
+        return value == "1", None
+    return default == "1", (f"{name}={value!r} is not 0 or 1 (1: TTT-MLP's decode defers the last token's W1 term, "
+                            f"0: it keeps W1 current, the kernel as before; unset it for the default, {default})")
+
+
+DEFER_W1, DEFER_W1_PROBLEM = _read_switch(ENV_DEFER_W1, "1")
+
+
+def check_convention() -> None:
+    """A one-line error where TTT_DECODE_M2_DEFER_W1 has a value that is not 0 or 1 (checked by the decode steps
+    and by TTTLM before anything is allocated)."""
+    if DEFER_W1_PROBLEM:
+        raise UserError(DEFER_W1_PROBLEM)
 
 
 def _inner_grads(k, v, W1, b1, W2, b2, gamma, beta, z1_less=0.0):
@@ -68,6 +89,7 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     position of the mini-batch, state. With DEFER_W1, row b-1 of k and g1 is the pending term of W1
     (module docstring) and state.W1 is the inner model's W1 only after `settle_w1`.
     """
+    check_convention()
     acc = compute_dtype(q, state.W1)
     b = cache.mini_batch_size
     i = cache.pos

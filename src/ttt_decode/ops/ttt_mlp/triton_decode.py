@@ -468,6 +468,7 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
     """One token, dual form; same arguments and semantics as naive.decode_step_dual. -> out [B, H, f].
 
     Mutates: cache rows at pos (and pos itself if advance), state at the last mini-batch position."""
+    naive.check_convention()
     tc.check_kernel_inputs("ttt_mlp dual decode", q, k, v, eta, c, gamma, beta, state, cache, mlp=True, dual=True)
     out = torch.ops.ttt_decode.ttt_mlp_dual_step(q, k, v, eta, c, gamma, beta, cache.pos, state.W1, state.b1,
                                                  state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2)
@@ -486,6 +487,7 @@ def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, r
 
     Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
     the last mini-batch position."""
+    naive.check_convention()
     tc.check_qk_step_inputs("ttt_mlp dual decode", p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
                             lr_bias, token_idx, num_heads, lr_col, v_col, gamma, beta, state, cache, mlp=True)
     out = torch.ops.ttt_decode.ttt_mlp_dual_step_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
