@@ -9,6 +9,7 @@ import pytest
 
 from ttt_decode.bench.records import append_jsonl, read_jsonl
 from ttt_decode.cli import main
+from ttt_decode.ops.ttt_mlp import naive as ttt_mlp_naive
 from ttt_decode.provenance import gpu_slug
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +47,7 @@ def test_seed_style_command_writes_a_valid_record(tmp_path):
     assert rec["decode_tokens_per_s"] == pytest.approx(2 * 8 / rec["decode_s"])
     assert rec["step_ms"]["n"] == 16 and rec["step_ms"]["p10"] <= rec["step_ms"]["median"] <= rec["step_ms"]["p90"]
     assert rec["ttt_path"] == "torch_dual" and rec["inner_net"] == "mlp_2_dual"
+    assert rec["m2_defer_w1"] is ttt_mlp_naive.DEFER_W1  # which convention ran (DESIGN section 9.8)
     assert set(rec["step_ms_by_minibatch_position"]) == {str(p) for p in range(1, 9)}
     assert 0 < rec["pct_of_roofline"] and rec["bytes_per_step"] > rec["weight_bytes"]
     assert "decode" in (logdir / "logging.log").read_text()

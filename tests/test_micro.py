@@ -29,6 +29,7 @@ def test_micro_cli_writes_records_and_plot(tmp_path, capsys):
     for r in recs:
         assert all(f in r for f in FIELDS), set(FIELDS) - set(r)
         assert r["kind"] == "micro" and r["commit"] == "abc1234" and r["state_dtype"] == "float16"
+        assert isinstance(r["m2_defer_w1"], bool)  # which mlp_2_dual kernel such a record would time
         assert r["us_per_layer"] > 0 and r["bytes"] > 0 and r["check"]["passed"]
         assert r["gb_per_s"] == pytest.approx(r["bytes"] / r["us_per_layer"] / 1e3, rel=1e-2)
         assert r["pct_copy_bw"] == pytest.approx(100 * r["gb_per_s"] / r["copy_gb_per_s"], rel=1e-2, abs=0.1)

@@ -43,6 +43,7 @@ from ttt_decode.bench.records import (
 )
 from ttt_decode.decode.engine import MEMORY_MARGIN, check_finite, check_memory, is_oom, prefill_chunk_len
 from ttt_decode.errors import NonFiniteLogits, OutOfMemoryEstimate, UserError
+from ttt_decode.ops.ttt_mlp import naive as m2_naive
 from ttt_decode.provenance import gpu_name, provenance
 
 MODES = ("prefill", "decode", "prefill_decode")
@@ -164,6 +165,9 @@ def _kernel_path(model, cuda_graph: bool, compiled: bool) -> dict:
     path = {"inner_net": inner, "decode_path": "cuda_graph" if cuda_graph else "eager", "compiled": compiled}
     if hasattr(model, "form") and hasattr(model, "impl"):
         path["ttt_path"] = f"{'triton' if model.impl == 'triton' else 'torch'}_{model.form}"
+        if getattr(model, "kind", None) == "mlp" and model.form == "dual":
+            # TTT-MLP's cache convention (DESIGN section 9.8): which kernel ran, whatever the default was then.
+            path["m2_defer_w1"] = m2_naive.DEFER_W1
     return path
 
 

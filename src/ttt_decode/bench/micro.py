@@ -44,6 +44,7 @@ from ttt_decode import registry
 from ttt_decode.dtypes import parse_dtype
 from ttt_decode.errors import UserError
 from ttt_decode.ops.cuda_graphs import capture_graph
+from ttt_decode.ops.ttt_mlp import naive as m2_naive
 from ttt_decode.provenance import git_commit, gpu_name
 from ttt_decode.provenance import gpu_slug as gpu_folder
 
@@ -378,7 +379,9 @@ def run_micro(kernels: list[str], batches: list[int], model: str, mamba_model: s
     name = gpu_name(device)
     meta = {"kind": "micro", "commit": commit, "gpu": name, "device": str(device), "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda, "state_dtype": str(state_dtype)[6:],
-            "dtype": str(act_dtype)[6:], "command": command}
+            "dtype": str(act_dtype)[6:], "command": command,
+            # TTT-MLP dual's cache convention (DESIGN section 9.8): which mlp_2_dual kernel the records time
+            "m2_defer_w1": m2_naive.DEFER_W1}
     copy = copy_bandwidth(device)
     print(f"copy bandwidth {copy['gb_per_s']:.0f} GB/s {copy['ways']}", flush=True)
 
