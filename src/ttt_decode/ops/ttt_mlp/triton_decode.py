@@ -13,7 +13,7 @@ c_{b-1} k_c^T G1_c, the pending term held in cache row b-1, so that Z1 of k and 
 G1_c (tiles.less_pending, in pass A), and at i = b-1 pass A updates each W1 chunk as it loads it with the rows
 as stored before this token's (`_pass_a_last`): W1 is read once at every position, and the end-of-mini-batch
 pass does only the biases (and W2 without W2_IN_B). Offline for sm_90 (exp/gpu/offline_sass.py, capped
-configuration) the last position's pass A is 923 SASS instructions a chunk against 655 + 529 for pass A and
+configuration) the last position's pass A is 923 SASS instructions a chunk against 655 for pass A + 529 for
 the W1 update pass before, no spills in the loops; the ordinary pass A 542 against 655 (the pending row's
 load gives Z1 a one-element-a-lane layout, so gelu is no longer computed 8 times over in a replicated one).
 
