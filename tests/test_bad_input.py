@@ -225,7 +225,7 @@ def test_a_bad_m2_convention_switch_is_one_line_before_any_work(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == ("ttt-decode generate: error: TTT_DECODE_M2_DEFER_W1='false' is not 0 or 1 (1: "
                                 "TTT-MLP's decode defers the last token's W1 term, 0: it keeps W1 current, the kernel "
-                                "as before; unset it for the default, 1)")
+                                "as before; unset it for the default, 0)")
     r = subprocess.run([sys.executable, "-m", "ttt_decode.cli", "doctor"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env=env)
     assert r.returncode == 0 and "[--] TTT_DECODE_M2_DEFER_W1='false' is not 0 or 1" in r.stdout

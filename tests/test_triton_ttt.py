@@ -158,16 +158,25 @@ def test_m2_dual_w2_update_in_pass_b_fp16(cols, split, nan_empty, monkeypatch):
     run_and_compare(*KERNELS["M2-dual"], 24, "fp16", nan_empty, N=17, config=config, monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("key", ["fp32", "fp16"])
-def test_m2_dual_current_state_convention(key, nan_empty, monkeypatch):
-    """TTT_DECODE_M2_DEFER_W1=0 (naive.DEFER_W1 False): the kernel built without the deferred W1 term (W1 updated
-    by the end-of-mini-batch pass, read again) against the reference in the same convention, across two
-    mini-batch ends, in the capped configuration's structure (split pass B, W2 in pass B, sliced)."""
+DEFER_CASES = [(key, f, cfg) for key in ("fp32", "fp16", "bf16") for f, cfg in (
+    (24, {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": 16,
+          "SPLIT_B": True}),
+    (16, {"BLOCK_F": 16, "num_warps": 2, "W2_IN_B": False}),
+    (64, None))]
+
+
+@pytest.mark.parametrize("key,f,config", DEFER_CASES,
+                         ids=[f"{k}-f{f}-{'default' if c is None else 'split' if c.get('SPLIT_B') else 'update-pass'}"
+                              for k, f, c in DEFER_CASES])
+def test_m2_dual_deferred_w1_convention(key, f, config, nan_empty, monkeypatch):
+    """TTT_DECODE_M2_DEFER_W1=1 (naive.DEFER_W1 True, off by default): the kernel with the deferred W1 term (pending
+    row b-1 taken off pass A's products; W1 updated in the last position's pass A) against the reference in the
+    same convention, across two mini-batch ends and a remainder, the pending rows compared too: the capped
+    configuration's structure (split pass B, W2 in pass B, sliced), W2 in the update pass on 2 warps, and the
+    dispatcher's own configuration."""
     from ttt_decode.ops.ttt_mlp import naive as m2_naive
-    monkeypatch.setattr(m2_naive, "DEFER_W1", False)
-    config = {"BLOCK_F": 32, "num_warps": 1, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True, "W2_UPD_COLS": 16,
-              "SPLIT_B": True}
-    run_and_compare(*KERNELS["M2-dual"], 24, key, nan_empty, N=33, config=config, monkeypatch=monkeypatch)
+    monkeypatch.setattr(m2_naive, "DEFER_W1", True)
+    run_and_compare(*KERNELS["M2-dual"], f, key, nan_empty, N=33, config=config, monkeypatch=monkeypatch)
 
 
 @pytest.mark.slow

@@ -139,6 +139,15 @@ def test_fused_qk_matches_qk_prep_then_step(mlp, key, nan_empty):
     run_fused(mlp, B=2, H=2, f=16, key=key, poison=nan_empty)
 
 
+@pytest.mark.parametrize("key", ["fp32", "fp16"])
+def test_fused_qk_m2_deferred_w1(key, nan_empty, monkeypatch):
+    """The fused-prologue M2 step with the deferred W1 term (TTT_DECODE_M2_DEFER_W1=1: c_{b-1} from the token
+    coefficients in the kernel) against qk_prep then the reference in the same convention, pending rows too."""
+    from ttt_decode.ops.ttt_mlp import naive as m2_naive
+    monkeypatch.setattr(m2_naive, "DEFER_W1", True)
+    run_fused(True, B=2, H=2, f=16, key=key, poison=nan_empty)
+
+
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
 def test_fused_qk_masked_head_dim_no_bias(mlp, nan_empty):
     """f = 24 (the kernels' head dim padded to 32 and masked) and convs without a bias."""

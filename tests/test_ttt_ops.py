@@ -114,10 +114,11 @@ def test_m2_deferred_w1_is_the_same_inner_model(monkeypatch):
     assert all(torch.equal(t, before.tensors()[k]) for k, t in st_cur.tensors().items())
 
 
-def test_m2_prefill_settles_a_pending_term_before_whole_mini_batches():
-    """Decode up to past a mini-batch end (a pending W1 term), then prefill across more than a whole mini-batch
-    (chunked: the rest of this mini-batch token by token, a whole one as matrices, which start from the state
-    alone, then a remainder): the same outputs and inner model as decoding every token."""
+def test_m2_prefill_settles_a_pending_term_before_whole_mini_batches(monkeypatch):
+    """With the deferred W1 term: decode up to past a mini-batch end (a pending W1 term), then prefill across more
+    than a whole mini-batch (chunked: the rest of this mini-batch token by token, a whole one as matrices, which
+    start from the state alone, then a remainder): the same outputs and inner model as decoding every token."""
+    monkeypatch.setattr(ttt_mlp.naive, "DEFER_W1", True)
     case = make_case(B=2, H=2, f=8, N=60, mlp=True, seed=9)
     out_ref, st_ref, cache_ref = decode_all(ttt_mlp, case, "dual")
     state = case.state()

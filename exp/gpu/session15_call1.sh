@@ -5,7 +5,7 @@
 #      shapes, and what session 14 left unrun (gluon_decode.copyable's row strides, the record_tokens kernel,
 #      the zero-residual buffer).
 #   2. The M2 dual kernel at its dispatcher's configurations, per mini-batch position, with the deferred W1 term
-#      (TTT_DECODE_M2_DEFER_W1=1, the default) and without (=0, the kernel as at eec92ce), one after the other on
+#      (TTT_DECODE_M2_DEFER_W1=1, the default when this was written; off since) and without (=0, the kernel as at eec92ce), one after the other on
 #      the same machine: B = 512 and the scan at 64, 1024, 2048 (exp/gpu/kernel_sweep.py --recipe defaults).
 #      Predicted (offline SASS): ordinary positions faster (pass A 542 instead of 655 instructions a chunk),
 #      the last position well under 2.4x an ordinary one (no second W1 read).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 15's second device call, not run in session 15 (no machine was lent): after session15_call1.sh
 # (COMMIT=<sha> of the tree sent; no wheels). About 8 minutes.
-#   1. The whole ttt-1b M2 step with the deferred W1 term (TTT_DECODE_M2_DEFER_W1=1, the default) and without
+#   1. The whole ttt-1b M2 step with the deferred W1 term (TTT_DECODE_M2_DEFER_W1=1, the default when this was written; off since) and without
 #      (=0, the kernel as at eec92ce), interleaved cell by cell on one machine: B = 512 and 1024, prompt 1,
 #      128 tokens, --use_compile (issue 13's 34 k tokens/s at B = 512). Each variant in its own sweep folder;
 #      the records name the switch (provenance `ttt_decode_env`).

@@ -79,8 +79,8 @@ def _switches_line() -> tuple[bool, str]:
 
     switches = provenance("cpu")["ttt_decode_env"]
     set_ = ", ".join(f"{k}={v}" for k, v in switches.items()) or "none"
-    mode = ("defers W1's last-token term (the default; TTT_DECODE_M2_DEFER_W1=0 keeps W1 current)" if m2.DEFER_W1
-            else "keeps W1 current (TTT_DECODE_M2_DEFER_W1=0; the default defers its last-token term)")
+    mode = ("defers W1's last-token term (TTT_DECODE_M2_DEFER_W1=1; the default keeps W1 current)" if m2.DEFER_W1
+            else "keeps W1 current (the default; TTT_DECODE_M2_DEFER_W1=1 defers its last-token term)")
     return True, f"switches set: {set_}; TTT-MLP's dual decode {mode}"
 
 

@@ -9,9 +9,10 @@ Output of token t at mini-batch position i:
   Z   = X2' W2 + b2 - c_i sum_{s<=t} eta_s (X2' . X2_s + 1) g2_s; out_t = q_t + LN(Z).
 At i = b-1: W1 -= c_{b-1} sum eta_s k_s^T g1_s, W2 -= c_{b-1} sum eta_s X2_s^T g2_s, biases likewise.
 
-Deferred W1 update (DEFER_W1, the decode steps' convention; DESIGN section 9.8): the last token's rank-1 term
-of W1's update, c_{b-1} k_{b-1}^T G1_{b-1}, is not applied at i = b-1 but held as cache row b-1 (k, g1) and
-applied at the end of the next mini-batch, so that the state W1 in memory is
+Deferred W1 update (DEFER_W1, TTT_DECODE_M2_DEFER_W1=1; off by default: on an H100 the kernel built for it ran
+its ordinary positions 2-6% slower, which outweighed its 12% faster last position; DESIGN section 9.8): the last
+token's rank-1 term of W1's update, c_{b-1} k_{b-1}^T G1_{b-1}, is not applied at i = b-1 but held as cache
+row b-1 (k, g1) and applied at the end of the next mini-batch, so that the state W1 in memory is
     W1 (the inner model's) = state.W1 - c_{b-1} k_c^T G1_c,   k_c, G1_c = cache.k, cache.g1 at row b-1
 (a zero row: nothing pending). Why: G1_{b-1} exists only after the whole of W2 has been read, which in the
 kernel comes after W1's one read; applying it then needs W1 read again (a second DRAM walk of 32 KB an
@@ -43,7 +44,7 @@ from ttt_decode.ops.ttt_common import (
 )
 
 # The decode steps' convention for M2 dual caches (the Triton kernel and this reference read it at each call;
-# tests set it). TTT_DECODE_M2_DEFER_W1=0 selects the current-state convention (an A/B of the two kernels).
+# tests set it). TTT_DECODE_M2_DEFER_W1=1 selects the deferred W1 term (off by default: measured slower).
 ENV_DEFER_W1 = "TTT_DECODE_M2_DEFER_W1"
 
 
@@ -57,7 +58,7 @@ def _read_switch(name: str, default: str) -> tuple[bool, str | None]:
                             f"0: it keeps W1 current, the kernel as before; unset it for the default, {default})")
 
 
-DEFER_W1, DEFER_W1_PROBLEM = _read_switch(ENV_DEFER_W1, "1")
+DEFER_W1, DEFER_W1_PROBLEM = _read_switch(ENV_DEFER_W1, "0")
 
 
 def check_convention() -> None:

@@ -8,7 +8,8 @@ Per (sequence, head) item, f head dim, F = 4f hidden, b mini-batch, i = pos (rea
 and at i = b-1, in the same launch: W1 -= c_{b-1} K^T G1, b1 -= c_{b-1} sum_s G1_s, W2 -= c_{b-1} X2^T G2,
 b2 -= c_{b-1} sum_s G2_s (G = eta * g, the cache rows as stored, i.e. rounded to the cache dtype,
 exactly as the reference reads them back).
-DEFER_W1 (naive.DEFER_W1, the default; DESIGN section 9.8): W1 in memory is the inner model's plus
+DEFER_W1 (naive.DEFER_W1, TTT_DECODE_M2_DEFER_W1=1, off by default; DESIGN section 9.8): W1 in memory is the
+inner model's plus
 c_{b-1} k_c^T G1_c, the pending term held in cache row b-1, so that Z1 of k and q subtract c_{b-1} (x . k_c)
 G1_c (tiles.less_pending, in pass A), and at i = b-1 pass A updates each W1 chunk as it loads it with the rows
 as stored before this token's (`_pass_a_last`): W1 is read once at every position, and the end-of-mini-batch
@@ -16,6 +17,10 @@ pass does only the biases (and W2 without W2_IN_B). Offline for sm_90 (exp/gpu/o
 configuration) the last position's pass A is 923 SASS instructions a chunk against 655 for pass A + 529 for
 the W1 update pass before, no spills in the loops; the ordinary pass A 542 against 655 (the pending row's
 load gives Z1 a one-element-a-lane layout, so gelu is no longer computed 8 times over in a replicated one).
+Measured on an H100 (exp/results/h100/kernel_positions_m2_defer*_h100_9e7fd45.jsonl, both orders): B = 512 mean
+699 against 689 us, last position 1454 against 1646 us (last / ordinary 2.22 against 2.61), but positions 0 / 7
+/ 14 580 / 655 / 722 against 549 / 628 / 707 us; B = 64 / 1024 / 2048 1.4% slower; whole step at B = 512
+18.77 against 18.01 ms. So it is off by default.
 
 Compulsory bytes per call (s = state/cache item size, a = activation item size), per item:
     state read once  (2 f F + F + f) s;  cache rows of earlier tokens read  i (2 f + 2 F) s;
