@@ -219,6 +219,39 @@ def test_model_step_fused_matches_pytorch_path(config, mlp):
             assert rel_err(ta, lb.tensors()[name]) < 1e-4, name
 
 
+def test_model_step_fuses_gate_norm_into_the_inner_kernel(monkeypatch):
+    """By default the fused dual step also does the post-norm and gate (no gate_norm kernel in a step:
+    one launch a layer less); TTT_DECODE_FUSED_GATE_NORM=0 runs gate_norm's own kernel after it, with the same
+    logits; another value is a one-line error before anything is built."""
+    from ttt_decode.errors import UserError
+    from ttt_decode.models import build
+    from ttt_decode.ops import ttt_block_triton
+
+    calls = []
+    real = ttt_block_triton.gate_norm
+    monkeypatch.setattr(ttt_block_triton, "gate_norm", lambda *a: calls.append(1) or real(*a))
+    ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(1))
+    logits, counts = {}, {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("TTT_DECODE_FUSED_GATE_NORM", switch)
+        torch.manual_seed(0)
+        model = build("ttt-tiny", inner_net="mlp_1_dual_triton", dtype="float32", device="cpu")
+        assert all(block.ttt.fuse_gate_norm == (switch == "1") for block in model.layers)
+        state = model.allocate_state(2)
+        assert all((ls.row_counters is not None) == (switch == "1") for ls in state.layers)
+        calls.clear()
+        logits[switch] = [model.step(ids[:, t], state) for t in range(ids.shape[1])]
+        counts[switch] = len(calls)
+        if switch == "1":
+            assert not state.layers[0].row_counters.any()
+    assert counts == {"1": 0, "0": ids.shape[1] * len(model.layers)}, counts
+    for a, b in zip(logits["1"], logits["0"]):
+        assert rel_err(a, b) < 1e-5
+    monkeypatch.setenv("TTT_DECODE_FUSED_GATE_NORM", "yes")
+    with pytest.raises(UserError, match="TTT_DECODE_FUSED_GATE_NORM='yes' is not 0 or 1"):
+        build("ttt-tiny", inner_net="mlp_1_dual_triton", dtype="float32", device="cpu")
+
+
 @pytest.mark.parametrize("config", ["ttt-tiny", "ttt-tiny-transformer-backbone"])
 def test_compiled_step_traces_the_block_once(config, monkeypatch):
     """Regional compilation: every block, the first included, hits one compiled graph (the first block

@@ -18,7 +18,7 @@ import torch
 
 from conftest import rel_err
 from ttt_decode.ops import ttt_block
-from ttt_decode.ops.ttt_common import DualCache, TTTState
+from ttt_decode.ops.ttt_common import DualCache, GateNorm, TTTState
 from ttt_inputs import has_pending_row, poison_dual_cache
 
 W, MB = 4, 16
@@ -67,7 +67,10 @@ def _params(B, H, f, mlp, bias, seed, device, width=W):
                 beta=r(H, f, scale=0.1), ring=r(B, width, D))
 
 
-def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, poison=None, width=W):
+def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, poison=None, width=W, gate_norm=None):
+    """gate_norm "gate" / "nogate": the kernel also does ops.ttt_block.gate_norm of its rows (GateNorm, the gate
+    from p's columns 2 D .. 3 D, or none), checked against qk_prep, the step and gate_norm, and the row
+    counters are zero after every call."""
     dtype = DTYPES[key]
     naive, tri = _mods(mlp)
     D = H * f
@@ -77,6 +80,13 @@ def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, pois
              "kernel": _Path(P, dtype, dtype, device, nan_cache=True)}
     conv_pos, rot_pos = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(2)]
     g = torch.Generator().manual_seed(seed + 1)
+    if gate_norm:
+        norm_w = (1.0 + torch.randn(D, generator=g, dtype=torch.float64) * 0.1).to(dtype)
+        norm_b = (torch.randn(D, generator=g, dtype=torch.float64) * 0.1).to(dtype)
+        norm = {n: (norm_w.to(device, torch.float64 if n == "ref" else dtype),
+                    norm_b.to(device, torch.float64 if n == "ref" else dtype)) for n in paths}
+        counters = torch.zeros(B + 1, dtype=torch.int32, device=device)  # one more than needed: never touched
+        g_col = 2 * D if gate_norm == "gate" else -1
 
     def bound(got, same, ref, what):
         e, e_same = rel_err(got, ref), rel_err(same, ref)
@@ -95,13 +105,21 @@ def run_fused(mlp, B, H, f, key, bias=True, device="cpu", N=MB + 3, seed=0, pois
             if name == "kernel":
                 if poison:
                     poison()
+                gn = GateNorm(*norm[name], 1e-6, g_col, counters) if gate_norm else None
                 outs[name] = tri.decode_step_dual_qk(*args, D, path.t["gamma"], path.t["beta"], path.state,
-                                                     path.cache, advance=False)
+                                                     path.cache, advance=False, gate_norm=gn)
             else:
                 q, k, eta, c = ttt_block.qk_prep(*args)
                 outs[name] = naive.decode_step_dual(q, k, v, eta, c, path.t["gamma"], path.t["beta"], path.state,
                                                     path.cache, advance=False)
-        assert outs["kernel"].dtype == dtype and outs["kernel"].shape == (B, H, f)
+                if gate_norm:
+                    gate = p[:, 2 * D:3 * D] if g_col >= 0 else None
+                    outs[name] = ttt_block.gate_norm(outs[name].flatten(1), gate, *norm[name], 1e-6)
+        if gate_norm:
+            assert outs["kernel"].shape == (B, D) and not counters.any(), (t, counters)
+        else:
+            assert outs["kernel"].shape == (B, H, f)
+        assert outs["kernel"].dtype == dtype
         assert torch.isfinite(outs["kernel"]).all(), t
         bound(outs["kernel"], outs["same"], outs["ref"], f"out token {t}")
         torch.testing.assert_close(paths["kernel"].ring, paths["same"].ring, atol=0, rtol=0)  # q0 itself: exact
@@ -148,6 +166,21 @@ def test_fused_qk_m2_deferred_w1(key, nan_empty, monkeypatch):
     run_fused(True, B=2, H=2, f=16, key=key, poison=nan_empty)
 
 
+@pytest.mark.parametrize("key,gate", [("fp32", "gate"), ("fp16", "gate"), ("bf16", "gate"), ("fp16", "nogate")])
+@pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
+def test_fused_qk_gate_norm(mlp, key, gate, nan_empty):
+    """The fused step that also does the post-norm and gate (the model's step, one launch less a layer):
+    o_proj's input against qk_prep, the step and gate_norm at every position, counters back to zero; 3 heads,
+    so that a row's last head is counted by whichever program gets there last."""
+    run_fused(mlp, B=3, H=3, f=16, key=key, poison=nan_empty, gate_norm=gate)
+
+
+@pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
+def test_fused_qk_gate_norm_masked_head_dim(mlp, nan_empty):
+    """The post-norm over rows of H f = 72 columns (padded to 128 and masked) with f = 24."""
+    run_fused(mlp, B=2, H=3, f=24, key="fp16", bias=False, poison=nan_empty, N=4, gate_norm="gate")
+
+
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
 def test_fused_qk_masked_head_dim_no_bias(mlp, nan_empty):
     """f = 24 (the kernels' head dim padded to 32 and masked) and convs without a bias."""
@@ -170,6 +203,12 @@ def test_fused_qk_op_schema_and_fake():
                 *[x for n, x in path.cache.tensors().items() if n != "pos"], 1.0, 3 * D, D)
         op = torch.ops.ttt_decode.ttt_mlp_dual_step_qk if mlp else torch.ops.ttt_decode.ttt_linear_dual_step_qk
         torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
+        # With the post-norm and gate: y [B, D] out, the counters mutated (and zero again).
+        gn_op = torch.ops.ttt_decode.ttt_mlp_dual_step_qk_gn if mlp else torch.ops.ttt_decode.ttt_linear_dual_step_qk_gn
+        counters = torch.zeros(B, dtype=torch.int32)
+        gn_args = (*args[:-3], torch.ones(D), torch.zeros(D), counters, *args[-3:], 2 * D, 1e-6)
+        torch.library.opcheck(gn_op.default, gn_args, test_utils=("test_schema", "test_faketensor"))
+        assert gn_op(*gn_args).shape == (B, D) and not counters.any()
 
 
 def test_fused_qk_bad_input_is_one_line():
@@ -213,6 +252,29 @@ def test_gpu_fused_qk_matches_qk_prep_then_step(mlp, key, B, config, nan_empty, 
     gluon = not mlp and key == "fp16" and B == 512
     seen = _gluon_route(tri, B, 32, monkeypatch) if gluon else None
     run_fused(mlp, B=B, H=32, f=64, key=key, device="cuda", poison=nan_empty)
+    if gluon:
+        fused = (config or {}).get("GLUON_QK", True)
+        assert seen and all(s == fused for s in seen), seen
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [None, {"GLUON": True, "programs_per_sm": 2, "rows": 32}, {"GLUON_QK": False}],
+                         ids=["default", "gluon-P2-R32", "gluon-qk_prep-first"])
+@pytest.mark.parametrize("B,gate", [(16, "gate"), (512, "gate"), (512, "nogate")])
+@pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
+def test_gpu_fused_qk_gate_norm(mlp, B, gate, config, nan_empty, monkeypatch):
+    """The model's step (the post-norm and gate in the kernel) at ttt-1b shapes, fp16: M1 at B = 512 in the
+    Gluon kernel (its counts answered one item late; with 2 programs a multiprocessor each program finishes
+    many rows), with GLUON_QK off qk_prep's kernel, the Gluon kernel and then gate_norm's own kernel."""
+    if config is not None and mlp:
+        pytest.skip("the Gluon configurations are M1's")
+    _, tri = _mods(mlp)
+    if config is not None:
+        default = tri.dual_config
+        monkeypatch.setattr(tri, "dual_config", lambda *a: {**default(*a), **config})
+    gluon = not mlp and B == 512
+    seen = _gluon_route(tri, B, 32, monkeypatch) if gluon else None
+    run_fused(mlp, B=B, H=32, f=64, key="fp16", device="cuda", poison=nan_empty, gate_norm=gate)
     if gluon:
         fused = (config or {}).get("GLUON_QK", True)
         assert seen and all(s == fused for s in seen), seen

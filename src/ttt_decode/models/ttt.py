@@ -18,6 +18,7 @@ The inner loop implementation is chosen by `inner_net` (ttt_decode.registry).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,7 @@ from ttt_decode.ops.conv_ring import ring_prefill
 from ttt_decode.ops.ttt_block import apply_rotary, eta_of
 from ttt_decode.ops.ttt_common import (
     DualCache,
+    GateNorm,
     PrimalCache,
     TTTState,
     inner_step_cost,
@@ -79,6 +81,9 @@ class TTTLayerState:
     # fast weights are, so that the fused kernels read each tap as one contiguous row (ops.ttt_block).
     # Not per sequence: left out of tensors().
     taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    # int32 [B] zeros, one tensor shared by every layer (ops.ttt_common.GateNorm's counters) where the layer's
+    # kernel does the post-norm and gate itself; None elsewhere. Zero between calls: left out of tensors().
+    row_counters: torch.Tensor | None = None
 
     def tensors(self):
         convs = {n: t for n, t in (("conv_pre", self.conv_pre), ("conv_qk", self.conv_qk)) if t is not None}
@@ -112,8 +117,23 @@ class TTTInferenceState:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors().values())
 
 
+ENV_FUSED_GATE_NORM = "TTT_DECODE_FUSED_GATE_NORM"
+
+
+def fused_gate_norm_switch() -> bool:
+    """TTT_DECODE_FUSED_GATE_NORM: 1 (the default) lets the fused dual kernels do the post-norm and gate of
+    each row themselves (one launch a layer less); 0 runs gate_norm's own kernel after them, as before
+    (for A/B timings). Another value is a one-line error, raised before anything is allocated."""
+    value = os.environ.get(ENV_FUSED_GATE_NORM, "1")
+    if value not in ("0", "1"):
+        raise UserError(f"{ENV_FUSED_GATE_NORM}={value!r} is not 0 or 1 (1: the TTT dual kernels do the post-norm "
+                        f"and gate themselves, 0: gate_norm's own kernel runs after them); unset it for the default, 1")
+    return value == "1"
+
+
 class TTTLayer(nn.Module):
-    def __init__(self, config: TTTConfig, mlp: bool, form: str, impl: str, dtype=None, device=None):
+    def __init__(self, config: TTTConfig, mlp: bool, form: str, impl: str, dtype=None, device=None,
+                 fuse_gate_norm: bool = True):
         super().__init__()
         c = config
         self.config = c
@@ -123,6 +143,8 @@ class TTTLayer(nn.Module):
         self.decode_step = pick_step(self.op.__name__, impl, form == "dual")
         # The same step with qk_prep folded into its kernel (Triton dual kernels; None elsewhere).
         self.decode_step_qk = pick_step_qk(self.op.__name__, impl, form == "dual") if config.share_qk else None
+        # ... which then also does the post-norm and gate (GateNorm), given the state's row counters.
+        self.fuse_gate_norm = self.decode_step_qk is not None and fuse_gate_norm
         D, H, f = c.hidden_size, c.num_heads, c.head_dim
         F_ = 4 * f if mlp else f
         kw = dict(dtype=dtype, device=device)
@@ -207,12 +229,20 @@ class TTTLayer(nn.Module):
         if self.decode_step_qk is not None:
             # One kernel: the q/k convs, rotary, eta and c in its prologue, then the inner step. It reads v
             # from p's columns (no view of p before it: see ops.ttt_triton_common.qk_step_op).
+            gn = None
+            if self.fuse_gate_norm and ls.row_counters is not None:
+                # ... and the post-norm and gate of each row, after the row's last head (one launch less).
+                norm = self.post_norm
+                gn = GateNorm(norm.weight, norm.bias, norm.eps, cols["g"].start if c.use_gate else -1, ls.row_counters)
             with stage("ttt.inner_loop"):
                 z = self.decode_step_qk(
                     p, ls.conv_qk, conv_pos, ls.taps["q"], self.conv_q.bias, ls.taps["k"], self.conv_k.bias,
                     rope_cos, rope_sin, pos, self.lr_bias, self.learnable_token_idx, c.ttt_base_lr, H,
                     cols["lr"].start, cols["v"].start, self.ttt_norm_weight, self.ttt_norm_bias, ls.ttt, ls.cache,
-                    advance=False)
+                    advance=False, gate_norm=gn)
+            if gn is not None:
+                with stage("ttt.o_proj"):
+                    return self.o_proj(z)  # z is o_proj's input here
             return self._finish(z.flatten(1).to(x.dtype), p[:, cols["g"]] if c.use_gate else None, fused.gate_norm)
         with stage("ttt.conv_qk"):
             if c.share_qk:
@@ -233,7 +263,8 @@ class TTTLayer(nn.Module):
 
 
 class TTTBlock(nn.Module):
-    def __init__(self, config: TTTConfig, mlp: bool, form: str, impl: str, dtype=None, device=None):
+    def __init__(self, config: TTTConfig, mlp: bool, form: str, impl: str, dtype=None, device=None,
+                 fuse_gate_norm: bool = True):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
         D, eps = config.hidden_size, config.rms_norm_eps
@@ -242,7 +273,7 @@ class TTTBlock(nn.Module):
             self.conv_norm = RMSNorm(D, eps, **kw)
             self.conv = CausalConv1d(D, config.conv_kernel, **kw)
         self.seq_norm = RMSNorm(D, eps, **kw)
-        self.ttt = TTTLayer(config, mlp, form, impl, **kw)
+        self.ttt = TTTLayer(config, mlp, form, impl, fuse_gate_norm=fuse_gate_norm, **kw)
         self.ffn_norm = RMSNorm(D, eps, **kw)
         self.mlp = SwiGLU(D, config.intermediate_size, **kw)
         # The elementwise steps of a token (ops.ttt_block): fused Triton kernels where the inner loop runs
@@ -288,6 +319,7 @@ class TTTLM(DecodeLM):
         check_triton_usable(inner_net, device)
         if kind == "mlp":
             ttt_mlp.naive.check_convention()  # TTT_DECODE_M2_DEFER_W1, before anything is allocated
+        fuse_gate_norm = fused_gate_norm_switch()
         if config.ttt_layer_type is not None and config.ttt_layer_type != kind:
             raise UserError(f"inner net {inner_net!r} is TTT-{kind.capitalize()} but the model {config.name!r} "
                             f"was built as TTT-{config.ttt_layer_type.capitalize()}; pick an inner net "
@@ -297,7 +329,8 @@ class TTTLM(DecodeLM):
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.hidden_size, **kw)
         nn.init.normal_(self.embed.weight, std=INIT_STD)
-        self.layers = nn.ModuleList(TTTBlock(config, kind == "mlp", form, impl, **kw) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(TTTBlock(config, kind == "mlp", form, impl, fuse_gate_norm=fuse_gate_norm, **kw)
+                                    for _ in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         if not config.tie_word_embeddings:
             self.lm_head_weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.hidden_size,
@@ -329,12 +362,15 @@ class TTTLM(DecodeLM):
             return torch.zeros(batch, c.conv_kernel, c.hidden_size, dtype=self.dtype, device=self.device)  # [B, W, D]
 
         layers = []
+        fused = any(block.ttt.fuse_gate_norm for block in self.layers)
+        counters = torch.zeros(batch, dtype=torch.int32, device=self.device) if fused else None
         for block in self.layers:
             ttt = TTTState.from_params(batch, state_dtype, *block.ttt.fast_weights())
             layers.append(TTTLayerState(
                 ttt=ttt, cache=cache_cls.empty_like_state(ttt, c.mini_batch_size, pos=pos),
                 conv_pre=conv() if c.pre_conv else None, conv_qk=conv() if c.share_qk else None,
-                taps={n: m.weight.detach().t().contiguous() for n, m in block.convs().items()}))
+                taps={n: m.weight.detach().t().contiguous() for n, m in block.convs().items()},
+                row_counters=counters if block.ttt.fuse_gate_norm else None))
         cos, sin = rotary_cos_sin(torch.arange(c.mini_batch_size, device=self.device), c.head_dim, c.rope_theta)
         zero = torch.zeros(batch, c.hidden_size, dtype=residual_dtype(self.dtype), device=self.device)
         return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype,

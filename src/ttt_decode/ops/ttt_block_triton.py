@@ -196,8 +196,13 @@ def qk_prep_launch(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, pos, l
 
 
 def _gate_norm_impl(z, g, weight, bias, eps, num_warps=None):
+    return gate_norm_launch(z, g, weight, bias, eps, torch.empty(z.shape, dtype=z.dtype, device=z.device), num_warps)
+
+
+def gate_norm_launch(z, g, weight, bias, eps, out, num_warps=None):
+    """gate_norm's kernel into out [B, D] (contiguous), unchecked (the custom op's implementation; a dual
+    step whose kernel could not fuse it runs this after)."""
     B, D = z.shape
-    out = torch.empty((B, D), dtype=z.dtype, device=z.device)
     block = triton.next_power_of_2(D)
     _gate_norm_kernel[(B,)](
         z, g if g is not None else z, weight, bias, out, D, z.stride(0), g.stride(0) if g is not None else 0, eps,

@@ -233,6 +233,34 @@ def chunked_prefill(step_for, dual_mini_batch, q, k, v, eta, c, gamma, beta,
     return out
 
 
+@dataclass
+class GateNorm:
+    """ops.ttt_block.gate_norm's parameters, for a fused dual step that applies it to its output rows in the
+    kernel (`decode_step_dual_qk(..., gate_norm=)`, which then returns o_proj's input y [B, H f]).
+
+    weight, bias [H f]: the post-norm's; eps its epsilon; g_col: the first of the gate's H f columns in the
+    projection p the step reads, or -1 for no gate; counters: int32 zeros, at least one per sequence,
+    counting the heads finished of each row during a call (back to zero when it returns; one tensor can
+    serve every layer, as their calls never overlap)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+    g_col: int
+    counters: torch.Tensor
+
+    def check(self, name: str, p: torch.Tensor, dim: int) -> None:
+        """What the kernel needs of these for a projection p [B, >= ...] and rows of dim = H f columns."""
+        B = p.shape[0]
+        assert self.weight.shape == self.bias.shape == (dim,) and self.weight.is_contiguous() \
+            and self.bias.is_contiguous(), f"{name}: post-norm weight and bias must be contiguous [{dim}]"
+        assert self.g_col == -1 or 0 <= self.g_col <= p.shape[1] - dim, \
+            f"{name}: gate columns {self.g_col}..{self.g_col + dim} are not inside p [{B}, {p.shape[1]}]"
+        c = self.counters
+        assert c.dtype == torch.int32 and c.dim() == 1 and c.numel() >= B and c.is_contiguous() \
+            and c.device == p.device, f"{name}: counters must be int32 [>= {B}] on {p.device}"
+
+
 def pick_step(module_name: str, impl: str, dual: bool):
     """The decode-step function of an op package (`ttt_linear` / `ttt_mlp`) for impl and form.
 

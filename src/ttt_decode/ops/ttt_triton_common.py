@@ -275,6 +275,56 @@ def update_bias(p_b, p_rows, o_c, m_c, o_s, m_s, stride, scale):
     tl.store(p_b + o_c, rne(b - tl.sum(b_r.to(tl.float32), 0) * scale, p_b.dtype.element_ty), mask=m_c)
 
 
+# ---------------------------------------------------------------- the post-norm and gate, in the kernel
+# ops.ttt_block.gate_norm (o_proj's input y = gelu_tanh(g) * LayerNorm(z) over a sequence's H f columns) done by
+# the dual kernels after their item: LayerNorm needs every head of the row, so the program that finishes a row's
+# last head (an atomic count per row) reads the row's H outputs back from L2 and writes y. One launch a layer
+# less than the separate _gate_norm_kernel (ops/ttt_block_triton.py), whose arithmetic and roundings these are.
+@triton.jit
+def row_finished(cnt_ptr, i_b, H):
+    """Count one more finished head of row i_b; true in the program that finished its last (the count is
+    back to 0 there, for the next call). After this program's output stores: the barrier orders every
+    lane's store before the release."""
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr + i_b, 1, sem="acq_rel", scope="gpu") == H - 1
+    if done:
+        tl.store(cnt_ptr + i_b, 0)
+    return done
+
+
+@triton.jit
+def gate_norm_row(z_ptr, g_ptr, w_ptr, b_ptr, y_ptr, o, dim, eps, HAS_GATE: tl.constexpr):
+    """y[o] = gelu_tanh(g[o]) * LayerNorm(z)[o] for one row of dim columns; o: its columns (a tensor of any
+    1-D layout, length a power of two >= dim, built by the caller, so a Gluon kernel can call this too);
+    z_ptr, g_ptr, y_ptr at the row's first column. z is read past L1 (other programs wrote it), g, w, b
+    after the statistics (fewer registers held through the reductions)."""
+    OUT: tl.constexpr = y_ptr.dtype.element_ty
+    m = o < dim
+    z = tl.load(z_ptr + o, mask=m, other=0.0, cache_modifier=".cg")  # held in z's own dtype (registers)
+    mean = tl.sum(z.to(tl.float32), axis=0) / dim
+    d = tl.where(m, z.to(tl.float32) - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / dim + eps)
+    w = tl.load(w_ptr + o, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + o, mask=m, other=0.0).to(tl.float32)
+    y = rne(d * rstd * w + b, OUT)  # rne: bfloat16 rounded to nearest under the interpreter too
+    if HAS_GATE:
+        g = tl.load(g_ptr + o, mask=m, other=0.0).to(tl.float32)
+        y = rne(rne(gelu(g), OUT).to(tl.float32) * y.to(tl.float32), OUT)
+    tl.store(y_ptr + o, y, mask=m)
+
+
+@triton.jit
+def finish_row(out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, i_b, H, stride_p, g_col, gn_eps,
+               D: tl.constexpr, BLOCK_ROW: tl.constexpr, HAS_GATE: tl.constexpr):
+    """After a Triton dual kernel's item (sequence i_b, one head) stored its output row out[i_b, h, :]: if it
+    finished the row's last head, gate_norm_row over the row's H D columns into y[i_b, :] (gate: p's
+    columns g_col ..)."""
+    if row_finished(cnt_ptr, i_b, H):
+        dim = H * D
+        gate_norm_row(out_ptr + i_b * dim, p_ptr + i_b * stride_p + g_col, nw_ptr, nb_ptr, y_ptr + i_b * dim,
+                      tl.arange(0, BLOCK_ROW), dim, gn_eps, HAS_GATE)
+
+
 # ---------------------------------------------------------------- host side
 def check_kernel_inputs(name, q, k, v, eta, c, gamma, beta, state, cache, mlp: bool, dual: bool) -> None:
     """Everything a Triton TTT decode kernel needs of its arguments, checked before the launch."""
@@ -359,30 +409,81 @@ def qk_kernel_args(qk: dict | None, dummy: torch.Tensor, head_dim: int) -> tuple
     return ptrs + scalars, {"FUSED_QK": True, "HAS_QK_BIAS": qk["bq"] is not None, "WIDTH": width}
 
 
+# The fused post-norm's inputs (GateNorm): in an op's schema after the state tensors, its g_col and eps last.
+GN_PARAMS = ["Tensor norm_w", "Tensor norm_b", "Tensor counters"]
+
+
+def gn_kernel_args(gn: dict | None, dummy: torch.Tensor, dim: int) -> tuple[list, dict]:
+    """The fused post-norm's kernel arguments (y_ptr, nw_ptr, nb_ptr, cnt_ptr, g_col, gn_eps) and constexprs
+    (GATE_NORM, HAS_GATE, BLOCK_ROW) for gn, a dict of y, norm_w, norm_b, counters, g_col (-1: no gate) and
+    eps; gn None: placeholders and GATE_NORM False."""
+    if gn is None:
+        return [dummy] * 4 + [0, 0.0], {"GATE_NORM": False, "HAS_GATE": False, "BLOCK_ROW": 16}
+    return ([gn["y"], gn["norm_w"], gn["norm_b"], gn["counters"], max(gn["g_col"], 0), gn["eps"]],
+            {"GATE_NORM": True, "HAS_GATE": gn["g_col"] >= 0, "BLOCK_ROW": pow2(dim)})
+
+
+def gate_norm_after(out: torch.Tensor, p: torch.Tensor | None, gn: dict | None) -> torch.Tensor:
+    """Where a launch could not fuse the post-norm (gn, see gn_kernel_args): ops.ttt_block.gate_norm's own
+    kernel over out [B, H, f] (the gate from p's columns g_col ..) into gn["y"]. Returns out."""
+    if gn is not None:
+        from ttt_decode.ops.ttt_block_triton import gate_norm_launch  # noqa: PLC0415 (it imports this module)
+
+        dim = out.shape[1] * out.shape[2]
+        g = p[:, gn["g_col"]:gn["g_col"] + dim] if gn["g_col"] >= 0 else None
+        gate_norm_launch(out.view(out.shape[0], dim), g, gn["norm_w"], gn["norm_b"], gn["eps"], gn["y"])
+    return out
+
+
 def qk_step_op(name: str, state: tuple[str, ...], mutates: tuple[str, ...], launch):
     """A dual decode-step op with qk_prep folded into the kernel's prologue: QK_PARAMS, then gamma, beta,
     pos and the state and cache tensors (state), then base_lr, lr_col, v_col; returns out [B, H, f]
     (H, f: gamma's shape). v is p's columns v_col .. v_col + H f, viewed here: a view of p made in the
     compiled graph before the op lets inductor pad p's rows (its comprehensive padding) and then copy
     p and the views into the strides the op was traced with, 3 copies a layer (exp/NOTES.md, session 8).
-    Mutates the ring (q0 into slot conv_pos) and `mutates`. launch as for step_op, with qk=."""
+    Mutates the ring (q0 into slot conv_pos) and `mutates`. launch as for step_op, with qk=.
+
+    Also registers `name`_gn, the same step followed in the kernel by ops.ttt_block.gate_norm over each
+    sequence's heads (finish_row): GN_PARAMS after the state tensors, g_col (-1: no gate) and the norm's eps
+    last; returns y [B, H f], o_proj's input (the step's output rows go to a scratch the kernel reads back).
+    Mutates the counters too (each is back to 0 when the kernel ends)."""
     n = len(QK_NAMES)
 
-    def impl(*args):
-        qk = dict(zip(QK_NAMES, args[:n]), base_lr=args[-3], lr_col=args[-2])
-        gamma, beta, pos, *tensors = args[n:-3]
-        p, v_col = qk["p"], args[-1]
+    def unpack(args, tail: int):
+        qk = dict(zip(QK_NAMES, args[:n]), base_lr=args[-tail], lr_col=args[1 - tail])
+        p, v_col = qk["p"], args[2 - tail]
+        gamma = args[n]
         H, f = gamma.shape
         v = p[:, v_col:v_col + H * f].view(p.shape[0], H, f)
+        return qk, v, args[n:n + 3 + len(state)]
+
+    def impl(*args):
+        qk, v, (gamma, beta, pos, *tensors) = unpack(args, 3)
         out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
         return launch(None, None, v, None, None, gamma, beta, pos, *tensors, out, qk=qk)
+
+    def impl_gn(*args):
+        qk, v, (gamma, beta, pos, *tensors) = unpack(args, 5)
+        norm_w, norm_b, counters = args[n + 3 + len(state):n + 6 + len(state)]
+        out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        y = torch.empty((v.shape[0], v.shape[1] * v.shape[2]), dtype=v.dtype, device=v.device)
+        gn = dict(y=y, norm_w=norm_w, norm_b=norm_b, counters=counters, g_col=args[-2], eps=args[-1])
+        launch(None, None, v, None, None, gamma, beta, pos, *tensors, out, qk=qk, gn=gn)
+        return y
 
     def fake(*args):
         p, gamma = args[0], args[n]
         return torch.empty((p.shape[0], *gamma.shape), dtype=p.dtype, device=p.device)
 
+    def fake_gn(*args):
+        p, gamma = args[0], args[n]
+        return torch.empty((p.shape[0], gamma.numel()), dtype=p.dtype, device=p.device)
+
     tensors = [f"Tensor {t}" for t in ("gamma", "beta", "pos", *state)]
     params = QK_PARAMS + tensors + ["float base_lr", "int lr_col", "int v_col"]
+    kernel_op(name + "_gn", QK_PARAMS + tensors + GN_PARAMS + ["float base_lr", "int lr_col", "int v_col",
+                                                               "int g_col", "float norm_eps"],
+              ("ring", *mutates, "counters"), impl_gn, fake_gn)
     return kernel_op(name, params, ("ring", *mutates), impl, fake)
 
 

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import step_op
-from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
+from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, GateNorm, TTTState
 
 
 @triton.jit
@@ -40,8 +40,11 @@ def _m1_dual_kernel(
     # FUSED_QK: q, k, eta, c from qk_prep's inputs (tc.ring_token_inputs); q_ptr .. c_ptr are then unused
     p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
     stride_p, lr_col, eta_scale, dim,
+    # GATE_NORM: ops.ttt_block.gate_norm of each finished row into y (tc.finish_row, tc.gn_kernel_args)
+    y_ptr, nw_ptr, nb_ptr, cnt_ptr, g_col, gn_eps,
     D: tl.constexpr, MB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     UPDATE_DOT: tl.constexpr, FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+    GATE_NORM: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_ROW: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -101,6 +104,9 @@ def _m1_dual_kernel(
         m_all = o_s < MB
         tc.update_tile(p_w1, p_ck, p_cg, o_d, m_d, o_d, m_d, o_s, m_all, D, D, D, c_i, MB, UPDATE_DOT)
         tc.update_bias(p_b1, p_cg, o_d, m_d, o_s, m_all, D, c_i)
+    if GATE_NORM:
+        tc.finish_row(out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, i_b, H, stride_p, g_col, gn_eps, D, BLOCK_ROW,
+                      HAS_GATE)
 
 
 GLUON_MIN_BATCH = 128  # batches from which the Gluon kernel is the default (H200, ttt-1b's 32 heads)
@@ -137,16 +143,19 @@ def _qk_prep(qk: dict, heads: int):
     return ttt_block_triton.qk_prep_launch(*args, qk["base_lr"], heads, qk["lr_col"])
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None, qk=None):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None, qk=None, gn=None):
     """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
 
     The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks). qk:
     qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
     eta, c are then None. Where the configuration picks the Gluon kernel, it does qk_prep's work too
     (GLUON_QK, where gluon_decode.qk_supported takes the inputs), else qk_prep's kernel runs first and
-    the Gluon kernel reads its outputs (two launches)."""
+    the Gluon kernel reads its outputs (two launches). gn (with qk only): the post-norm and gate of each
+    finished row into gn["y"] as well (tc.gn_kernel_args); the Gluon kernel takes it where it does qk_prep's
+    work, else gate_norm's own kernel runs after."""
     B, H, f = v.shape
     cfg = config or dual_config(B, f, W1.dtype)
+    p = qk["p"] if qk is not None else None  # the gate's columns, for gn
     if cfg.get("GLUON"):
         from ttt_decode.ops.ttt_linear import gluon_decode  # noqa: PLC0415 (experimental API: imported where used)
 
@@ -156,22 +165,25 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
                 # qk_prep's work in the Gluon kernel, one item ahead of the item it computes (no launch of
                 # its own, q and k never in memory; exp/NOTES.md, fourteenth session).
                 return gluon_decode.launch(None, None, v, None, None, gamma, beta, pos, W1, b1, ck, cg1, out, qk=qk,
-                                           **kw)
+                                           gn=gn, **kw)
             if qk is not None:
                 # qk_prep's own kernel first (GLUON_QK off, or inputs the fused prologue does not take).
                 q, k, eta, c = _qk_prep(qk, H)
             if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, ck, cg1):
-                return gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, **kw)
+                gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, **kw)
+                return tc.gate_norm_after(out, p, gn)
             qk = None  # q, k, eta, c are computed: the Triton kernel reads them
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
     qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
+    fused_gn = gn if qk is not None else None  # fused with the prologue only (the model's step)
+    gn_args, gn_consts = tc.gn_kernel_args(fused_gn, v, H * f)
     _m1_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        *qk_args, D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])), EPS=TTT_NORM_EPS,
-        UPDATE_DOT=cfg["UPDATE_DOT"], **qk_consts, **tc.launch_options(cfg))
-    return out
+        *qk_args, *gn_args, D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
+        EPS=TTT_NORM_EPS, UPDATE_DOT=cfg["UPDATE_DOT"], **qk_consts, **gn_consts, **tc.launch_options(cfg))
+    return out if fused_gn is not None else tc.gate_norm_after(out, p, gn)
 
 
 step_op("ttt_linear_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "cache_k", "cache_g1"),
@@ -194,19 +206,26 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
 
 def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
                         base_lr: float, num_heads: int, lr_col: int, v_col: int, gamma, beta, state: TTTState,
-                        cache: DualCache, advance: bool = True):
+                        cache: DualCache, advance: bool = True, gate_norm: GateNorm | None = None):
     """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c (and v as the
     columns v_col .. v_col + H f of p): the same function as qk_prep followed by decode_step_dual, with
     qk_prep's work done in the kernel's prologue (one launch instead of two, and q, k never written to
-    memory). -> out [B, H, f].
+    memory). -> out [B, H, f]; with gate_norm, ops.ttt_block.gate_norm of out's rows (heads flattened) is
+    done in the kernel as well and the result is o_proj's input y [B, H f] (one launch instead of two).
 
     Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
-    the last mini-batch position."""
+    the last mini-batch position (and gate_norm's counters, zero again when it returns)."""
     tc.check_qk_step_inputs("ttt_linear dual decode", p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
                             lr_bias, token_idx, num_heads, lr_col, v_col, gamma, beta, state, cache, mlp=False)
-    out = torch.ops.ttt_decode.ttt_linear_dual_step_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
-                                                       lr_bias, token_idx, gamma, beta, cache.pos, state.W1,
-                                                       state.b1, cache.k, cache.g1, base_lr, lr_col, v_col)
+    qk = (p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx)
+    tensors = (gamma, beta, cache.pos, state.W1, state.b1, cache.k, cache.g1)
+    if gate_norm is None:
+        out = torch.ops.ttt_decode.ttt_linear_dual_step_qk(*qk, *tensors, base_lr, lr_col, v_col)
+    else:
+        gn = gate_norm
+        gn.check("ttt_linear dual decode", p, gamma.numel())
+        gn_args = (gn.weight, gn.bias, gn.counters, base_lr, lr_col, v_col, gn.g_col, gn.eps)
+        out = torch.ops.ttt_decode.ttt_linear_dual_step_qk_gn(*qk, *tensors, *gn_args)
     if advance:
         tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out

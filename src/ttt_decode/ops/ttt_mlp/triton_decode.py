@@ -72,7 +72,7 @@ import triton.language as tl
 
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import interpreting, step_op
-from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, TTTState
+from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, GateNorm, TTTState
 from ttt_decode.ops.ttt_mlp import naive
 from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
 
@@ -220,11 +220,14 @@ def _m2_dual_kernel(
     # FUSED_QK: q, k, eta, c from qk_prep's inputs (tc.ring_token_inputs); q_ptr .. c_ptr are then unused
     p_ptr, ring_ptr, cpos_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, cos_ptr, sin_ptr, rpos_ptr, lrb_ptr, tok_ptr,
     stride_p, lr_col, eta_scale, dim,
+    # GATE_NORM: ops.ttt_block.gate_norm of each finished row into y (tc.finish_row, tc.gn_kernel_args)
+    y_ptr, nw_ptr, nb_ptr, cnt_ptr, g_col, gn_eps,
     D: tl.constexpr, FH: tl.constexpr, MB: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_MB: tl.constexpr, EPS: tl.constexpr,
     L2_HINTS: tl.constexpr, REVERSE_B: tl.constexpr, W2_IN_B: tl.constexpr, W2_UPD_COLS: tl.constexpr,
     SPLIT_B: tl.constexpr, KEEP_W2_LAST: tl.constexpr, PREFETCH_A: tl.constexpr, PREFETCH_B: tl.constexpr,
     FUSED_QK: tl.constexpr, HAS_QK_BIAS: tl.constexpr, WIDTH: tl.constexpr, DEFER_W1: tl.constexpr,
+    GATE_NORM: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_ROW: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     i_b = pid // H
@@ -357,6 +360,9 @@ def _m2_dual_kernel(
                 tc.update_tile(p_w2, p_cx2, p_cg2, o_u, m_u, o_d, m_d, o_s, m_all, D, FH, D, c_i, MB, True, True)
             tc.update_bias(p_b1, p_cg1, o_u, m_u, o_s, m_all, FH, c_i)
         tc.update_bias(p_b2, p_cg2, o_d, m_d, o_s, m_all, D, c_i)
+    if GATE_NORM:
+        tc.finish_row(out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, i_b, H, stride_p, g_col, gn_eps, D, BLOCK_ROW,
+                      HAS_GATE)
 
 
 # ---------------------------------------------------------------- launch
@@ -409,31 +415,35 @@ def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, pre
             "DEFER_W1": defer_w1}
 
 
-_FP32_ARGS, _I64_ARGS = {"eta_ptr", "c_ptr", "z1_ptr"}, {"pos_ptr", "cpos_ptr", "rpos_ptr"}
+_FP32_ARGS, _I64_ARGS = {"eta_ptr", "c_ptr", "z1_ptr", "cos_ptr", "sin_ptr"}, {"pos_ptr", "cpos_ptr", "rpos_ptr"}
 
 
-def compile_offline(cfg: dict, capability: int = 90, head_dim: int = 64, mini_batch: int = 16):
+def compile_offline(cfg: dict, capability: int = 90, head_dim: int = 64, mini_batch: int = 16,
+                    model_step: bool = False):
     """The kernel compiled for an NVIDIA target without a GPU (Triton's bundled ptxas) under a launch
     configuration: fp16 tensors (eta, c and the Z1 scratch float32, positions int64), q and k given
     (FUSED_QK off, as the kernel micro-benchmark calls it), pointers, H and the strides marked 16-byte
     divisible as the launcher specialises them; cfg's DEFER_W1, if any, picks the cache convention compiled
     (default naive.DEFER_W1). For inspection (exp/gpu/offline_sass.py: registers,
     spills, SASS) and for the CPU test that the configuration's prefetches reach the PTX; needs
-    TRITON_INTERPRET unset at import."""
+    TRITON_INTERPRET unset at import. model_step: as the model's step launches it instead, with qk_prep's work
+    (conv width 4, with biases) and the post-norm and gate of ttt-1b's rows (32 heads)."""
     from triton.backends.compiler import GPUTarget
 
     consts = {**kernel_constants(cfg, head_dim, 4 * head_dim, mini_batch, prefetch=True,
                                  defer_w1=cfg.get("DEFER_W1", naive.DEFER_W1)),
-              "FUSED_QK": False, "HAS_QK_BIAS": False, "WIDTH": 1}
+              "FUSED_QK": model_step, "HAS_QK_BIAS": model_step, "WIDTH": 4 if model_step else 1,
+              "GATE_NORM": model_step, "HAS_GATE": model_step, "BLOCK_ROW": 32 * head_dim if model_step else 16}
     sig, attrs = {}, {}
     for i, n in enumerate(_m2_dual_kernel.arg_names):
         if n in consts:
             sig[n] = "constexpr"
         elif n.endswith("_ptr"):
-            sig[n] = "*fp32" if n in _FP32_ARGS else "*i64" if n in _I64_ARGS else "*fp16"
+            sig[n] = ("*fp32" if n in _FP32_ARGS else "*i64" if n in _I64_ARGS else "*i32" if n == "cnt_ptr"
+                      else "*fp16")
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            sig[n] = "fp32" if n == "eta_scale" else "i32"
+            sig[n] = "fp32" if n in ("eta_scale", "gn_eps") else "i32"
             if n == "H" or n.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = triton.compiler.ASTSource(fn=_m2_dual_kernel, signature=sig, constexprs=consts, attrs=attrs)
@@ -441,24 +451,29 @@ def compile_offline(cfg: dict, capability: int = 90, head_dim: int = 64, mini_ba
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=opts)
 
 
-def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None):
+def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, config=None, qk=None,
+           gn=None):
     """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
 
     The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks). qk:
     qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
-    eta, c are then None."""
+    eta, c are then None. gn (with qk): the post-norm and gate of each finished row into gn["y"] as well
+    (tc.gn_kernel_args)."""
     B, H, f = v.shape
+    assert gn is None or qk is not None, "the post-norm is fused with the fused prologue only"
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
     qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
+    gn_args, gn_consts = tc.gn_kernel_args(gn, v, H * f)
     F = W1.shape[-1]
     cfg = config or dual_config(B, f, W1.dtype)
     z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
-        *qk_args, **kernel_constants(cfg, f, F, ck.shape[2], prefetch=not interpreting(), defer_w1=naive.DEFER_W1),
-        **qk_consts, **tc.launch_options(cfg))
+        *qk_args, *gn_args,
+        **kernel_constants(cfg, f, F, ck.shape[2], prefetch=not interpreting(), defer_w1=naive.DEFER_W1),
+        **qk_consts, **gn_consts, **tc.launch_options(cfg))
     return out
 
 
@@ -484,21 +499,27 @@ def decode_step_dual(q, k, v, eta, c, gamma, beta, state: TTTState, cache: DualC
 
 def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx,
                         base_lr: float, num_heads: int, lr_col: int, v_col: int, gamma, beta, state: TTTState,
-                        cache: DualCache, advance: bool = True):
+                        cache: DualCache, advance: bool = True, gate_norm: GateNorm | None = None):
     """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c (and v as the
     columns v_col .. v_col + H f of p): the same function as qk_prep followed by decode_step_dual, with
     qk_prep's work done in the kernel's prologue (one launch instead of two, and q, k never written to
-    memory). -> out [B, H, f].
+    memory). -> out [B, H, f]; with gate_norm, ops.ttt_block.gate_norm of out's rows (heads flattened) is
+    done in the kernel as well and the result is o_proj's input y [B, H f] (one launch instead of two).
 
     Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
-    the last mini-batch position."""
+    the last mini-batch position (and gate_norm's counters, zero again when it returns)."""
     naive.check_convention()
     tc.check_qk_step_inputs("ttt_mlp dual decode", p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
                             lr_bias, token_idx, num_heads, lr_col, v_col, gamma, beta, state, cache, mlp=True)
-    out = torch.ops.ttt_decode.ttt_mlp_dual_step_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos,
-                                                    lr_bias, token_idx, gamma, beta, cache.pos, state.W1, state.b1,
-                                                    state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2,
-                                                    base_lr, lr_col, v_col)
+    qk = (p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx)
+    tensors = (gamma, beta, cache.pos, state.W1, state.b1, state.W2, state.b2, cache.k, cache.g1, cache.x2, cache.g2)
+    if gate_norm is None:
+        out = torch.ops.ttt_decode.ttt_mlp_dual_step_qk(*qk, *tensors, base_lr, lr_col, v_col)
+    else:
+        gn = gate_norm
+        gn.check("ttt_mlp dual decode", p, gamma.numel())
+        gn_args = (gn.weight, gn.bias, gn.counters, base_lr, lr_col, v_col, gn.g_col, gn.eps)
+        out = torch.ops.ttt_decode.ttt_mlp_dual_step_qk_gn(*qk, *tensors, *gn_args)
     if advance:
         tc.advance_pos(cache.pos, cache.mini_batch_size)
     return out
