@@ -10,7 +10,14 @@ of calls over rotated copies of the state (bench.micro.time_calls, median of the
 position 7 (ordinary) and 15 (the end-of-mini-batch update). Mean = (15 x pos 7 + pos 15) / 16.
 Writes JSON lines to --out and prints a table last.
 
+--gate-norm (session 16): instead, the model's step with the post-norm and gate (ops.ttt_block.gate_norm, o_proj's
+input) as two launches ("fused gluon + gate_norm", "fused triton + gate_norm": the fused op, then gate_norm's own
+kernel) against the kernels doing it themselves (GateNorm: "... gn"; the Gluon kernel counting each item one item
+late, "gn per item", or all of a program's items after its loop, "gn after loop"); checked against qk_prep, the
+naive step and gate_norm (the counters zero after the call).
+
     python3 exp/gpu/fused_qk_micro.py --out /tmp/fused_qk.jsonl --commit <sha> [--batches 64,128,512] [--m1-only]
+        [--gate-norm]
 """
 
 import argparse
@@ -19,8 +26,9 @@ import json
 import torch
 
 from ttt_decode.bench.micro import state_sets, time_calls
+from ttt_decode.ops import ttt_block
 from ttt_decode.ops import ttt_block_triton as blk
-from ttt_decode.ops.ttt_common import DualCache, TTTState
+from ttt_decode.ops.ttt_common import DualCache, GateNorm, TTTState
 from ttt_decode.ops.ttt_linear import naive as naive1
 from ttt_decode.ops.ttt_linear import triton_decode as tri1
 from ttt_decode.ops.ttt_mlp import naive as naive2
@@ -69,6 +77,30 @@ def fused(step_qk):
     return run
 
 
+def _norm(B):
+    g = torch.Generator(device="cuda").manual_seed(B + 7)
+    w = (1.0 + 0.1 * torch.randn(D, generator=g, device="cuda")).half()
+    b = (0.1 * torch.randn(D, generator=g, device="cuda")).half()
+    return w, b, torch.zeros(B, dtype=torch.int32, device="cuda")
+
+
+def then_gate_norm(run):
+    """run, then gate_norm's own kernel (the gate from p's columns 2 D .. 3 D)."""
+    def both(state, cache, qk, rest):
+        z = run(state, cache, qk, rest)
+        w, b, _ = rest["norm"]
+        return blk.gate_norm(z.flatten(1), qk["p"][:, 2 * D:3 * D], w, b, 1e-6)
+    return both
+
+
+def fused_gn(step_qk):
+    def run(state, cache, qk, rest):
+        w, b, counters = rest["norm"]
+        gn = GateNorm(w, b, 1e-6, 2 * D, counters)
+        return step_qk(*qk_args(qk), D, rest["gamma"], rest["beta"], state, cache, advance=False, gate_norm=gn)
+    return run
+
+
 def clone_set(state, cache, qk, rest):
     st = state.clone()
     c = DualCache.empty_like_state(st, MB)
@@ -84,6 +116,7 @@ def main():
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--batches", default="64,128,512")
     ap.add_argument("--m1-only", action="store_true", help="the M1 variants only")
+    ap.add_argument("--gate-norm", action="store_true", help="the post-norm variants (see the module's docstring)")
     a = ap.parse_args()
     orig = tri1.dual_config
     rows = []
@@ -95,6 +128,18 @@ def main():
                 ("M1", False, "fused gluon", fused(tri1.decode_step_dual_qk), {**gluon, "GLUON_QK": True}),
                 ("M2", True, "qk_prep+triton", unfused(tri2.decode_step_dual), None),
                 ("M2", True, "fused triton", fused(tri2.decode_step_dual_qk), None)]
+    if a.gate_norm:
+        g1 = {**gluon, "GLUON_QK": True}
+        variants = [("M1", False, "fused gluon + gate_norm", then_gate_norm(fused(tri1.decode_step_dual_qk)), g1),
+                    ("M1", False, "fused gluon gn per item", fused_gn(tri1.decode_step_dual_qk),
+                     {**g1, "GN_AFTER_LOOP": False}),
+                    ("M1", False, "fused gluon gn after loop", fused_gn(tri1.decode_step_dual_qk),
+                     {**g1, "GN_AFTER_LOOP": True}),
+                    ("M1", False, "fused triton + gate_norm", then_gate_norm(fused(tri1.decode_step_dual_qk)),
+                     {"GLUON": False}),
+                    ("M1", False, "fused triton gn", fused_gn(tri1.decode_step_dual_qk), {"GLUON": False}),
+                    ("M2", True, "fused triton + gate_norm", then_gate_norm(fused(tri2.decode_step_dual_qk)), None),
+                    ("M2", True, "fused triton gn", fused_gn(tri2.decode_step_dual_qk), None)]
     if a.m1_only:
         variants = [v for v in variants if v[0] == "M1"]
     with open(a.out, "a") as fh:
@@ -104,6 +149,7 @@ def main():
                     tri1.dual_config = lambda b, f, dt, _o=over: {**orig(b, f, dt), **_o}
                 g = torch.Generator(device="cuda").manual_seed(B)
                 base = make(B, mlp, g)
+                base[3]["norm"] = _norm(B)
                 rec = dict(model=model, variant=name, batch=B, commit=a.commit)
                 # Check: the variant's output against the PyTorch step on the same inputs (same cache and state).
                 ref_set, got_set = clone_set(*base), clone_set(*base)
@@ -111,7 +157,11 @@ def main():
                 got_set[1].pos.fill_(7)
                 naive = naive2 if mlp else naive1
                 ref = unfused(naive.decode_step_dual)(*ref_set)
+                if a.gate_norm:
+                    w, b, _ = ref_set[3]["norm"]
+                    ref = ttt_block.gate_norm(ref.flatten(1), ref_set[2]["p"][:, 2 * D:3 * D], w, b, 1e-6)
                 got = run(*got_set)
+                assert not base[3]["norm"][2].any(), "counters not back to zero"
                 err = ((got.double() - ref.double()).norm() / ref.double().norm()).item()
                 ring_ok = torch.equal(ref_set[2]["ring"], got_set[2]["ring"])
                 rec.update(rel_err=err, ring_equal=ring_ok, passed=bool(err < 1e-2 and ring_ok))

@@ -124,6 +124,32 @@ def _finish_counted(counted, lane0, item, H, D: gl.constexpr, out_ptr, y_ptr, nw
 
 
 @gluon.jit
+def _finish_after_loop(pid, nprog, n_items, H, D: gl.constexpr, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr,
+                       stride_p, g_col, gn_eps, BLOCK_ROW: gl.constexpr, HAS_GATE: gl.constexpr):
+    """GN_AFTER_LOOP: every item of this program counted after its loop, 32 at a time (one lane each, one
+    release for all of them), then gate_norm_row over each row whose last head this program counted."""
+    A1: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    lane = gl.arange(0, 32, layout=A1)
+    ones = gl.full([32], 1, gl.int32, A1)
+    n_mine = (n_items - pid + nprog - 1) // nprog
+    _barrier()  # every lane's output stores before the release
+    for j0 in range(0, n_mine, 32):
+        rows = (pid + (j0 + lane) * nprog) // H
+        valid = (j0 + lane) < n_mine
+        counted = gl.atomic_add(cnt_ptr + rows, ones, mask=valid, sem="acq_rel", scope="gpu")
+        mine = gl.where(valid & (counted == H - 1), rows, -1)
+        for j in range(0, 32):
+            row = gl.max(gl.where(lane == j, mine, -1), 0)
+            if row >= 0:
+                gl.store(cnt_ptr + row + gl.zeros_like(lane), gl.zeros_like(lane), mask=lane == 0)
+                _barrier()  # the acquire before every lane's reads
+                dim = H * D
+                o_row = gl.arange(0, BLOCK_ROW, layout=gl.BlockedLayout([8], [32], [1], [0]))
+                tc.gate_norm_row(out_ptr + row * dim, p_ptr + row * stride_p + g_col, nw_ptr, nb_ptr, y_ptr + row * dim,
+                                 o_row, dim, gn_eps, HAS_GATE)
+
+
+@gluon.jit
 def _m1_dual_gluon_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, c_ptr, gamma_ptr, beta_ptr, pos_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr, out_ptr,
     n_items, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_eb, stride_eh,
@@ -134,7 +160,7 @@ def _m1_dual_gluon_kernel(
     y_ptr, nw_ptr, nb_ptr, cnt_ptr, g_col, gn_eps,
     D: gl.constexpr, MB: gl.constexpr, EPS: gl.constexpr, ROWS: gl.constexpr,
     FUSED_QK: gl.constexpr, HAS_QK_BIAS: gl.constexpr, WIDTH: gl.constexpr,
-    GATE_NORM: gl.constexpr, HAS_GATE: gl.constexpr, BLOCK_ROW: gl.constexpr,
+    GATE_NORM: gl.constexpr, HAS_GATE: gl.constexpr, BLOCK_ROW: gl.constexpr, GN_AFTER_LOOP: gl.constexpr,
 ):
     # [R, D] tiles on one warp: 8 consecutive columns (16 bytes of fp16) a lane, 8 lanes across a row.
     L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
@@ -242,7 +268,7 @@ def _m1_dual_gluon_kernel(
         nxt = it + nprog
         # The other buffer set was read in the previous iteration (every lane is past those reads here).
         _barrier()
-        if GATE_NORM:
+        if GATE_NORM and not GN_AFTER_LOOP:
             counted = gl.atomic_add(cnt_ptr + prev // H + gl.zeros_like(ones), ones, mask=lane0 & (prev >= 0),
                                     sem="acq_rel", scope="gpu")
         if nxt < n_items:
@@ -328,12 +354,15 @@ def _m1_dual_gluon_kernel(
                 gl.store(w1_ptr + it * (D * D) + (r0 + o_u)[:, None] * D + o_c[None, :],
                          (w_old - upd * c_i).to(gl.float16))
             gl.store(b1_ptr + it * D + o_c, (b1 - gl.sum(gc, 0) * c_i).to(gl.float16))
-        if GATE_NORM:
+        if GATE_NORM and not GN_AFTER_LOOP:
             _finish_counted(counted, lane0, prev, H, D, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, stride_p, g_col,
                             gn_eps, BLOCK_ROW, HAS_GATE)
             prev = it
     cp.wait_group(0)
-    if GATE_NORM:
+    if GATE_NORM and GN_AFTER_LOOP:
+        _finish_after_loop(pid, nprog, n_items, H, D, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, stride_p, g_col,
+                           gn_eps, BLOCK_ROW, HAS_GATE)
+    elif GATE_NORM:
         # The last item's count, answered at once.
         _barrier()
         counted = gl.atomic_add(cnt_ptr + prev // H + gl.zeros_like(ones), ones, mask=lane0 & (prev >= 0),
@@ -389,12 +418,13 @@ def qk_supported(qk: dict, v) -> bool:
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16,
-           qk: dict | None = None, gn: dict | None = None):
+           qk: dict | None = None, gn: dict | None = None, gn_after_loop: bool = True):
     """Run the kernel into out [B, H, 64] (contiguous) for inputs that supported() takes: programs_per_sm
     persistent programs a multiprocessor (at most the number of items), W1 read from shared memory in
     rows-row slices. qk (where qk_supported): qk_prep's inputs, its work done in the kernel (q, k, eta,
     c are then unused); the grid is then a multiple of H (each program's items are of one head). gn (with
-    qk): the post-norm and gate of each finished row into gn["y"] too (tc.gn_kernel_args)."""
+    qk): the post-norm and gate of each finished row into gn["y"] too (tc.gn_kernel_args), its items counted
+    after the loop (gn_after_loop) or each one an item late."""
     B, H, f = v.shape
     n = B * H
     grid = min(n, programs_per_sm * num_sms(v.device))
@@ -408,7 +438,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         n, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0),
         eta.stride(1), *qk_args, *gn_args, D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, **qk_consts,
-        **gn_consts, num_warps=1)
+        **gn_consts, GN_AFTER_LOOP=gn_after_loop, num_warps=1)
     return out
 
 
@@ -443,12 +473,14 @@ _QK_TAIL = {**{f"{n}_ptr": "*fp16" for n in "p ring".split()}, "cpos_ptr": "*i64
             **{f"{n}_ptr": "*fp16" for n in "y nw nb".split()}, "cnt_ptr": "*i32", "g_col": "i32", "gn_eps": "fp32"}
 
 
-def compile_offline(capability: int = 90, rows: int = 16, fused_qk: bool = False, gate_norm: bool = False):
+def compile_offline(capability: int = 90, rows: int = 16, fused_qk: bool = False, gate_norm: bool = False,
+                    gn_after_loop: bool = True):
     """This kernel compiled for an NVIDIA target without a GPU (compile_for_target); fused_qk: with
     qk_prep's work (conv width 4, with biases), as the model's fused step launches it; gate_norm (with
     fused_qk): with the post-norm and gate of ttt-1b's rows (32 heads, gated)."""
     consts = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows,
               "FUSED_QK": fused_qk, "HAS_QK_BIAS": fused_qk, "WIDTH": 4 if fused_qk else 1,
-              "GATE_NORM": gate_norm, "HAS_GATE": gate_norm, "BLOCK_ROW": 2048 if gate_norm else 16}
+              "GATE_NORM": gate_norm, "HAS_GATE": gate_norm, "BLOCK_ROW": 2048 if gate_norm else 16,
+              "GN_AFTER_LOOP": gn_after_loop}
     return compile_for_target(_m1_dual_gluon_kernel, "q k v eta c gamma beta pos w1 b1 ck cg out".split(),
                               consts, capability, tail=_QK_TAIL)

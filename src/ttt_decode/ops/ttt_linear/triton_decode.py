@@ -161,11 +161,12 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
 
         if gluon_decode.supported(v, v, v, gamma, beta, W1, b1, ck, cg1):
             kw = dict(programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
+            gn_kw = dict(gn_after_loop=cfg.get("GN_AFTER_LOOP", True))
             if qk is not None and cfg.get("GLUON_QK") and gluon_decode.qk_supported(qk, v):
                 # qk_prep's work in the Gluon kernel, one item ahead of the item it computes (no launch of
                 # its own, q and k never in memory; exp/NOTES.md, fourteenth session).
                 return gluon_decode.launch(None, None, v, None, None, gamma, beta, pos, W1, b1, ck, cg1, out, qk=qk,
-                                           gn=gn, **kw)
+                                           gn=gn, **gn_kw, **kw)
             if qk is not None:
                 # qk_prep's own kernel first (GLUON_QK off, or inputs the fused prologue does not take).
                 q, k, eta, c = _qk_prep(qk, H)
