@@ -423,18 +423,6 @@ def gn_kernel_args(gn: dict | None, dummy: torch.Tensor, dim: int) -> tuple[list
             {"GATE_NORM": True, "HAS_GATE": gn["g_col"] >= 0, "BLOCK_ROW": pow2(dim)})
 
 
-def gate_norm_after(out: torch.Tensor, p: torch.Tensor | None, gn: dict | None) -> torch.Tensor:
-    """Where a launch could not fuse the post-norm (gn, see gn_kernel_args): ops.ttt_block.gate_norm's own
-    kernel over out [B, H, f] (the gate from p's columns g_col ..) into gn["y"]. Returns out."""
-    if gn is not None:
-        from ttt_decode.ops.ttt_block_triton import gate_norm_launch  # noqa: PLC0415 (it imports this module)
-
-        dim = out.shape[1] * out.shape[2]
-        g = p[:, gn["g_col"]:gn["g_col"] + dim] if gn["g_col"] >= 0 else None
-        gate_norm_launch(out.view(out.shape[0], dim), g, gn["norm_w"], gn["norm_b"], gn["eps"], gn["y"])
-    return out
-
-
 def qk_step_op(name: str, state: tuple[str, ...], mutates: tuple[str, ...], launch):
     """A dual decode-step op with qk_prep folded into the kernel's prologue: QK_PARAMS, then gamma, beta,
     pos and the state and cache tensors (state), then base_lr, lr_col, v_col; returns out [B, H, f]

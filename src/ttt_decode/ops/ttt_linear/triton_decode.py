@@ -143,6 +143,18 @@ def _qk_prep(qk: dict, heads: int):
     return ttt_block_triton.qk_prep_launch(*args, qk["base_lr"], heads, qk["lr_col"])
 
 
+def _gate_norm_after(out: torch.Tensor, p: torch.Tensor | None, gn: dict | None) -> torch.Tensor:
+    """Where a launch could not fuse the post-norm (gn, see tc.gn_kernel_args): ops.ttt_block.gate_norm's own
+    kernel over out [B, H, f] (the gate from p's columns g_col ..) into gn["y"]. Returns out."""
+    if gn is not None:
+        from ttt_decode.ops.ttt_block_triton import gate_norm_launch  # noqa: PLC0415 (as _qk_prep)
+
+        dim = out.shape[1] * out.shape[2]
+        g = p[:, gn["g_col"]:gn["g_col"] + dim] if gn["g_col"] >= 0 else None
+        gate_norm_launch(out.view(out.shape[0], dim), g, gn["norm_w"], gn["norm_b"], gn["eps"], gn["y"])
+    return out
+
+
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None, qk=None, gn=None):
     """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
 
@@ -172,7 +184,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
                 q, k, eta, c = _qk_prep(qk, H)
             if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, ck, cg1):
                 gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, **kw)
-                return tc.gate_norm_after(out, p, gn)
+                return _gate_norm_after(out, p, gn)
             qk = None  # q, k, eta, c are computed: the Triton kernel reads them
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
@@ -184,7 +196,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
         *qk_args, *gn_args, D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, UPDATE_DOT=cfg["UPDATE_DOT"], **qk_consts, **gn_consts, **tc.launch_options(cfg))
-    return out if fused_gn is not None else tc.gate_norm_after(out, p, gn)
+    return out if fused_gn is not None else _gate_norm_after(out, p, gn)
 
 
 step_op("ttt_linear_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "cache_k", "cache_g1"),
