@@ -220,33 +220,42 @@ def test_model_step_fused_matches_pytorch_path(config, mlp):
 
 
 def test_model_step_fuses_gate_norm_into_the_inner_kernel(monkeypatch):
-    """By default the fused dual step also does the post-norm and gate (no gate_norm kernel in a step:
-    one launch a layer less); TTT_DECODE_FUSED_GATE_NORM=0 runs gate_norm's own kernel after it, with the same
-    logits; another value is a one-line error before anything is built."""
+    """The model's fused dual step takes the post-norm and gate too (TTT_DECODE_FUSED_GATE_NORM=1, the default):
+    where the dispatcher folds it into the kernel (forced here for M1, which does not by default) no gate_norm
+    kernel runs in a step, one launch a layer less; where it does not ("1, not folded"), and with the switch 0,
+    gate_norm's own kernel runs after the step; the same logits every way. Another switch value is a one-line
+    error before anything is built."""
     from ttt_decode.errors import UserError
     from ttt_decode.models import build
     from ttt_decode.ops import ttt_block_triton
+    from ttt_decode.ops.ttt_linear import triton_decode
 
     calls = []
-    real = ttt_block_triton.gate_norm
-    monkeypatch.setattr(ttt_block_triton, "gate_norm", lambda *a: calls.append(1) or real(*a))
+    real = ttt_block_triton.gate_norm_launch
+    monkeypatch.setattr(ttt_block_triton, "gate_norm_launch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    default = triton_decode.dual_config
     ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(1))
     logits, counts = {}, {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("TTT_DECODE_FUSED_GATE_NORM", switch)
+    for switch in ("1", "1, not folded", "0"):  # the environment gets the first character
+        fold = switch == "1"
+        monkeypatch.setattr(triton_decode, "dual_config", lambda *a, _f=fold: {**default(*a), "GATE_NORM": _f})
+        monkeypatch.setenv("TTT_DECODE_FUSED_GATE_NORM", switch[0])
         torch.manual_seed(0)
         model = build("ttt-tiny", inner_net="mlp_1_dual_triton", dtype="float32", device="cpu")
-        assert all(block.ttt.fuse_gate_norm == (switch == "1") for block in model.layers)
+        on = switch[0] == "1"
+        assert all(block.ttt.fuse_gate_norm == on for block in model.layers)
         state = model.allocate_state(2)
-        assert all((ls.row_counters is not None) == (switch == "1") for ls in state.layers)
+        assert all((ls.row_counters is not None) == on for ls in state.layers)
         calls.clear()
         logits[switch] = [model.step(ids[:, t], state) for t in range(ids.shape[1])]
         counts[switch] = len(calls)
-        if switch == "1":
+        if on:
             assert not state.layers[0].row_counters.any()
-    assert counts == {"1": 0, "0": ids.shape[1] * len(model.layers)}, counts
-    for a, b in zip(logits["1"], logits["0"]):
-        assert rel_err(a, b) < 1e-5
+    every = ids.shape[1] * len(model.layers)
+    assert counts == {"1": 0, "1, not folded": every, "0": every}, counts
+    for other in ("1, not folded", "0"):
+        for a, b in zip(logits["1"], logits[other]):
+            assert rel_err(a, b) < 1e-5
     monkeypatch.setenv("TTT_DECODE_FUSED_GATE_NORM", "yes")
     with pytest.raises(UserError, match="TTT_DECODE_FUSED_GATE_NORM='yes' is not 0 or 1"):
         build("ttt-tiny", inner_net="mlp_1_dual_triton", dtype="float32", device="cpu")

@@ -166,19 +166,39 @@ def test_fused_qk_m2_deferred_w1(key, nan_empty, monkeypatch):
     run_fused(True, B=2, H=2, f=16, key=key, poison=nan_empty)
 
 
-@pytest.mark.parametrize("key,gate", [("fp32", "gate"), ("fp16", "gate"), ("bf16", "gate"), ("fp16", "nogate")])
+def _fold(mlp, fold, monkeypatch):
+    """The dispatcher's GATE_NORM forced on or off (the post-norm in the kernel, or gate_norm's kernel after it)."""
+    _, tri = _mods(mlp)
+    default = tri.dual_config
+    monkeypatch.setattr(tri, "dual_config", lambda *a: {**default(*a), "GATE_NORM": fold})
+
+
+@pytest.mark.parametrize("key,gate,fold", [("fp32", "gate", True), ("fp16", "gate", True), ("bf16", "gate", True),
+                                           ("fp16", "nogate", True), ("fp16", "gate", False)])
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
-def test_fused_qk_gate_norm(mlp, key, gate, nan_empty):
-    """The fused step that also does the post-norm and gate (the model's step, one launch less a layer):
-    o_proj's input against qk_prep, the step and gate_norm at every position, counters back to zero; 3 heads,
-    so that a row's last head is counted by whichever program gets there last."""
+def test_fused_qk_gate_norm(mlp, key, gate, fold, nan_empty, monkeypatch):
+    """The model's fused step with the post-norm and gate, o_proj's input, against qk_prep, the step and gate_norm
+    at every position: folded into the kernel (counters back to zero; 3 heads, so that a row's last head is
+    counted by whichever program gets there last), or gate_norm's kernel after it (the dispatcher's choice)."""
+    _fold(mlp, fold, monkeypatch)
     run_fused(mlp, B=3, H=3, f=16, key=key, poison=nan_empty, gate_norm=gate)
 
 
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
-def test_fused_qk_gate_norm_masked_head_dim(mlp, nan_empty):
-    """The post-norm over rows of H f = 72 columns (padded to 128 and masked) with f = 24."""
+def test_fused_qk_gate_norm_masked_head_dim(mlp, nan_empty, monkeypatch):
+    """The post-norm folded over rows of H f = 72 columns (padded to 128 and masked) with f = 24."""
+    _fold(mlp, True, monkeypatch)
     run_fused(mlp, B=2, H=3, f=24, key="fp16", bias=False, poison=nan_empty, N=4, gate_norm="gate")
+
+
+def test_gate_norm_fold_dispatch():
+    """Where the dispatchers fold the post-norm: M2 from GATE_NORM_MIN_BATCH on, M1 nowhere (measured, in their
+    comments)."""
+    _, tri1 = _mods(False)
+    _, tri2 = _mods(True)
+    for B in (1, 64, 128, 512, 2048):
+        assert not tri1.dual_config(B, 64, torch.float16)["GATE_NORM"]
+        assert tri2.dual_config(B, 64, torch.float16)["GATE_NORM"] == (B >= tri2.GATE_NORM_MIN_BATCH)
 
 
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
@@ -258,15 +278,18 @@ def test_gpu_fused_qk_matches_qk_prep_then_step(mlp, key, B, config, nan_empty, 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", [None, {"GLUON": True, "programs_per_sm": 2, "rows": 32}, {"GLUON_QK": False}],
-                         ids=["default", "gluon-P2-R32", "gluon-qk_prep-first"])
+@pytest.mark.parametrize("config", [None, {"GATE_NORM": True}, {"GATE_NORM": True, "GN_AFTER_LOOP": False},
+                                    {"GLUON": True, "programs_per_sm": 2, "rows": 32, "GATE_NORM": True},
+                                    {"GLUON_QK": False, "GATE_NORM": True}],
+                         ids=["default", "fold", "fold-per-item", "fold-gluon-P2-R32", "gluon-qk_prep-first"])
 @pytest.mark.parametrize("B,gate", [(16, "gate"), (512, "gate"), (512, "nogate")])
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
 def test_gpu_fused_qk_gate_norm(mlp, B, gate, config, nan_empty, monkeypatch):
-    """The model's step (the post-norm and gate in the kernel) at ttt-1b shapes, fp16: M1 at B = 512 in the
-    Gluon kernel (its counts answered one item late; with 2 programs a multiprocessor each program finishes
-    many rows), with GLUON_QK off qk_prep's kernel, the Gluon kernel and then gate_norm's own kernel."""
-    if config is not None and mlp:
+    """The model's step with the post-norm and gate at ttt-1b shapes, fp16, as dispatched (M2 folds it from
+    B = 512, M1 runs gate_norm's kernel after) and folded by force: M1 at B = 512 in the Gluon kernel (its
+    counts after the loop, or one item late; with 2 programs a multiprocessor each program finishes many
+    rows); with GLUON_QK off qk_prep's kernel, the Gluon kernel and then gate_norm's own kernel."""
+    if config is not None and mlp and config != {"GATE_NORM": True}:
         pytest.skip("the Gluon configurations are M1's")
     _, tri = _mods(mlp)
     if config is not None:

@@ -132,6 +132,13 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
         # GLUON_QK: with qk_prep's inputs (the model's fused step), the Gluon kernel does qk_prep's work
         # too (7 SASS instructions more an item, offline for sm_90, and one launch less a layer).
         cfg.update(GLUON=True, programs_per_sm=8, rows=16, GLUON_QK=True)
+    # GATE_NORM: the model's post-norm and gate folded into the kernel (tc.finish_row) rather than gate_norm's own
+    # kernel after it. Off for M1: a program's 2048-column row tail and the release fence before each count cost
+    # more than the launch saved. H100, B = 512 (exp/results/h100/gate_norm_fold_h100_fc257ad/): Gluon 78.8 us
+    # with gate_norm's kernel against 124.1 folded (counts after the loop, GN_AFTER_LOOP: one program of each
+    # group of 32 finishes all its group's rows) and 185.9 (counted an item late: a MEMBAR.ALL.GPU each item
+    # drains the cp.async pipeline); the Triton kernel 86.3 against 99.4.
+    cfg["GATE_NORM"] = False
     return cfg
 
 
@@ -144,14 +151,11 @@ def _qk_prep(qk: dict, heads: int):
 
 
 def _gate_norm_after(out: torch.Tensor, p: torch.Tensor | None, gn: dict | None) -> torch.Tensor:
-    """Where a launch could not fuse the post-norm (gn, see tc.gn_kernel_args): ops.ttt_block.gate_norm's own
-    kernel over out [B, H, f] (the gate from p's columns g_col ..) into gn["y"]. Returns out."""
+    """gn's post-norm by gate_norm's own kernel after the step (ttt_block_triton.gate_norm_rows); returns out."""
     if gn is not None:
-        from ttt_decode.ops.ttt_block_triton import gate_norm_launch  # noqa: PLC0415 (as _qk_prep)
+        from ttt_decode.ops.ttt_block_triton import gate_norm_rows  # noqa: PLC0415 (as _qk_prep)
 
-        dim = out.shape[1] * out.shape[2]
-        g = p[:, gn["g_col"]:gn["g_col"] + dim] if gn["g_col"] >= 0 else None
-        gate_norm_launch(out.view(out.shape[0], dim), g, gn["norm_w"], gn["norm_b"], gn["eps"], gn["y"])
+        gate_norm_rows(out, p, gn)
     return out
 
 
@@ -162,9 +166,9 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
     qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
     eta, c are then None. Where the configuration picks the Gluon kernel, it does qk_prep's work too
     (GLUON_QK, where gluon_decode.qk_supported takes the inputs), else qk_prep's kernel runs first and
-    the Gluon kernel reads its outputs (two launches). gn (with qk only): the post-norm and gate of each
-    finished row into gn["y"] as well (tc.gn_kernel_args); the Gluon kernel takes it where it does qk_prep's
-    work, else gate_norm's own kernel runs after."""
+    the Gluon kernel reads its outputs (two launches). gn (with qk only): the post-norm and gate of the rows
+    into gn["y"] as well (tc.gn_kernel_args): in the kernel where the configuration says GATE_NORM (and the
+    kernel does qk_prep's work), else by gate_norm's own kernel after it."""
     B, H, f = v.shape
     cfg = config or dual_config(B, f, W1.dtype)
     p = qk["p"] if qk is not None else None  # the gate's columns, for gn
@@ -173,12 +177,13 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
 
         if gluon_decode.supported(v, v, v, gamma, beta, W1, b1, ck, cg1):
             kw = dict(programs_per_sm=cfg.get("programs_per_sm", 8), rows=cfg.get("rows", 16))
-            gn_kw = dict(gn_after_loop=cfg.get("GN_AFTER_LOOP", True))
             if qk is not None and cfg.get("GLUON_QK") and gluon_decode.qk_supported(qk, v):
                 # qk_prep's work in the Gluon kernel, one item ahead of the item it computes (no launch of
                 # its own, q and k never in memory; exp/NOTES.md, fourteenth session).
-                return gluon_decode.launch(None, None, v, None, None, gamma, beta, pos, W1, b1, ck, cg1, out, qk=qk,
-                                           gn=gn, **gn_kw, **kw)
+                fold = gn if cfg.get("GATE_NORM") else None
+                gluon_decode.launch(None, None, v, None, None, gamma, beta, pos, W1, b1, ck, cg1, out, qk=qk, gn=fold,
+                                    gn_after_loop=cfg.get("GN_AFTER_LOOP", True), **kw)
+                return _gate_norm_after(out, p, gn if fold is None else None)
             if qk is not None:
                 # qk_prep's own kernel first (GLUON_QK off, or inputs the fused prologue does not take).
                 q, k, eta, c = _qk_prep(qk, H)
@@ -189,7 +194,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
     qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
-    fused_gn = gn if qk is not None else None  # fused with the prologue only (the model's step)
+    fused_gn = gn if qk is not None and cfg.get("GATE_NORM") else None  # with the fused prologue only
     gn_args, gn_consts = tc.gn_kernel_args(fused_gn, v, H * f)
     _m1_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,

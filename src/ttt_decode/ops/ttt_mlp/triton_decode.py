@@ -367,6 +367,7 @@ def _m2_dual_kernel(
 
 # ---------------------------------------------------------------- launch
 CAP_MIN_BATCH = 128  # the register-capped configuration from this batch on (dual_config)
+GATE_NORM_MIN_BATCH = 512  # the post-norm folded into the kernel from this batch on (dual_config)
 
 
 def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
@@ -392,11 +393,16 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     state and other head dims keep the compiler's own register count (untimed under a cap). PREFETCH_B (rounds
     19-20, session 13): pass B's next cache rows requested into L2, with the capped kernel its W2 rows too: 522.5
     against 534.2 us at B = 512, 77.7 against 80.4 at B = 64 (rows only; rows + W2 79.3)."""
+    # GATE_NORM (session 16, exp/results/h100/gate_norm_fold_h100_fc257ad/): the model's post-norm and gate in
+    # the kernel (tc.finish_row) rather than gate_norm's own kernel after it, from GATE_NORM_MIN_BATCH on: 692.8
+    # against 694.0 us at B = 512 on an H100 (one launch a layer less, 200 a ttt-1b step); at B = 64 and 128 it
+    # lost 2% (97.2 against 95.0, 189.8 against 185.9 us: every program's release fence before its count).
+    fold = batch >= GATE_NORM_MIN_BATCH
     if batch >= CAP_MIN_BATCH and head_dim == 64 and state_dtype in (torch.float16, torch.bfloat16):
         return {"BLOCK_F": 32, "num_warps": 1, "maxnreg": 168, "L2_HINTS": True, "REVERSE_B": True, "W2_IN_B": True,
-                "W2_UPD_COLS": 32, "SPLIT_B": True, "KEEP_W2_LAST": True, "PREFETCH_B": 2}
+                "W2_UPD_COLS": 32, "SPLIT_B": True, "KEEP_W2_LAST": True, "PREFETCH_B": 2, "GATE_NORM": fold}
     return {"BLOCK_F": 32, "num_warps": max(1, head_dim // 64), "maxnreg": None, "L2_HINTS": True, "REVERSE_B": True,
-            "W2_IN_B": True, "PREFETCH_B": 1}
+            "W2_IN_B": True, "PREFETCH_B": 1, "GATE_NORM": fold}
 
 
 def kernel_constants(cfg: dict, head_dim: int, hidden: int, mini_batch: int, prefetch: bool, defer_w1: bool) -> dict:
@@ -457,16 +463,19 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
 
     The tensors as the custom op takes them; nothing is checked here (decode_step_dual checks). qk:
     qk_prep's inputs (tc.qk_kernel_args), computed into q, k, eta, c in the kernel's prologue; q, k,
-    eta, c are then None. gn (with qk): the post-norm and gate of each finished row into gn["y"] as well
-    (tc.gn_kernel_args)."""
+    eta, c are then None. gn (with qk): the post-norm and gate of the rows into gn["y"] as well
+    (tc.gn_kernel_args): in the kernel where the configuration says GATE_NORM, else by gate_norm's own kernel
+    after it."""
     B, H, f = v.shape
     assert gn is None or qk is not None, "the post-norm is fused with the fused prologue only"
+    p = qk["p"] if qk is not None else None
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
-    qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
-    gn_args, gn_consts = tc.gn_kernel_args(gn, v, H * f)
-    F = W1.shape[-1]
     cfg = config or dual_config(B, f, W1.dtype)
+    fold = gn if cfg.get("GATE_NORM") else None
+    qk_args, qk_consts = tc.qk_kernel_args(qk, v, f)
+    gn_args, gn_consts = tc.gn_kernel_args(fold, v, H * f)
+    F = W1.shape[-1]
     z1 = torch.empty(B * H * 2 * F, dtype=torch.float32, device=q.device)  # pass A's Z1, per item
     _m2_dual_kernel[(B * H,)](
         q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2, out, z1,
@@ -474,6 +483,10 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         *qk_args, *gn_args,
         **kernel_constants(cfg, f, F, ck.shape[2], prefetch=not interpreting(), defer_w1=naive.DEFER_W1),
         **qk_consts, **gn_consts, **tc.launch_options(cfg))
+    if gn is not None and fold is None:
+        from ttt_decode.ops.ttt_block_triton import gate_norm_rows  # noqa: PLC0415 (only this path needs it)
+
+        gate_norm_rows(out, p, gn)
     return out
 
 
