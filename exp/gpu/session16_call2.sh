@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 16, device call 2 (COMMIT=<sha> of the tree sent; .whl/site.tar.xz carried as in session14_call3.sh,
-# exp/results/ moved out of the tree for the 64 MiB a call carries): the final code in one sweep folder, as
+# exp/results/ moved out of the tree for the 64 MiB a call carries): the post-norm's GPU tests as dispatched now;
+# the final code in one sweep folder, as
 # session 14's final sweep ran it: ttt-1b M2 and M1 at B = 512 and 1024 (the post-norm in the inner kernels);
 # mamba-1.4b and mamba-ssm:mamba-1.4b; mamba-1.4b with fp16 state; its report; then `ttt-decode check` of M2 at
 # B = 512 over 20 steps (the post-norm folded there: graph vs eager, compiled vs eager). Packed into
@@ -13,6 +14,9 @@ C=${COMMIT:?pass COMMIT=<short sha> of the tree sent}
 export TTT_DECODE_COMMIT=$C
 start=$SECONDS
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader | tee "$D/gpu.txt"
+PYTHONPATH=src timeout 70 python3 -m pytest -q -m gpu -W ignore -p no:cacheprovider tests/test_ttt_fused_qk.py \
+  -k "gpu_fused_qk_gate_norm" > "$D/pytest_gpu_gate_norm.txt" 2>&1
+tail -1 "$D/pytest_gpu_gate_norm.txt"
 tar xJf .whl/site.tar.xz -C /tmp
 export PYTHONPATH=/tmp/site:src
 TTD="python3 -m ttt_decode.cli"
