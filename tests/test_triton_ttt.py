@@ -398,16 +398,18 @@ def test_m1_gluon_kernels_compile_for_sm90():
     import sys
 
     # The fused variant (qk_prep's work in the kernel) is the only one with a sigmoid (ex2) and a store of the
-    # conv ring's slot (one more st.global kind than the plain kernel's).
+    # conv ring's slot (one more st.global kind than the plain kernel's); with the post-norm folded in (g) the
+    # only one with an atomic (the row counts, acq_rel at GPU scope).
     code = ("from ttt_decode.ops.ttt_linear import gluon_decode as d, gluon_primal as p; "
             "a = d.compile_offline(90).asm['ptx']; b = p.compile_offline(90).asm['ptx']; "
             "f = d.compile_offline(90, fused_qk=True).asm['ptx']; "
+            "g = d.compile_offline(90, fused_qk=True, gate_norm=True).asm['ptx']; "
             "print('cp.async' in a, 'mma.sync' in a, 'cp.async' in b, 'ex2' in a, 'ex2' in f, "
-            "f.count('st.global') > a.count('st.global'))")
+            "f.count('st.global') > a.count('st.global'), 'atom' in f, 'atom.global.gpu.acq_rel' in g)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["True", "True", "True", "False", "True", "True"], res.stdout
+    assert res.stdout.split() == ["True", "True", "True", "False", "True", "True", "False", "True"], res.stdout
 
 
 @pytest.mark.gpu

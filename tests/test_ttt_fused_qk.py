@@ -278,17 +278,17 @@ def test_gpu_fused_qk_matches_qk_prep_then_step(mlp, key, B, config, nan_empty, 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", [None, {"GATE_NORM": True}, {"GATE_NORM": True, "GN_AFTER_LOOP": False},
+@pytest.mark.parametrize("config", [None, {"GATE_NORM": True},
                                     {"GLUON": True, "programs_per_sm": 2, "rows": 32, "GATE_NORM": True},
                                     {"GLUON_QK": False, "GATE_NORM": True}],
-                         ids=["default", "fold", "fold-per-item", "fold-gluon-P2-R32", "gluon-qk_prep-first"])
+                         ids=["default", "fold", "fold-gluon-P2-R32", "gluon-qk_prep-first"])
 @pytest.mark.parametrize("B,gate", [(16, "gate"), (512, "gate"), (512, "nogate")])
 @pytest.mark.parametrize("mlp", [False, True], ids=["M1", "M2"])
 def test_gpu_fused_qk_gate_norm(mlp, B, gate, config, nan_empty, monkeypatch):
     """The model's step with the post-norm and gate at ttt-1b shapes, fp16, as dispatched (M2 folds it from
     B = 512, M1 runs gate_norm's kernel after) and folded by force: M1 at B = 512 in the Gluon kernel (its
-    counts after the loop, or one item late; with 2 programs a multiprocessor each program finishes many
-    rows); with GLUON_QK off qk_prep's kernel, the Gluon kernel and then gate_norm's own kernel."""
+    counts after the loop; with 2 programs a multiprocessor each program finishes many rows); with GLUON_QK off
+    qk_prep's kernel, the Gluon kernel and then gate_norm's own kernel."""
     if config is not None and mlp and config != {"GATE_NORM": True}:
         pytest.skip("the Gluon configurations are M1's")
     _, tri = _mods(mlp)

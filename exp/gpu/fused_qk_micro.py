@@ -131,13 +131,12 @@ def main():
     if a.gate_norm:
         g1 = {**gluon, "GLUON_QK": True}
         variants = [("M1", False, "fused gluon + gate_norm", then_gate_norm(fused(tri1.decode_step_dual_qk)), g1),
-                    ("M1", False, "fused gluon gn per item", fused_gn(tri1.decode_step_dual_qk),
-                     {**g1, "GN_AFTER_LOOP": False}),
                     ("M1", False, "fused gluon gn after loop", fused_gn(tri1.decode_step_dual_qk),
-                     {**g1, "GN_AFTER_LOOP": True}),
+                     {**g1, "GATE_NORM": True}),
                     ("M1", False, "fused triton + gate_norm", then_gate_norm(fused(tri1.decode_step_dual_qk)),
                      {"GLUON": False}),
-                    ("M1", False, "fused triton gn", fused_gn(tri1.decode_step_dual_qk), {"GLUON": False}),
+                    ("M1", False, "fused triton gn", fused_gn(tri1.decode_step_dual_qk),
+                     {"GLUON": False, "GATE_NORM": True}),
                     ("M2", True, "fused triton + gate_norm", then_gate_norm(fused(tri2.decode_step_dual_qk)), None),
                     ("M2", True, "fused triton gn", fused_gn(tri2.decode_step_dual_qk), None)]
     if a.m1_only:

@@ -108,26 +108,11 @@ def _load_qk_inputs(p_ptr, ring_ptr, item, H, stride_p, lr_col, i_h, cols2, cpos
 
 
 @gluon.jit
-def _finish_counted(counted, lane0, item, H, D: gl.constexpr, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, stride_p,
-                    g_col, gn_eps, BLOCK_ROW: gl.constexpr, HAS_GATE: gl.constexpr):
-    """If item's count (lane 0 of counted, the atomic's old value) says it finished its row's last head:
-    the count back to 0 and gate_norm_row over the row (tc.finish_row's work, for the deferred count)."""
-    if (item >= 0) & (gl.max(gl.where(lane0, counted, -1), 0) == H - 1):
-        row = item // H
-        gl.store(cnt_ptr + row + gl.zeros_like(counted), gl.zeros_like(counted), mask=lane0)
-        _barrier()  # lane 0's acquire before every lane's reads
-        dim = H * D
-        # The row's columns, 8 consecutive (16 bytes of fp16) a lane at a time; made here, not held in the loop.
-        o_row = gl.arange(0, BLOCK_ROW, layout=gl.BlockedLayout([8], [32], [1], [0]))
-        tc.gate_norm_row(out_ptr + row * dim, p_ptr + row * stride_p + g_col, nw_ptr, nb_ptr, y_ptr + row * dim, o_row,
-                         dim, gn_eps, HAS_GATE)
-
-
-@gluon.jit
 def _finish_after_loop(pid, nprog, n_items, H, D: gl.constexpr, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr,
                        stride_p, g_col, gn_eps, BLOCK_ROW: gl.constexpr, HAS_GATE: gl.constexpr):
-    """GN_AFTER_LOOP: every item of this program counted after its loop, 32 at a time (one lane each, one
-    release for all of them), then gate_norm_row over each row whose last head this program counted."""
+    """GATE_NORM: every item of this program counted after its loop, 32 at a time (one lane each, one release
+    for all of them: the release before an atomic is a fence that, paid per item, drained the cp.async pipeline,
+    187 against 79 us at B = 512 on an H100), then gate_norm_row over each row whose last head it counted."""
     A1: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     lane = gl.arange(0, 32, layout=A1)
     ones = gl.full([32], 1, gl.int32, A1)
@@ -160,7 +145,7 @@ def _m1_dual_gluon_kernel(
     y_ptr, nw_ptr, nb_ptr, cnt_ptr, g_col, gn_eps,
     D: gl.constexpr, MB: gl.constexpr, EPS: gl.constexpr, ROWS: gl.constexpr,
     FUSED_QK: gl.constexpr, HAS_QK_BIAS: gl.constexpr, WIDTH: gl.constexpr,
-    GATE_NORM: gl.constexpr, HAS_GATE: gl.constexpr, BLOCK_ROW: gl.constexpr, GN_AFTER_LOOP: gl.constexpr,
+    GATE_NORM: gl.constexpr, HAS_GATE: gl.constexpr, BLOCK_ROW: gl.constexpr,
 ):
     # [R, D] tiles on one warp: 8 consecutive columns (16 bytes of fp16) a lane, 8 lanes across a row.
     L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
@@ -197,14 +182,6 @@ def _m1_dual_gluon_kernel(
 
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
-    # GATE_NORM: an item's count (tc.row_finished's, one lane's atomic) is sent at the top of the next
-    # iteration, after its barrier, and its answer read at that iteration's end, so that the round trip to
-    # L2 is not on an item's chain; the program that counted a row's last head then does gate_norm_row.
-    A1: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    lane0 = gl.arange(0, 32, layout=A1) == 0
-    ones = gl.full([32], 1, gl.int32, A1)
-    counted = gl.full([32], -1, gl.int32, A1)
-    prev = pid - nprog  # the item whose count is in flight (none while negative)
     # The first item's copies before anything else, so that they are in flight while the rest is set up.
     _issue(0, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr, ck_ptr, cg_ptr,
            pid, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off, c_off, m_old, o_v, D, MB,
@@ -268,9 +245,6 @@ def _m1_dual_gluon_kernel(
         nxt = it + nprog
         # The other buffer set was read in the previous iteration (every lane is past those reads here).
         _barrier()
-        if GATE_NORM and not GN_AFTER_LOOP:
-            counted = gl.atomic_add(cnt_ptr + prev // H + gl.zeros_like(ones), ones, mask=lane0 & (prev >= 0),
-                                    sem="acq_rel", scope="gpu")
         if nxt < n_items:
             _issue(1 - buf, w_s, k_s, g_s, t_s, b_s, n_s, q_ptr, k_ptr, v_ptr, gamma_ptr, beta_ptr, w1_ptr, b1_ptr,
                    ck_ptr, cg_ptr, nxt, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, w_off,
@@ -354,21 +328,10 @@ def _m1_dual_gluon_kernel(
                 gl.store(w1_ptr + it * (D * D) + (r0 + o_u)[:, None] * D + o_c[None, :],
                          (w_old - upd * c_i).to(gl.float16))
             gl.store(b1_ptr + it * D + o_c, (b1 - gl.sum(gc, 0) * c_i).to(gl.float16))
-        if GATE_NORM and not GN_AFTER_LOOP:
-            _finish_counted(counted, lane0, prev, H, D, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, stride_p, g_col,
-                            gn_eps, BLOCK_ROW, HAS_GATE)
-            prev = it
     cp.wait_group(0)
-    if GATE_NORM and GN_AFTER_LOOP:
+    if GATE_NORM:
         _finish_after_loop(pid, nprog, n_items, H, D, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, stride_p, g_col,
                            gn_eps, BLOCK_ROW, HAS_GATE)
-    elif GATE_NORM:
-        # The last item's count, answered at once.
-        _barrier()
-        counted = gl.atomic_add(cnt_ptr + prev // H + gl.zeros_like(ones), ones, mask=lane0 & (prev >= 0),
-                                sem="acq_rel", scope="gpu")
-        _finish_counted(counted, lane0, prev, H, D, out_ptr, y_ptr, nw_ptr, nb_ptr, cnt_ptr, p_ptr, stride_p, g_col,
-                        gn_eps, BLOCK_ROW, HAS_GATE)
 
 
 def offsets_fit(*tensors) -> bool:
@@ -418,13 +381,13 @@ def qk_supported(qk: dict, v) -> bool:
 
 
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per_sm: int = 8, rows: int = 16,
-           qk: dict | None = None, gn: dict | None = None, gn_after_loop: bool = True):
+           qk: dict | None = None, gn: dict | None = None):
     """Run the kernel into out [B, H, 64] (contiguous) for inputs that supported() takes: programs_per_sm
     persistent programs a multiprocessor (at most the number of items), W1 read from shared memory in
     rows-row slices. qk (where qk_supported): qk_prep's inputs, its work done in the kernel (q, k, eta,
     c are then unused); the grid is then a multiple of H (each program's items are of one head). gn (with
-    qk): the post-norm and gate of each finished row into gn["y"] too (tc.gn_kernel_args), its items counted
-    after the loop (gn_after_loop) or each one an item late."""
+    qk): the post-norm and gate of each finished row into gn["y"] too (tc.gn_kernel_args), a program's items
+    counted after its loop."""
     B, H, f = v.shape
     n = B * H
     grid = min(n, programs_per_sm * num_sms(v.device))
@@ -438,7 +401,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, programs_per
         q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out,
         n, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0),
         eta.stride(1), *qk_args, *gn_args, D=f, MB=ck.shape[2], EPS=TTT_NORM_EPS, ROWS=rows, **qk_consts,
-        **gn_consts, GN_AFTER_LOOP=gn_after_loop, num_warps=1)
+        **gn_consts, num_warps=1)
     return out
 
 
@@ -473,14 +436,12 @@ _QK_TAIL = {**{f"{n}_ptr": "*fp16" for n in "p ring".split()}, "cpos_ptr": "*i64
             **{f"{n}_ptr": "*fp16" for n in "y nw nb".split()}, "cnt_ptr": "*i32", "g_col": "i32", "gn_eps": "fp32"}
 
 
-def compile_offline(capability: int = 90, rows: int = 16, fused_qk: bool = False, gate_norm: bool = False,
-                    gn_after_loop: bool = True):
+def compile_offline(capability: int = 90, rows: int = 16, fused_qk: bool = False, gate_norm: bool = False):
     """This kernel compiled for an NVIDIA target without a GPU (compile_for_target); fused_qk: with
     qk_prep's work (conv width 4, with biases), as the model's fused step launches it; gate_norm (with
     fused_qk): with the post-norm and gate of ttt-1b's rows (32 heads, gated)."""
     consts = {"D": HEAD_DIM, "MB": MINI_BATCH, "EPS": TTT_NORM_EPS, "ROWS": rows,
               "FUSED_QK": fused_qk, "HAS_QK_BIAS": fused_qk, "WIDTH": 4 if fused_qk else 1,
-              "GATE_NORM": gate_norm, "HAS_GATE": gate_norm, "BLOCK_ROW": 2048 if gate_norm else 16,
-              "GN_AFTER_LOOP": gn_after_loop}
+              "GATE_NORM": gate_norm, "HAS_GATE": gate_norm, "BLOCK_ROW": 2048 if gate_norm else 16}
     return compile_for_target(_m1_dual_gluon_kernel, "q k v eta c gamma beta pos w1 b1 ck cg out".split(),
                               consts, capability, tail=_QK_TAIL)

@@ -135,8 +135,8 @@ def dual_config(batch: int, head_dim: int, state_dtype: torch.dtype) -> dict:
     # GATE_NORM: the model's post-norm and gate folded into the kernel (tc.finish_row) rather than gate_norm's own
     # kernel after it. Off for M1: a program's 2048-column row tail and the release fence before each count cost
     # more than the launch saved. H100, B = 512 (exp/results/h100/gate_norm_fold_h100_fc257ad/): Gluon 78.8 us
-    # with gate_norm's kernel against 124.1 folded (counts after the loop, GN_AFTER_LOOP: one program of each
-    # group of 32 finishes all its group's rows) and 185.9 (counted an item late: a MEMBAR.ALL.GPU each item
+    # with gate_norm's kernel against 124.1 folded (counts after the loop: one program of each group of 32
+    # finishes all its group's rows) and 185.9 (counted an item late, since removed: a MEMBAR.ALL.GPU each item
     # drains the cp.async pipeline); the Triton kernel 86.3 against 99.4.
     cfg["GATE_NORM"] = False
     return cfg
@@ -182,7 +182,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
                 # its own, q and k never in memory; exp/NOTES.md, fourteenth session).
                 fold = gn if cfg.get("GATE_NORM") else None
                 gluon_decode.launch(None, None, v, None, None, gamma, beta, pos, W1, b1, ck, cg1, out, qk=qk, gn=fold,
-                                    gn_after_loop=cfg.get("GN_AFTER_LOOP", True), **kw)
+                                    **kw)
                 return _gate_norm_after(out, p, gn if fold is None else None)
             if qk is not None:
                 # qk_prep's own kernel first (GLUON_QK off, or inputs the fused prologue does not take).
