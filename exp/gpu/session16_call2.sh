@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 16, device call 2 (COMMIT=<sha> of the tree sent; .whl/site.tar.xz carried as in session14_call3.sh,
+# NOT RUN in session 16: the device time was spent (two calls on H100s, 940 s held, and nine refused requests, which
+# cost 600 s more). Session 16, device call 2 (COMMIT=<sha> of the tree sent; .whl/site.tar.xz carried as in session14_call3.sh,
 # exp/results/ moved out of the tree for the 64 MiB a call carries): the post-norm's GPU tests as dispatched now;
 # the final code in one sweep folder, as
 # session 14's final sweep ran it: ttt-1b M2 and M1 at B = 512 and 1024 (the post-norm in the inner kernels);
