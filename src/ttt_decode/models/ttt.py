@@ -121,13 +121,14 @@ ENV_FUSED_GATE_NORM = "TTT_DECODE_FUSED_GATE_NORM"
 
 
 def fused_gate_norm_switch() -> bool:
-    """TTT_DECODE_FUSED_GATE_NORM: 1 (the default) lets the fused dual kernels do the post-norm and gate of
-    each row themselves (one launch a layer less); 0 runs gate_norm's own kernel after them, as before
-    (for A/B timings). Another value is a one-line error, raised before anything is allocated."""
+    """TTT_DECODE_FUSED_GATE_NORM: 1 (the default) hands the post-norm and gate to the fused dual step, whose
+    dispatcher folds them into its kernel where that measured no slower (one launch a layer less: M2 from
+    B = 512) and runs gate_norm's kernel after it elsewhere; 0 calls gate_norm's kernel from the model, as
+    before (for A/B timings). Another value is a one-line error, raised before anything is allocated."""
     value = os.environ.get(ENV_FUSED_GATE_NORM, "1")
     if value not in ("0", "1"):
-        raise UserError(f"{ENV_FUSED_GATE_NORM}={value!r} is not 0 or 1 (1: the TTT dual kernels do the post-norm "
-                        f"and gate themselves, 0: gate_norm's own kernel runs after them); unset it for the default, 1")
+        raise UserError(f"{ENV_FUSED_GATE_NORM}={value!r} is not 0 or 1 (1: the fused TTT dual step takes the "
+                        f"post-norm and gate, 0: the model calls gate_norm's kernel); unset it for the default, 1")
     return value == "1"
 
 
@@ -143,7 +144,7 @@ class TTTLayer(nn.Module):
         self.decode_step = pick_step(self.op.__name__, impl, form == "dual")
         # The same step with qk_prep folded into its kernel (Triton dual kernels; None elsewhere).
         self.decode_step_qk = pick_step_qk(self.op.__name__, impl, form == "dual") if config.share_qk else None
-        # ... which then also does the post-norm and gate (GateNorm), given the state's row counters.
+        # ... which then also takes the post-norm and gate (GateNorm), given the state's row counters.
         self.fuse_gate_norm = self.decode_step_qk is not None and fuse_gate_norm
         D, H, f = c.hidden_size, c.num_heads, c.head_dim
         F_ = 4 * f if mlp else f
@@ -231,7 +232,7 @@ class TTTLayer(nn.Module):
             # from p's columns (no view of p before it: see ops.ttt_triton_common.qk_step_op).
             gn = None
             if self.fuse_gate_norm and ls.row_counters is not None:
-                # ... and the post-norm and gate of each row, after the row's last head (one launch less).
+                # ... and the post-norm and gate (in the kernel, after a row's last head, where it folds them).
                 norm = self.post_norm
                 gn = GateNorm(norm.weight, norm.bias, norm.eps, cols["g"].start if c.use_gate else -1, ls.row_counters)
             with stage("ttt.inner_loop"):

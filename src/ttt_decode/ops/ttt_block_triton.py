@@ -210,13 +210,16 @@ def gate_norm_launch(z, g, weight, bias, eps, out, num_warps=None):
     return out
 
 
-def gate_norm_rows(out, p, gn: dict):
+def gate_norm_rows(out, p, gn: dict | None):
     """A dual step's post-norm where its kernel did not fold it (the dispatcher's choice, or a route that cannot):
     gate_norm's kernel over out [B, H, f] (the gate from p's columns gn["g_col"] .., none if -1) into gn["y"]
-    (ops.ttt_triton_common.gn_kernel_args' dict). Returns gn["y"]."""
+    (ops.ttt_triton_common.gn_kernel_args' dict); nothing where gn is None. Returns out."""
+    if gn is None:
+        return out
     dim = out.shape[1] * out.shape[2]
     g = p[:, gn["g_col"]:gn["g_col"] + dim] if gn["g_col"] >= 0 else None
-    return gate_norm_launch(out.view(out.shape[0], dim), g, gn["norm_w"], gn["norm_b"], gn["eps"], gn["y"])
+    gate_norm_launch(out.view(out.shape[0], dim), g, gn["norm_w"], gn["norm_b"], gn["eps"], gn["y"])
+    return out
 
 
 def _gate_norm_fake(z, g, weight, bias, eps):

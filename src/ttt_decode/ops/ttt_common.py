@@ -235,8 +235,9 @@ def chunked_prefill(step_for, dual_mini_batch, q, k, v, eta, c, gamma, beta,
 
 @dataclass
 class GateNorm:
-    """ops.ttt_block.gate_norm's parameters, for a fused dual step that applies it to its output rows in the
-    kernel (`decode_step_dual_qk(..., gate_norm=)`, which then returns o_proj's input y [B, H f]).
+    """ops.ttt_block.gate_norm's parameters, for a fused dual step that applies it to its output rows
+    (`decode_step_dual_qk(..., gate_norm=)`, which then returns o_proj's input y [B, H f]): in its kernel where
+    the dispatcher folds it (GATE_NORM in dual_config), else by gate_norm's kernel right after.
 
     weight, bias [H f]: the post-norm's; eps its epsilon; g_col: the first of the gate's H f columns in the
     projection p the step reads, or -1 for no gate; counters: int32 zeros, at least one per sequence,

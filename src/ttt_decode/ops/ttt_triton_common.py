@@ -279,7 +279,8 @@ def update_bias(p_b, p_rows, o_c, m_c, o_s, m_s, stride, scale):
 # ops.ttt_block.gate_norm (o_proj's input y = gelu_tanh(g) * LayerNorm(z) over a sequence's H f columns) done by
 # the dual kernels after their item: LayerNorm needs every head of the row, so the program that finishes a row's
 # last head (an atomic count per row) reads the row's H outputs back from L2 and writes y. One launch a layer
-# less than the separate _gate_norm_kernel (ops/ttt_block_triton.py), whose arithmetic and roundings these are.
+# less than the separate _gate_norm_kernel (ops/ttt_block_triton.py), whose arithmetic and roundings these are
+# (float32 only: the fold is never dispatched for float64). Where it pays: the dual_config comments.
 @triton.jit
 def row_finished(cnt_ptr, i_b, H):
     """Count one more finished head of row i_b; true in the program that finished its last (the count is

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import step_op
+from ttt_decode.ops.ttt_block_triton import gate_norm_rows
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, GateNorm, TTTState
 
 
@@ -150,15 +151,6 @@ def _qk_prep(qk: dict, heads: int):
     return ttt_block_triton.qk_prep_launch(*args, qk["base_lr"], heads, qk["lr_col"])
 
 
-def _gate_norm_after(out: torch.Tensor, p: torch.Tensor | None, gn: dict | None) -> torch.Tensor:
-    """gn's post-norm by gate_norm's own kernel after the step (ttt_block_triton.gate_norm_rows); returns out."""
-    if gn is not None:
-        from ttt_decode.ops.ttt_block_triton import gate_norm_rows  # noqa: PLC0415 (as _qk_prep)
-
-        gate_norm_rows(out, p, gn)
-    return out
-
-
 def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None, qk=None, gn=None):
     """Run the dual step's kernel into out [B, H, f] with a launch configuration (default dual_config).
 
@@ -183,13 +175,13 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
                 fold = gn if cfg.get("GATE_NORM") else None
                 gluon_decode.launch(None, None, v, None, None, gamma, beta, pos, W1, b1, ck, cg1, out, qk=qk, gn=fold,
                                     **kw)
-                return _gate_norm_after(out, p, gn if fold is None else None)
+                return gate_norm_rows(out, p, gn if fold is None else None)
             if qk is not None:
                 # qk_prep's own kernel first (GLUON_QK off, or inputs the fused prologue does not take).
                 q, k, eta, c = _qk_prep(qk, H)
             if gluon_decode.supported(q, k, v, gamma, beta, W1, b1, ck, cg1):
                 gluon_decode.launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, **kw)
-                return _gate_norm_after(out, p, gn)
+                return gate_norm_rows(out, p, gn)
             qk = None  # q, k, eta, c are computed: the Triton kernel reads them
     if qk is not None:
         q = k = eta = c = v  # placeholders: the kernel computes them
@@ -201,7 +193,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, ck, cg1, out, config=None,
         H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eta.stride(0), eta.stride(1),
         *qk_args, *gn_args, D=f, MB=ck.shape[2], BLOCK_D=tc.pow2(f), BLOCK_MB=max(16, tc.pow2(ck.shape[2])),
         EPS=TTT_NORM_EPS, UPDATE_DOT=cfg["UPDATE_DOT"], **qk_consts, **gn_consts, **tc.launch_options(cfg))
-    return out if fused_gn is not None else _gate_norm_after(out, p, gn)
+    return gate_norm_rows(out, p, gn if fused_gn is None else None)
 
 
 step_op("ttt_linear_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "cache_k", "cache_g1"),
@@ -228,8 +220,9 @@ def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, r
     """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c (and v as the
     columns v_col .. v_col + H f of p): the same function as qk_prep followed by decode_step_dual, with
     qk_prep's work done in the kernel's prologue (one launch instead of two, and q, k never written to
-    memory). -> out [B, H, f]; with gate_norm, ops.ttt_block.gate_norm of out's rows (heads flattened) is
-    done in the kernel as well and the result is o_proj's input y [B, H f] (one launch instead of two).
+    memory). -> out [B, H, f]; with gate_norm, ops.ttt_block.gate_norm of out's rows (heads flattened) as
+    well, and the result is o_proj's input y [B, H f]: in the kernel where dual_config says GATE_NORM (one
+    launch instead of two), else by gate_norm's kernel after it.
 
     Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
     the last mini-batch position (and gate_norm's counters, zero again when it returns)."""

@@ -72,6 +72,7 @@ import triton.language as tl
 
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import interpreting, step_op
+from ttt_decode.ops.ttt_block_triton import gate_norm_rows
 from ttt_decode.ops.ttt_common import TTT_NORM_EPS, DualCache, GateNorm, TTTState
 from ttt_decode.ops.ttt_mlp import naive
 from ttt_decode.ops.ttt_mlp import triton_tiles as tiles
@@ -483,11 +484,7 @@ def launch(q, k, v, eta, c, gamma, beta, pos, W1, b1, W2, b2, ck, cg1, cx2, cg2,
         *qk_args, *gn_args,
         **kernel_constants(cfg, f, F, ck.shape[2], prefetch=not interpreting(), defer_w1=naive.DEFER_W1),
         **qk_consts, **gn_consts, **tc.launch_options(cfg))
-    if gn is not None and fold is None:
-        from ttt_decode.ops.ttt_block_triton import gate_norm_rows  # noqa: PLC0415 (only this path needs it)
-
-        gate_norm_rows(out, p, gn)
-    return out
+    return gate_norm_rows(out, p, gn if fold is None else None)
 
 
 step_op("ttt_mlp_dual_step", ("q", "k", "v", "eta", "c", "gamma", "beta", "pos", "W1", "b1", "W2", "b2", "cache_k",
@@ -516,8 +513,9 @@ def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, r
     """ops.ttt_block.qk_prep's arguments, then decode_step_dual's without q, k, eta, c (and v as the
     columns v_col .. v_col + H f of p): the same function as qk_prep followed by decode_step_dual, with
     qk_prep's work done in the kernel's prologue (one launch instead of two, and q, k never written to
-    memory). -> out [B, H, f]; with gate_norm, ops.ttt_block.gate_norm of out's rows (heads flattened) is
-    done in the kernel as well and the result is o_proj's input y [B, H f] (one launch instead of two).
+    memory). -> out [B, H, f]; with gate_norm, ops.ttt_block.gate_norm of out's rows (heads flattened) as
+    well, and the result is o_proj's input y [B, H f]: in the kernel where dual_config says GATE_NORM (one
+    launch instead of two), else by gate_norm's kernel after it.
 
     Mutates: ring (q0 into slot conv_pos), the cache rows at pos (and pos if advance), the state at
     the last mini-batch position (and gate_norm's counters, zero again when it returns)."""
