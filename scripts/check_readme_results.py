@@ -96,8 +96,9 @@ def check_table(start: int, table: list[str], report_tables: list[list[str]]) ->
     return bad or [(start, "rows are in another order than in the report")]
 
 
-def check(readme: str) -> tuple[int, list[str]]:
-    """(exit status, lines to print) for one README."""
+def check(readme: str, root: str | None = None) -> tuple[int, list[str]]:
+    """(exit status, lines to print) for one README; the reports' paths are relative to root (default: the
+    README's folder)."""
     try:
         with open(readme, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
@@ -109,7 +110,7 @@ def check(readme: str) -> tuple[int, list[str]]:
         return 2, [f"error: {e}"]
     if not found:
         return 0, [f"{readme}: no results regions (<!-- results: PATH --> ... <!-- /results -->); nothing checked"]
-    root = os.path.dirname(os.path.abspath(readme))
+    root = root or os.path.dirname(os.path.abspath(readme))
     out, n_tables = [], 0
     for marker, path, body, first in found:
         report = os.path.join(root, path)

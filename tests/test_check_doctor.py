@@ -81,3 +81,10 @@ def test_doctor_names_known_bad_combinations(monkeypatch, capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "[--] known to fail: the Triton 3.6.0 interpreter cannot run X" in out
+
+
+def test_doctor_names_a_bad_split_k_switch(monkeypatch, capsys):
+    monkeypatch.setenv("TTT_DECODE_SPLIT_K", "many")
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "[--] TTT_DECODE_SPLIT_K='many' is not auto, 0 or a number of slices" in out

@@ -30,6 +30,13 @@ def test_the_repository_readme_matches_its_reports():
     assert len(lines) == 1 and ("nothing checked" in lines[0] or "match their reports" in lines[0])
 
 
+def test_the_results_history_matches_its_reports():
+    """docs/HISTORY.md (the README's earlier results, moved there) names its reports from the repository root."""
+    code, lines = checker.check(os.path.join(ROOT, "docs", "HISTORY.md"), root=ROOT)
+    assert code == 0, "\n".join(lines)
+    assert len(lines) == 1 and "match their reports" in lines[0]
+
+
 @pytest.fixture(scope="module")
 def report_md(tmp_path_factory):
     pytest.importorskip("matplotlib")

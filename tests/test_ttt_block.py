@@ -71,13 +71,22 @@ def test_pre_conv_step_matches_reference(B, D, key, bias):
     run_pre_conv(B, D, DTYPES[key], bias, "cpu")
 
 
+@pytest.mark.parametrize("key", list(DTYPES))
+@pytest.mark.parametrize("parts", [2, 3, 4])
+def test_pre_conv_step_adds_k_split_partials(parts, key):
+    """delta as the down projection's K-split partial sums [s, B, D] (ops.split_k): the kernel adds them left
+    to right in the residual dtype, as ops.split_k.sum_parts does in the reference."""
+    run_pre_conv(3, 64, DTYPES[key], True, "cpu", parts=parts)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("key", list(DTYPES))
-def test_gpu_pre_conv_step_matches_reference(key):
-    run_pre_conv(64, 2048, DTYPES[key], True, "cuda")
+@pytest.mark.parametrize("parts", [0, 2, 4])
+def test_gpu_pre_conv_step_matches_reference(key, parts):
+    run_pre_conv(64, 2048, DTYPES[key], True, "cuda", parts=parts)
 
 
-def run_pre_conv(B, D, act, bias, device):
+def run_pre_conv(B, D, act, bias, device, parts=0):
     g = torch.Generator().manual_seed(1)
     P = {n: t.to(device) if t is not None else None for n, t in _params(D, act, g, bias).items()}
     ring0 = torch.randn(B, W, D, generator=g).to(act).to(device)
@@ -85,7 +94,8 @@ def run_pre_conv(B, D, act, bias, device):
     conv_pos = torch.zeros(1, dtype=torch.int64, device=device)
     for t in range(TOKENS):
         h = torch.randn(B, D, generator=g).to(device)
-        delta = None if t == 0 else torch.randn(B, D, generator=g).to(act).to(device)
+        shape = (parts, B, D) if parts else (B, D)
+        delta = None if t == 0 else torch.randn(shape, generator=g).to(act).to(device)
 
         def args(i, cast):
             return (cast(h), cast(delta) if delta is not None else None, cast(P["norm_c"]), rings[i], conv_pos,
@@ -261,12 +271,14 @@ def test_model_step_fuses_gate_norm_into_the_inner_kernel(monkeypatch):
         build("ttt-tiny", inner_net="mlp_1_dual_triton", dtype="float32", device="cpu")
 
 
+@pytest.mark.parametrize("split", ["0", "2"], ids=["plain", "split-k"])
 @pytest.mark.parametrize("config", ["ttt-tiny", "ttt-tiny-transformer-backbone"])
-def test_compiled_step_traces_the_block_once(config, monkeypatch):
+def test_compiled_step_traces_the_block_once(config, split, monkeypatch):
     """Regional compilation: every block, the first included, hits one compiled graph (the first block
-    gets the embedding as its pending residual, so its guards are those of the others), and the step's
-    tail after the blocks one more. Traced with dynamo's eager backend: what is counted is the graphs,
-    not inductor's code."""
+    gets the embedding as its pending residual, so its guards are those of the others; with the down
+    projection K-split, as the partial sums [s, B, D] the others get: TTTInferenceState.embed_parts), and
+    the step's tail after the blocks one more. Traced with dynamo's eager backend: what is counted is the
+    graphs, not inductor's code."""
     from torch._dynamo.utils import counters
 
     from ttt_decode.decode import engine
@@ -274,6 +286,7 @@ def test_compiled_step_traces_the_block_once(config, monkeypatch):
 
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "eager"}))
+    monkeypatch.setenv("TTT_DECODE_SPLIT_K", split)
     torch._dynamo.reset()
     counters.clear()
     model = build(config, inner_net="mlp_1_dual", dtype="float32", device="cpu")

@@ -75,7 +75,14 @@ def _switches_line() -> tuple[bool, str]:
 
     if m2.DEFER_W1_PROBLEM:
         return False, m2.DEFER_W1_PROBLEM
+    from ttt_decode.errors import UserError
+    from ttt_decode.ops import split_k
     from ttt_decode.provenance import provenance
+
+    try:
+        split_k.check_switch()
+    except UserError as e:
+        return False, str(e)
 
     switches = provenance("cpu")["ttt_decode_env"]
     set_ = ", ".join(f"{k}={v}" for k, v in switches.items()) or "none"

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttt_decode.errors import UserError
+from ttt_decode.ops import split_k
 from ttt_decode.ops.conv_ring import ring_conv_step, ring_prefill
 from ttt_decode.ops.norms import acc_dtype as residual_dtype
 from ttt_decode.ops.norms import rms_norm
@@ -117,6 +118,14 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).split(self.hidden, dim=-1)
         return self.down(F.silu(gate) * up)
+
+    def step_parts(self, x: torch.Tensor, slices: int) -> torch.Tensor:
+        """forward of x [B, dim]; with slices > 1 the down projection's K-split partial sums [slices, B, dim]
+        (ops.split_k: for a consumer that adds them into the residual stream itself)."""
+        if slices == 1:
+            return self(x)
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+        return split_k.linear_parts(F.silu(gate) * up, self.down.weight, slices)
 
 
 class CausalConv1d(nn.Module):

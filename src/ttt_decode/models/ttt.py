@@ -37,7 +37,7 @@ from ttt_decode.models.common import (
     residual_dtype,
     stage,
 )
-from ttt_decode.ops import ttt_block, ttt_linear, ttt_mlp
+from ttt_decode.ops import split_k, ttt_block, ttt_linear, ttt_mlp
 from ttt_decode.ops.conv_ring import ring_prefill
 from ttt_decode.ops.ttt_block import apply_rotary, eta_of
 from ttt_decode.ops.ttt_common import (
@@ -84,6 +84,10 @@ class TTTLayerState:
     # int32 [B] zeros, one tensor shared by every layer (ops.ttt_common.GateNorm's counters) where the layer's
     # kernel does the post-norm and gate itself; None elsewhere. Zero between calls: left out of tensors().
     row_counters: torch.Tensor | None = None
+    # K slices of the MLP's down projection in a step (ops.split_k.slices_for, fixed with the batch): with
+    # s > 1 a block's step returns its down output as s partial sums [s, B, D] that the next block's first
+    # kernel (or the step's tail) adds into the residual stream.
+    down_slices: int = 1
 
     def tensors(self):
         convs = {n: t for n, t in (("conv_pre", self.conv_pre), ("conv_qk", self.conv_qk)) if t is not None}
@@ -112,6 +116,10 @@ class TTTInferenceState:
     # [B, D] zeros in the residual dtype, never written: the first block's residual (h = 0 + embedding).
     # A torch.zeros in the step was a fill kernel every token in the CUDA graph.
     zero_residual: torch.Tensor | None = None
+    # [s, B, D] in the weights' dtype where the layers' down_slices s > 1: the first block's pending residual
+    # in the shape every other block gets (the embedding written into part 0, the others zeros, never
+    # written), so that torch.compile still compiles the block once.
+    embed_parts: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.tensors().values())
@@ -295,19 +303,20 @@ class TTTBlock(nn.Module):
         return h + self.mlp(self.ffn_norm(h)).to(h.dtype)
 
     def step(self, h, delta, ls, conv_pos, pos, rope_cos, rope_sin):
-        """h [B, D] residual stream, delta [B, D] the previous block's MLP output not yet added (None for
-        the first block) -> (h, this block's MLP output): the add lands in the next block's first kernel."""
+        """h [B, D] residual stream, delta [B, D] the previous block's MLP output not yet added, or its K-split
+        partial sums [s, B, D] (ls.down_slices s > 1) -> (h, this block's MLP output, in the same form): the
+        add lands in the next block's first kernel."""
         with stage("pre_conv"):
             if self.pre_conv:
                 h, x = self.fused.pre_conv_step(h, delta, self.conv_norm.weight, ls.conv_pre, conv_pos,
                                                 ls.taps["pre"], self.conv.bias, self.seq_norm.weight,
                                                 self.seq_norm.eps)
             else:
-                h = h if delta is None else h + delta.to(h.dtype)
+                h = h if delta is None else h + split_k.sum_parts(delta, h.dtype)
                 x = self.seq_norm(h)
         h = h + self.ttt.step(x, ls, conv_pos, pos, rope_cos, rope_sin, self.fused).to(h.dtype)
         with stage("mlp"):
-            return h, self.mlp(self.ffn_norm(h))
+            return h, self.mlp.step_parts(self.ffn_norm(h), ls.down_slices)
 
 
 class TTTLM(DecodeLM):
@@ -321,6 +330,7 @@ class TTTLM(DecodeLM):
         if kind == "mlp":
             ttt_mlp.naive.check_convention()  # TTT_DECODE_M2_DEFER_W1, before anything is allocated
         fuse_gate_norm = fused_gate_norm_switch()
+        split_k.check_switch()
         if config.ttt_layer_type is not None and config.ttt_layer_type != kind:
             raise UserError(f"inner net {inner_net!r} is TTT-{kind.capitalize()} but the model {config.name!r} "
                             f"was built as TTT-{config.ttt_layer_type.capitalize()}; pick an inner net "
@@ -365,18 +375,22 @@ class TTTLM(DecodeLM):
         layers = []
         fused = any(block.ttt.fuse_gate_norm for block in self.layers)
         counters = torch.zeros(batch, dtype=torch.int32, device=self.device) if fused else None
+        slices = split_k.slices_for(batch, c.hidden_size, c.intermediate_size, self.device,
+                                    torch.empty((), dtype=self.dtype).element_size())
         for block in self.layers:
             ttt = TTTState.from_params(batch, state_dtype, *block.ttt.fast_weights())
             layers.append(TTTLayerState(
                 ttt=ttt, cache=cache_cls.empty_like_state(ttt, c.mini_batch_size, pos=pos),
                 conv_pre=conv() if c.pre_conv else None, conv_qk=conv() if c.share_qk else None,
                 taps={n: m.weight.detach().t().contiguous() for n, m in block.convs().items()},
-                row_counters=counters if block.ttt.fuse_gate_norm else None))
+                row_counters=counters if block.ttt.fuse_gate_norm else None, down_slices=slices))
         cos, sin = rotary_cos_sin(torch.arange(c.mini_batch_size, device=self.device), c.head_dim, c.rope_theta)
         zero = torch.zeros(batch, c.hidden_size, dtype=residual_dtype(self.dtype), device=self.device)
+        parts = (torch.zeros(slices, batch, c.hidden_size, dtype=self.dtype, device=self.device) if slices > 1
+                 else None)
         return TTTInferenceState(pos=pos, layers=layers, batch=batch, state_dtype=state_dtype,
                                  conv_pos=torch.zeros(1, dtype=torch.int64, device=self.device),
-                                 rope_cos=cos, rope_sin=sin, zero_residual=zero)
+                                 rope_cos=cos, rope_sin=sin, zero_residual=zero, embed_parts=parts)
 
     @torch.no_grad()
     def reset_state(self, state: TTTInferenceState) -> None:
@@ -445,10 +459,14 @@ class TTTLM(DecodeLM):
             # The embedding goes in as the first block's pending residual (h = 0 + embedding, exact), so
             # every block gets the same kinds of arguments and torch.compile compiles the block once; with
             # delta=None the first block's guards differed and it was compiled a second time.
-            delta = self.embed(input_ids)
+            if state.embed_parts is not None:  # the blocks' down outputs come as K-split partial sums
+                delta = state.embed_parts
+                torch.index_select(self.embed.weight, 0, input_ids, out=delta[0])  # the embedding, one launch
+            else:
+                delta = self.embed(input_ids)
             h = state.zero_residual  # read only: every block's step returns a new residual
             if h is None:  # a state built without it
-                h = torch.zeros(delta.shape, dtype=residual_dtype(self.dtype), device=delta.device)
+                h = torch.zeros(delta.shape[-2:], dtype=residual_dtype(self.dtype), device=delta.device)
         for block, ls in zip(self.layers, state.layers):
             h, delta = block.step(h, delta, ls, state.conv_pos, state.pos, state.rope_cos, state.rope_sin)
         x = self.finish_step(h, delta, state)
@@ -458,7 +476,7 @@ class TTTLM(DecodeLM):
     def finish_step(self, h, delta, state: TTTInferenceState) -> torch.Tensor:
         """After the last block: its MLP output added, the final norm (-> the head's input x), both
         positions advanced."""
-        x = self.norm_f(h + delta.to(h.dtype))
+        x = self.norm_f(h + split_k.sum_parts(delta, h.dtype))
         state.pos.copy_((state.pos + 1) % self.config.mini_batch_size)
         state.conv_pos.copy_((state.conv_pos + 1) % self.config.conv_kernel)
         return x

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ttt_decode.ops.conv_ring import ring_conv_step as conv_step
 from ttt_decode.ops.conv_ring import ring_step
 from ttt_decode.ops.norms import acc_dtype, rms_norm
+from ttt_decode.ops.split_k import sum_parts
 from ttt_decode.ops.ttt_common import gelu_tanh, token_coeffs
 
 __all__ = ["apply_rotary", "pre_conv_step", "eta_of", "qk_prep", "gate_norm"]
@@ -49,11 +50,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_taps, conv_b, norm_s, eps: float):
-    """h [B, D] residual (float32), delta [B, D] or None -> (h + delta + Conv(RMSNorm_c(h + delta)),
-    RMSNorm_s of that in the weights' dtype). conv_taps [W, D]: the conv's weights tap-major (the
-    parameter [D, W] transposed, contiguous; see the module docstring). Mutates ring (slot conv_pos)."""
+    """h [B, D] residual (float32), delta [B, D], its K-split partial sums [s, B, D] (ops.split_k.sum_parts
+    adds them) or None -> (h + delta + Conv(RMSNorm_c(h + delta)), RMSNorm_s of that in the weights' dtype).
+    conv_taps [W, D]: the conv's weights tap-major (the parameter [D, W] transposed, contiguous; see the
+    module docstring). Mutates ring (slot conv_pos)."""
     if delta is not None:
-        h = h + delta.to(h.dtype)
+        h = h + sum_parts(delta, h.dtype)
     y = conv_step(rms_norm(h, norm_c, eps), ring, conv_pos, conv_taps.t(), conv_b)
     h = h + y.to(h.dtype)
     return h, rms_norm(h, norm_s, eps)

@@ -6,7 +6,8 @@ a 6.1 ms ttt-1b M1 step at B = 512 on the H200, exp/NOTES.md). Here each step is
 and writes only what its data flow needs, and writes the ring slot in place (the custom op says so).
 
 `pre_conv_step` (one batch row per program, the whole row in registers: both RMSNorms reduce over it):
-    reads  h, delta (B D r), the ring's W-1 taps ((W-1) B D a), norm and conv weights
+    reads  h (B D r), delta (B D a; s B D a as s K-split partial sums, ops.split_k), the ring's W-1 taps
+           ((W-1) B D a), norm and conv weights
     writes h (B D r), x (B D a), the ring slot (B D a)               r: residual item, a: activation item
 `qk_prep` (one batch row per program; the rotary pairs are adjacent columns, split apart in registers):
     reads  q0, lr (B (D + H) a), the ring's W-1 taps ((W-1) B D a), both convs' weights, the rotary row
@@ -39,8 +40,8 @@ def _rms_row(x, w, dim, eps, OUT: tl.constexpr, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_ptr, ns_ptr, hout_ptr, x_ptr,
-                     dim, stride_h, stride_d, eps,
-                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+                     dim, stride_h, stride_d, stride_part, eps,
+                     HAS_DELTA: tl.constexpr, PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
                      BLOCK: tl.constexpr,
                      COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -50,7 +51,11 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
     RES: tl.constexpr = hout_ptr.dtype.element_ty
     b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
     if HAS_DELTA:
-        b_h = b_h + tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
+        # PARTS > 1: delta is the down projection's K-split partial sums (ops.split_k), added left to right.
+        acc = tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
+        for i in tl.static_range(1, PARTS):
+            acc = acc + tl.load(delta_ptr + i * stride_part + row * stride_d + o, mask=m, other=0.0).to(RES)
+        b_h = b_h + acc
     b_h = b_h.to(COMPUTE)
     pos = tl.load(cpos_ptr)
     ring_base = row * WIDTH * dim
@@ -150,10 +155,13 @@ def _pre_conv_impl(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps
     h_out = torch.empty((B, D), dtype=h.dtype, device=h.device)
     x = torch.empty((B, D), dtype=norm_s.dtype, device=h.device)
     block = triton.next_power_of_2(D)
+    parts = delta is not None and delta.dim() == 3  # K-split partial sums [s, B, D]
     _pre_conv_kernel[(B,)](
         h, delta if delta is not None else h, norm_c, ring, conv_pos, conv_w, conv_b if conv_b is not None else conv_w,
-        norm_s, h_out, x, D, h.stride(0), delta.stride(0) if delta is not None else 0, eps,
-        HAS_DELTA=delta is not None, HAS_BIAS=conv_b is not None, WIDTH=ring.shape[1], BLOCK=block,
+        norm_s, h_out, x, D, h.stride(0), delta.stride(-2) if delta is not None else 0,
+        delta.stride(0) if parts else 0, eps,
+        HAS_DELTA=delta is not None, PARTS=delta.shape[0] if parts else 1, HAS_BIAS=conv_b is not None,
+        WIDTH=ring.shape[1], BLOCK=block,
         COMPUTE=_compute(h, ring), num_warps=num_warps or _warps(block))
     return h_out, x
 
@@ -242,8 +250,9 @@ def pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps:
     """Fused; same signature and semantics as ttt_block.pre_conv_step."""
     check_interpreter()
     B, D = h.shape
-    assert h.stride(1) == 1 and (delta is None or (delta.shape == h.shape and delta.stride(1) == 1)), \
-        "pre_conv_step: h and delta must be [B, D] with contiguous rows"
+    assert h.stride(1) == 1 and (delta is None or (delta.shape[-2:] == h.shape and delta.dim() in (2, 3)
+                                                  and delta.stride(-1) == 1)), \
+        "pre_conv_step: h must be [B, D] and delta [B, D] or partial sums [s, B, D], with contiguous rows"
     assert norm_c.is_contiguous() and norm_s.is_contiguous() and norm_c.shape == norm_s.shape == (D,)
     tc.check_ring("pre_conv_step", ring, conv_pos, conv_w, conv_b, B, D)
     return torch.ops.ttt_decode.ttt_pre_conv_step(h, delta, norm_c, ring, conv_pos, conv_w, conv_b, norm_s, eps)
