@@ -490,6 +490,22 @@ def check_qk_step_inputs(name, p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope
     check_kernel_inputs(name, v, v, v, v[..., 0], token_idx, gamma, beta, state, cache, mlp=mlp, dual=True)
 
 
+def run_qk_step(name: str, op, op_gn, qk: tuple, tensors: tuple, base_lr: float, lr_col: int, v_col: int,
+                gamma, cache, advance: bool, gate_norm) -> torch.Tensor:
+    """The body of a `decode_step_dual_qk` after its checks: op (a qk_step_op) on qk_prep's arguments qk and the
+    step's tensors (gamma, beta, pos, state, cache), or with gate_norm (a GateNorm, checked here) its _gn twin;
+    then pos advanced if advance. -> out [B, H, f], or o_proj's input [B, H f] with gate_norm."""
+    if gate_norm is None:
+        out = op(*qk, *tensors, base_lr, lr_col, v_col)
+    else:
+        gn = gate_norm
+        gn.check(name, qk[0], gamma.numel())
+        out = op_gn(*qk, *tensors, gn.weight, gn.bias, gn.counters, base_lr, lr_col, v_col, gn.g_col, gn.eps)
+    if advance:
+        advance_pos(cache.pos, cache.mini_batch_size)
+    return out
+
+
 def advance_pos(pos: torch.Tensor, mini_batch_size: int) -> None:
     """pos <- (pos + 1) mod b on the device (no host sync)."""
     pos.copy_((pos + 1) % mini_batch_size)

@@ -230,13 +230,6 @@ def decode_step_dual_qk(p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, r
                             lr_bias, token_idx, num_heads, lr_col, v_col, gamma, beta, state, cache, mlp=False)
     qk = (p, ring, conv_pos, wq, bq, wk, bk, rope_cos, rope_sin, rot_pos, lr_bias, token_idx)
     tensors = (gamma, beta, cache.pos, state.W1, state.b1, cache.k, cache.g1)
-    if gate_norm is None:
-        out = torch.ops.ttt_decode.ttt_linear_dual_step_qk(*qk, *tensors, base_lr, lr_col, v_col)
-    else:
-        gn = gate_norm
-        gn.check("ttt_linear dual decode", p, gamma.numel())
-        gn_args = (gn.weight, gn.bias, gn.counters, base_lr, lr_col, v_col, gn.g_col, gn.eps)
-        out = torch.ops.ttt_decode.ttt_linear_dual_step_qk_gn(*qk, *tensors, *gn_args)
-    if advance:
-        tc.advance_pos(cache.pos, cache.mini_batch_size)
-    return out
+    return tc.run_qk_step("ttt_linear dual decode", torch.ops.ttt_decode.ttt_linear_dual_step_qk,
+                          torch.ops.ttt_decode.ttt_linear_dual_step_qk_gn, qk, tensors, base_lr, lr_col, v_col, gamma,
+                          cache, advance, gate_norm)
