@@ -88,3 +88,20 @@ def test_model_step_with_split_down_projection(config, inner, slices, monkeypatc
             torch.testing.assert_close(state.embed_parts[0], model.embed(ids[:, -1]))
     for t, (a, b) in enumerate(zip(logits[0], logits[slices])):
         assert rel_err(b, a) < 1e-5, t
+
+
+@pytest.mark.parametrize("var,value", [("TTT_DECODE_PREFILL_GRAPHS", "yes"), ("TTT_DECODE_FUSED_GATE_NORM", "2"),
+                                       ("TTT_DECODE_FUSED_SWIGLU", "true"), ("TTT_DECODE_SPLIT_K", "-1"),
+                                       ("TTT_DECODE_M2_DEFER_W1", "on")])
+def test_every_switch_rejects_other_values_before_the_model_is_built(var, value, monkeypatch):
+    """The README's switches table: each takes only its listed values; anything else is a one-line error naming the
+    variable when a TTT model is built."""
+    from ttt_decode.models import build
+    from ttt_decode.ops.ttt_mlp import naive
+
+    monkeypatch.setenv(var, value)
+    if var == "TTT_DECODE_M2_DEFER_W1":  # read when the module is imported
+        monkeypatch.setattr(naive, "DEFER_W1_PROBLEM", naive._read_switch(var, "0")[1])
+    with pytest.raises(UserError, match=var) as e:
+        build("ttt-tiny", inner_net="mlp_2_dual", dtype="float32", device="cpu")
+    assert "\n" not in str(e.value)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttt_decode.errors import UserError
-from ttt_decode.ops import split_k
+from ttt_decode.ops import split_k, swiglu_gemm
 from ttt_decode.ops.conv_ring import ring_conv_step, ring_prefill
 from ttt_decode.ops.norms import acc_dtype as residual_dtype
 from ttt_decode.ops.norms import rms_norm
@@ -114,18 +114,25 @@ class SwiGLU(nn.Module):
         self.hidden = hidden
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=False, dtype=dtype, device=device)
         self.down = nn.Linear(hidden, dim, bias=False, dtype=dtype, device=device)
+        # The decode step's gate_up and silu * up in one kernel (ops.swiglu_gemm); set by the model that owns it.
+        self.fused_act = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).split(self.hidden, dim=-1)
         return self.down(F.silu(gate) * up)
 
     def step_parts(self, x: torch.Tensor, slices: int) -> torch.Tensor:
-        """forward of x [B, dim]; with slices > 1 the down projection's K-split partial sums [slices, B, dim]
+        """forward of x [B, dim] in a decode step: with fused_act the gate_up product and silu * up in one kernel
+        (ops.swiglu_gemm); with slices > 1 the down projection's K-split partial sums [slices, B, dim]
         (ops.split_k: for a consumer that adds them into the residual stream itself)."""
+        if self.fused_act:
+            act = swiglu_gemm.swiglu_gate_up(x, self.gate_up.weight)
+        else:
+            gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+            act = F.silu(gate) * up
         if slices == 1:
-            return self(x)
-        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
-        return split_k.linear_parts(F.silu(gate) * up, self.down.weight, slices)
+            return self.down(act)
+        return split_k.linear_parts(act, self.down.weight, slices)
 
 
 class CausalConv1d(nn.Module):

@@ -50,6 +50,7 @@ from ttt_decode.ops.ttt_common import (
     pick_step_qk,
     token_coeffs,
 )
+from ttt_decode.ops.ttt_prefill_graph import check_switch as prefill_graph_switch
 from ttt_decode.ops.ttt_prefill_graph import prefill_graphs
 
 INIT_STD = 0.02
@@ -126,6 +127,19 @@ class TTTInferenceState:
 
 
 ENV_FUSED_GATE_NORM = "TTT_DECODE_FUSED_GATE_NORM"
+ENV_FUSED_SWIGLU = "TTT_DECODE_FUSED_SWIGLU"
+
+
+def fused_swiglu_switch() -> bool:
+    """TTT_DECODE_FUSED_SWIGLU: 1 runs the MLP's gate_up product and silu * up as one kernel in the decode step of
+    a model with Triton kernels (ops.swiglu_gemm: one launch a layer less); 0 (the default, until a GPU has timed
+    it against cuBLAS) keeps cuBLAS's product and the elementwise kernel. Another value is a one-line error,
+    raised before anything is allocated."""
+    value = os.environ.get(ENV_FUSED_SWIGLU, "0")
+    if value not in ("0", "1"):
+        raise UserError(f"{ENV_FUSED_SWIGLU}={value!r} is not 0 or 1 (1: the MLP's gate_up product and its "
+                        f"activation in one kernel; 0, the default: cuBLAS and an elementwise kernel)")
+    return value == "1"
 
 
 def fused_gate_norm_switch() -> bool:
@@ -273,7 +287,7 @@ class TTTLayer(nn.Module):
 
 class TTTBlock(nn.Module):
     def __init__(self, config: TTTConfig, mlp: bool, form: str, impl: str, dtype=None, device=None,
-                 fuse_gate_norm: bool = True):
+                 fuse_gate_norm: bool = True, fuse_swiglu: bool = False):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
         D, eps = config.hidden_size, config.rms_norm_eps
@@ -285,6 +299,7 @@ class TTTBlock(nn.Module):
         self.ttt = TTTLayer(config, mlp, form, impl, fuse_gate_norm=fuse_gate_norm, **kw)
         self.ffn_norm = RMSNorm(D, eps, **kw)
         self.mlp = SwiGLU(D, config.intermediate_size, **kw)
+        self.mlp.fused_act = fuse_swiglu and impl == "triton"
         # The elementwise steps of a token (ops.ttt_block): fused Triton kernels where the inner loop runs
         # Triton kernels too (CUDA, or the interpreter in tests), the PyTorch reference otherwise.
         self.fused = ttt_block_triton() if impl == "triton" else ttt_block
@@ -331,6 +346,8 @@ class TTTLM(DecodeLM):
             ttt_mlp.naive.check_convention()  # TTT_DECODE_M2_DEFER_W1, before anything is allocated
         fuse_gate_norm = fused_gate_norm_switch()
         split_k.check_switch()
+        prefill_graph_switch()
+        fuse_swiglu = fused_swiglu_switch()
         if config.ttt_layer_type is not None and config.ttt_layer_type != kind:
             raise UserError(f"inner net {inner_net!r} is TTT-{kind.capitalize()} but the model {config.name!r} "
                             f"was built as TTT-{config.ttt_layer_type.capitalize()}; pick an inner net "
@@ -340,7 +357,8 @@ class TTTLM(DecodeLM):
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.hidden_size, **kw)
         nn.init.normal_(self.embed.weight, std=INIT_STD)
-        self.layers = nn.ModuleList(TTTBlock(config, kind == "mlp", form, impl, fuse_gate_norm=fuse_gate_norm, **kw)
+        self.layers = nn.ModuleList(TTTBlock(config, kind == "mlp", form, impl, fuse_gate_norm=fuse_gate_norm,
+                                             fuse_swiglu=fuse_swiglu, **kw)
                                     for _ in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         if not config.tie_word_embeddings:

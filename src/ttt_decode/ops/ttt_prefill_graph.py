@@ -26,6 +26,7 @@ import os
 
 import torch
 
+from ttt_decode.errors import UserError
 from ttt_decode.ops.cuda_graphs import capture_graph
 
 ENV = "TTT_DECODE_PREFILL_GRAPHS"
@@ -34,6 +35,15 @@ ENV = "TTT_DECODE_PREFILL_GRAPHS"
 MIN_MINI_BATCHES = 4
 
 _graphs: dict | None = None  # open prefill_graphs() context: key -> MiniBatchGraph
+
+
+def check_switch() -> None:
+    """A one-line error where TTT_DECODE_PREFILL_GRAPHS is set to something other than 0 or 1 (called when a TTT
+    model is built)."""
+    value = os.environ.get(ENV, "1")
+    if value not in ("0", "1"):
+        raise UserError(f"{ENV}={value!r} is not 0 or 1 (1, the default: prefill replays one CUDA graph per whole "
+                        f"mini-batch; 0: eager mini-batches)")
 
 
 @contextlib.contextmanager
