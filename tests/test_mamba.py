@@ -218,6 +218,25 @@ def test_add_rms_norm_matches_rmsnorm_module(wdtype):
     assert torch.equal(h, h0)  # inputs untouched
 
 
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("parts", [2, 4])
+def test_add_rms_norm_adds_k_split_partials(parts, wdtype):
+    """delta as out_proj's K-split partial sums [s, B, d] (ops.split_k): added left to right in the residual dtype,
+    the reference and the kernel alike (h bitwise equal), then the same RMSNorm."""
+    from ttt_decode.ops.split_k import sum_parts
+
+    g = torch.Generator().manual_seed(10)
+    h = torch.randn(5, 72, generator=g) * 3
+    delta = torch.randn(parts, 5, 72, generator=g).to(wdtype)
+    w = (1 + 0.3 * torch.randn(72, generator=g)).to(wdtype)
+    want_h = h + sum_parts(delta, h.dtype)
+    outs = {impl: mops.add_rms_norm(h, delta, w, 1e-5, impl=impl) for impl in ("naive", "triton")}
+    for impl, (h_new, x) in outs.items():
+        assert torch.equal(h_new, want_h), impl
+    tol = 1e-6 if wdtype == torch.float32 else (2e-3 if wdtype == torch.float16 else 2e-2)
+    assert rel_err(outs["triton"][1], outs["naive"][1]) < tol
+
+
 def _scan_inputs(c):
     """The scan's inputs as the model hands them over: x_c from conv_prefill ([B, D, N] in memory), z and
     B, C views of wider projections."""

@@ -34,6 +34,8 @@ def test_slices_for_follows_the_measured_table_on_cuda_only(monkeypatch):
     assert [split_k.slices_for(b, *down, "cuda") for b in (64, 256, 512, 1024)] == [1, 4, 2, 1]
     assert split_k.slices_for(512, *down, "cpu") == 1
     assert split_k.slices_for(512, 2048, 2048, "cuda") == 1  # a shape not measured
+    out_proj = (2048, 4096)  # mamba-1.4b's
+    assert [split_k.slices_for(b, *out_proj, "cuda") for b in (64, 256, 512)] == [1, 4, 1]
 
 
 def test_split_k_switch(monkeypatch):
@@ -105,3 +107,27 @@ def test_every_switch_rejects_other_values_before_the_model_is_built(var, value,
     with pytest.raises(UserError, match=var) as e:
         build("ttt-tiny", inner_net="mlp_2_dual", dtype="float32", device="cpu")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("inner", ["mamba_ref", "mamba_triton"])
+def test_mamba_step_with_split_out_proj(inner, monkeypatch):
+    """Forced K slices for Mamba's out_proj: the state says so, every mixer's step returns partial sums that
+    add_rms_norm adds, and the logits are the unsplit model's to float32 rounding."""
+    from ttt_decode.models import build
+
+    ids = torch.randint(0, 500, (3, 8), generator=torch.Generator().manual_seed(4))
+    logits = {}
+    for s in (0, 4):
+        monkeypatch.setenv(split_k.ENV_SPLIT_K, str(s))
+        torch.manual_seed(0)
+        model = build("mamba-tiny", inner_net=inner, dtype="float32", device="cpu")
+        state = model.allocate_state(3)
+        assert state.out_slices == max(1, s)
+        calls = []
+        real = split_k.linear_parts
+        monkeypatch.setattr(split_k, "linear_parts", lambda *a: calls.append(a[2]) or real(*a))
+        logits[s] = [model.step(ids[:, t], state) for t in range(ids.shape[1])]
+        monkeypatch.setattr(split_k, "linear_parts", real)
+        assert calls == ([s] * model.config.n_layer * ids.shape[1] if s else [])
+    for t, (a, b) in enumerate(zip(logits[0], logits[4])):
+        assert rel_err(b, a) < 1e-5, t

@@ -42,6 +42,7 @@ from ttt_decode.models.common import (
     stage,
 )
 from ttt_decode.ops import mamba as mamba_ops
+from ttt_decode.ops import split_k
 from ttt_decode.ops.mamba import conv_step_flops, ssm_step_flops
 
 INIT_STD = 0.02
@@ -99,6 +100,9 @@ class MambaInferenceState:
     batch: int
     state_dtype: torch.dtype
     taps: list[torch.Tensor] = field(default_factory=list)
+    # K slices of every mixer's out_proj in a step (ops.split_k.slices_for, fixed with the batch): with s > 1 a
+    # mixer returns s partial sums [s, B, d_model] that add_rms_norm adds into the residual stream.
+    out_slices: int = 1
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.conv + self.ssm)
@@ -148,8 +152,9 @@ class MambaMixer(nn.Module):
         y = self.scan(xc, z, dt, Bm, Cm, self.A_log, self.D, self.dt_proj.bias, ssm_state)
         return self.out_proj(y)
 
-    def step(self, x, conv_state, conv_pos, ssm_state, taps):
-        """x [B, d_model] normed -> [B, d_model]; one token. taps [W, D]: conv1d's weight tap-major."""
+    def step(self, x, conv_state, conv_pos, ssm_state, taps, out_slices: int = 1):
+        """x [B, d_model] normed -> [B, d_model]; one token. taps [W, D]: conv1d's weight tap-major. out_slices > 1:
+        out_proj as that many K-split partial sums [out_slices, B, d_model] (ops.split_k)."""
         D = self.d_inner
         with stage("mamba.in_proj"):
             xz = self.in_proj(x)  # [B, 2D]
@@ -163,6 +168,8 @@ class MambaMixer(nn.Module):
             y = self.ssm_step(u, xc, z, dt, Bm, Cm, self.A_log, self.D, self.dt_proj.bias, conv_state, conv_pos,
                               ssm_state)  # [B, D]
         with stage("mamba.out_proj"):
+            if out_slices > 1:
+                return split_k.linear_parts(y, self.out_proj.weight, out_slices)
             return self.out_proj(y)
 
 
@@ -185,6 +192,7 @@ class MambaLM(DecodeLM):
         self.inner_net = check_inner_net(inner_net or default_inner_net(device))
         self.impl = registry.get(self.inner_net).op_impl
         check_triton_usable(self.inner_net, device)
+        split_k.check_switch()
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.d_model, **kw)
         nn.init.normal_(self.embed.weight, std=INIT_STD)
@@ -208,8 +216,11 @@ class MambaLM(DecodeLM):
         conv = [torch.zeros(batch, c.d_conv, c.d_inner, dtype=self.dtype, device=dev) for _ in range(c.n_layer)]
         ssm = [torch.zeros(batch, c.d_inner, c.d_state, dtype=state_dtype, device=dev) for _ in range(c.n_layer)]
         taps = [block.mixer.conv1d.weight.detach().t().contiguous() for block in self.layers]
+        # out_proj K-split where that measured faster (its partial sums carry no bias: only without one).
+        slices = 1 if c.proj_bias else split_k.slices_for(batch, c.d_model, c.d_inner, dev,
+                                                          torch.empty((), dtype=self.dtype).element_size())
         return MambaInferenceState(conv_pos=torch.zeros(1, dtype=torch.int64, device=dev), conv=conv, ssm=ssm,
-                                   batch=batch, state_dtype=state_dtype, taps=taps)
+                                   batch=batch, state_dtype=state_dtype, taps=taps, out_slices=slices)
 
     @torch.no_grad()
     def reset_state(self, state: MambaInferenceState) -> None:
@@ -256,7 +267,7 @@ class MambaLM(DecodeLM):
         next_norms = [block.norm.weight for block in self.layers[1:]] + [self.norm_f.weight]
         for block, w_next, conv, ssm, taps in zip(self.layers, next_norms, state.conv, state.ssm, state.taps,
                                                   strict=True):
-            out = block.mixer.step(x, conv, state.conv_pos, ssm, taps)  # [B, d_model]
+            out = block.mixer.step(x, conv, state.conv_pos, ssm, taps, state.out_slices)  # [(s,) B, d_model]
             # Counted with out_proj in profiles: the residual add that ends the block.
             with stage("mamba.out_proj"):
                 h, x = self.add_rms_norm(h, out, w_next, eps)

@@ -7,16 +7,19 @@ batched GEMM over s slices of K, [s, B, K/s] x [s, K/s, N] (strided views of x a
 fills more of the machine: s partial sums [s, B, N], each rounded to the activations' dtype. Where the
 consumer sums them anyway, the sum costs only the extra partials' reads: the TTT block's down output is
 added to the float32 residual stream by the next block's first kernel (ops.ttt_block.pre_conv_step) or the
-step's tail, which take the partials as they are ([s, B, N]) and add them in the residual dtype
-(sum_parts: a left fold, the order the fused kernel uses).
+step's tail, and a Mamba mixer's out_proj output by add_rms_norm (ops.mamba), which take the partials as they
+are ([s, B, N]) and add them in the residual dtype (sum_parts: a left fold, the order the fused kernels use).
 
 Measured on an H100, us per call (fp16 partials; float32 partials lost everywhere):
 
-    ttt-1b down (N 2048, K 5504)   B = 256: 15.98 -> 12.85 (s = 4)   B = 512: 21.00 -> 18.83 (s = 2)
-                                   B = 1024: 33.23 -> 33.91 (s = 2, lost)
+    ttt-1b down (N 2048, K 5504)          B = 256: 15.98 -> 12.85 (s = 4)   B = 512: 21.00 -> 18.83 (s = 2)
+                                          B = 1024: 33.23 -> 33.91 (s = 2, lost)
+    mamba-1.4b out_proj (N 2048, K 4096)  B = 256: 12.16 -> 9.90 (s = 4)    B = 512: 15.18 -> 14.47 (s = 2)
 
-so `slices_for` splits exactly there (MEASURED) and nowhere else. The o_proj and Mamba out_proj gains were
-smaller than the partials' extra read (exp/NOTES.md, seventeenth session); in_proj lost.
+An extra partial costs its consumer one more [B, N] read (~0.5 us at B = 512 on the H200), so `slices_for` splits
+down at B = 256 and 512 and Mamba's out_proj at B = 256 (MEASURED), nowhere else: o_proj (10.07 -> 9.12 at
+B = 512) and Mamba's out_proj at B = 512 gain less than that read (exp/NOTES.md, seventeenth session); in_proj
+lost.
 
 TTT_DECODE_SPLIT_K: "auto" (the default): MEASURED, on CUDA only; "0": never; an integer s >= 1: s slices
 for every projection that takes part, at every batch and on every device (tests, A/B timings). Another value,
@@ -35,7 +38,7 @@ from ttt_decode.errors import UserError
 ENV_SPLIT_K = "TTT_DECODE_SPLIT_K"
 
 # (out_features, in_features) -> {batch: slices}: where a split measured faster (module docstring).
-MEASURED: dict[tuple[int, int], dict[int, int]] = {(2048, 5504): {256: 4, 512: 2}}
+MEASURED: dict[tuple[int, int], dict[int, int]] = {(2048, 5504): {256: 4, 512: 2}, (2048, 4096): {256: 4}}
 
 
 def _setting() -> str:

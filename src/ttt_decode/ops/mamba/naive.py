@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ttt_decode.ops.conv_ring import ring_prefill, ring_step
+from ttt_decode.ops.split_k import sum_parts
 
 # Elements per [B, L, D, S] temporary in `scan` (each of two): 2^25 float32 = 128 MiB.
 SCAN_CHUNK_ELEMENTS = 1 << 25
@@ -89,9 +90,10 @@ def ssm_step(x, x_c, z, dt, B, C, A_log, D, dt_bias, conv_state, conv_pos, ssm_s
 
 
 def add_rms_norm(h, delta, weight, eps: float):
-    """h [B, d] residual (float32 / float64), delta [B, d] block output, weight [d] -> (h_new, x):
+    """h [B, d] residual (float32 / float64), delta [B, d] block output (or its K-split partial sums [s, B, d],
+    ops.split_k.sum_parts adds them), weight [d] -> (h_new, x):
     h_new = h + delta (in h's dtype), x = weight * (h_new * rsqrt(mean(h_new^2) + eps)).to(weight.dtype)."""
-    h_new = h + delta.to(h.dtype)
+    h_new = h + sum_parts(delta, h.dtype)
     x = h_new * torch.rsqrt(h_new.pow(2).mean(-1, keepdim=True) + eps)
     return h_new, weight * x.to(weight.dtype)
 

@@ -137,15 +137,19 @@ def _conv_step_kernel(
 
 
 @triton.jit
-def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, hout_ptr, x_ptr, dim, stride_h, stride_d, eps,
-                         BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, hout_ptr, x_ptr, dim, stride_h, stride_d, stride_part, eps,
+                         PARTS: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, BLOCK)
     m = o < dim
     b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
-    b_d = tl.load(d_ptr + row * stride_d + o, mask=m, other=0.0)
-    # delta is rounded to the residual dtype first, as `h + delta.to(h.dtype)` does.
-    b_h = (b_h + b_d.to(hout_ptr.dtype.element_ty)).to(COMPUTE)
+    RES: tl.constexpr = hout_ptr.dtype.element_ty
+    # delta is rounded to the residual dtype first, as `h + delta.to(h.dtype)` does; PARTS > 1: out_proj's K-split
+    # partial sums (ops.split_k), added left to right in the residual dtype.
+    b_d = tl.load(d_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
+    for i in tl.static_range(1, PARTS):
+        b_d = b_d + tl.load(d_ptr + i * stride_part + row * stride_d + o, mask=m, other=0.0).to(RES)
+    b_h = (b_h + b_d).to(COMPUTE)
     tl.store(hout_ptr + row * dim + o, b_h.to(hout_ptr.dtype.element_ty), mask=m)
     ms = tl.sum(b_h * b_h, axis=0) / dim
     b_y = (b_h * (1.0 / tl.sqrt(ms + eps))).to(hout_ptr.dtype.element_ty).to(x_ptr.dtype.element_ty)
@@ -248,8 +252,10 @@ def _add_rms_norm_impl(h, delta, weight, eps):
     h_new = torch.empty((Bsz, dim), dtype=h.dtype, device=h.device)  # [B, d]
     x = torch.empty((Bsz, dim), dtype=weight.dtype, device=h.device)  # [B, d]
     block = triton.next_power_of_2(dim)
-    _add_rms_norm_kernel[(Bsz,)](h, delta, weight, h_new, x, dim, h.stride(0), delta.stride(0), eps, BLOCK=block,
-                                 COMPUTE=_compute(h), num_warps=max(1, min(16, block // 256)))
+    parts = delta.dim() == 3  # K-split partial sums [s, B, d]
+    _add_rms_norm_kernel[(Bsz,)](h, delta, weight, h_new, x, dim, h.stride(0), delta.stride(-2),
+                                 delta.stride(0) if parts else 0, eps, PARTS=delta.shape[0] if parts else 1,
+                                 BLOCK=block, COMPUTE=_compute(h), num_warps=max(1, min(16, block // 256)))
     return h_new, x
 
 
@@ -266,9 +272,10 @@ kernel_op("mamba_add_rms_norm", ["Tensor h", "Tensor delta", "Tensor weight", "f
 
 def add_rms_norm(h, delta, weight, eps: float):
     """Residual add + RMSNorm of one row per program; same signature and semantics as naive.add_rms_norm."""
-    assert h.dim() == 2 and h.shape == delta.shape and tuple(weight.shape) == (h.shape[1],), \
+    assert h.dim() == 2 and delta.dim() in (2, 3) and delta.shape[-2:] == h.shape and \
+        tuple(weight.shape) == (h.shape[1],), \
         f"add_rms_norm: h {tuple(h.shape)}, delta {tuple(delta.shape)}, weight {tuple(weight.shape)}"
-    assert h.stride(1) == 1 and delta.stride(1) == 1 and weight.is_contiguous(), "add_rms_norm needs contiguous rows"
+    assert h.stride(1) == 1 and delta.stride(-1) == 1 and weight.is_contiguous(), "add_rms_norm needs contiguous rows"
     return torch.ops.ttt_decode.mamba_add_rms_norm(h, delta, weight, eps)
 
 
