@@ -6,8 +6,8 @@
 #   split  TTT_DECODE_SPLIT_K=auto                              (the default now: K-split where split_k.MEASURED says)
 #   both   TTT_DECODE_SPLIT_K=auto  TTT_DECODE_FUSED_SWIGLU=1   (the SwiGLU gate_up kernel too: M1 200 launches)
 #   call 2 (defaults): ttt-1b M1 at B = 512 (all three) and 256 (off, split), then the compiled M1 step's profile at
-#          B = 512 with both (launches, GEMM time against the floor);
-#   call 3: SPECS="ttt-1b:mlp_2_dual_triton:512:off,split,both mamba-1.4b:mamba_triton:256:off,split" PROFILE=0 \
+#          B = 512 with both (launches, GEMM time against the floor), then `ttt-decode check` at B = 256 with both;
+#   call 3: SPECS="ttt-1b:mlp_2_dual_triton:512:off,split,both mamba-1.4b:mamba_triton:256:off,split" PROFILE=0 CHECK=0 \
 #           TAG=call3 COMMIT=<sha> bash exp/gpu/session17_call2.sh
 # Logdirs per variant under $OUT/$TAG (packed into $OUT/$TAG.tgz), table last.
 set -uo pipefail
@@ -35,6 +35,11 @@ done
 [ "${PROFILE:-1}" = 1 ] && [ "$(left)" -gt 70 ] && TTT_DECODE_FUSED_SWIGLU=1 PYTHONPATH=src \
   timeout $(( $(left) - 5 )) python3 -m ttt_decode.cli profile --logdir "$D/profile" --model-name ttt-1b \
   --inner_net mlp_1_dual_triton --batch 512 --genlen 16 --use_compile 2>&1 | grep -E "^\| |^step" | head -14
+# Model level with both on at B = 256 (down split 4 ways, the SwiGLU kernel): graph vs eager bitwise, compiled vs
+# eager and batch vs single within tolerance.
+[ "${CHECK:-1}" = 1 ] && [ "$(left)" -gt 60 ] && TTT_DECODE_FUSED_SWIGLU=1 PYTHONPATH=src timeout $(( $(left) - 5 )) \
+  python3 -m ttt_decode.cli check --model-name ttt-1b --inner_net mlp_1_dual_triton --batch 256 --steps 20 \
+  --checks graph_vs_eager,compiled_vs_eager,batch_vs_single --out "$D/check.jsonl" 2>&1 | tail -4
 rm -rf "$D"/*/.compile-cache
 python3 - "$D" <<'PY'
 import json, os, sys
