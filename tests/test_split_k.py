@@ -57,6 +57,10 @@ def test_bad_switch_fails_before_the_model_is_built(monkeypatch):
     monkeypatch.setenv(split_k.ENV_SPLIT_K, "two")
     with pytest.raises(UserError, match="TTT_DECODE_SPLIT_K"):
         build("ttt-tiny", inner_net="mlp_1_dual", dtype="float32", device="cpu")
+    monkeypatch.setenv(split_k.ENV_SPLIT_K, "3")  # ttt-tiny's MLP has 128 inputs to down, mamba-tiny's out_proj 128
+    for name, inner in (("ttt-tiny", "mlp_1_dual"), ("mamba-tiny", "mamba_ref")):
+        with pytest.raises(UserError, match="128 inputs do not split into 3 slices"):
+            build(name, inner_net=inner, dtype="float32", device="cpu")
 
 
 @pytest.mark.parametrize("config,inner", [("ttt-tiny", "mlp_1_dual"), ("ttt-tiny", "mlp_1_dual_triton"),

@@ -192,7 +192,7 @@ class MambaLM(DecodeLM):
         self.inner_net = check_inner_net(inner_net or default_inner_net(device))
         self.impl = registry.get(self.inner_net).op_impl
         check_triton_usable(self.inner_net, device)
-        split_k.check_switch()
+        split_k.check_switch(None if config.proj_bias else config.d_inner, torch.empty((), dtype=dtype).element_size())
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Embedding(config.padded_vocab_size, config.d_model, **kw)
         nn.init.normal_(self.embed.weight, std=INIT_STD)

@@ -345,7 +345,7 @@ class TTTLM(DecodeLM):
         if kind == "mlp":
             ttt_mlp.naive.check_convention()  # TTT_DECODE_M2_DEFER_W1, before anything is allocated
         fuse_gate_norm = fused_gate_norm_switch()
-        split_k.check_switch()
+        split_k.check_switch(config.intermediate_size, torch.empty((), dtype=dtype).element_size())
         prefill_graph_switch()
         fuse_swiglu = fused_swiglu_switch()
         if config.ttt_layer_type is not None and config.ttt_layer_type != kind:

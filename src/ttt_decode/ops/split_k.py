@@ -49,9 +49,12 @@ def _setting() -> str:
     return value
 
 
-def check_switch() -> None:
-    """The one-line error for a bad TTT_DECODE_SPLIT_K (called when a model is built)."""
+def check_switch(in_features: int | None = None, item_size: int = 2) -> None:
+    """The one-line error for a bad TTT_DECODE_SPLIT_K, or a forced number of slices that does not divide the
+    in_features of the projection a model splits (called when a model is built, before its weights are)."""
     _setting()
+    if in_features is not None:
+        slices_for(1, 1, in_features, "cpu", item_size)
 
 
 def slices_for(batch: int, out_features: int, in_features: int, device: torch.device | str,
