@@ -74,6 +74,7 @@ def test_model_step_with_split_down_projection(config, inner, slices, monkeypatc
     from ttt_decode.models import build
 
     ids = torch.randint(0, 500, (3, 20), generator=torch.Generator().manual_seed(2))
+    P = 12  # steps from mini-batch position P (a fresh cache), across the mini-batch end at 16
     logits = {}
     for s in (0, slices):
         monkeypatch.setenv(split_k.ENV_SPLIT_K, str(s))
@@ -85,13 +86,13 @@ def test_model_step_with_split_down_projection(config, inner, slices, monkeypatc
         calls = []
         real = split_k.linear_parts
         monkeypatch.setattr(split_k, "linear_parts", lambda *a: calls.append(a[2]) or real(*a))
-        model.prefill(ids[:, :2], state)
-        logits[s] = [model.step(ids[:, t], state) for t in range(2, ids.shape[1])]
+        state.pos.fill_(P)
+        logits[s] = [model.step(ids[:, t], state) for t in range(P, ids.shape[1] - 2)]
         monkeypatch.setattr(split_k, "linear_parts", real)
-        assert calls == [s] * (model.config.num_layers * (ids.shape[1] - 2)) if s else not calls
+        assert calls == [s] * (model.config.num_layers * (ids.shape[1] - 2 - P)) if s else not calls
         if s:
             assert torch.count_nonzero(state.embed_parts[1:]) == 0
-            torch.testing.assert_close(state.embed_parts[0], model.embed(ids[:, -1]))
+            torch.testing.assert_close(state.embed_parts[0], model.embed(ids[:, -3]))  # the last step's
     for t, (a, b) in enumerate(zip(logits[0], logits[slices])):
         assert rel_err(b, a) < 1e-5, t
 

@@ -95,6 +95,7 @@ def test_model_step_with_the_fused_swiglu(monkeypatch):
     from ttt_decode.models import build
 
     ids = torch.randint(0, 500, (3, 20), generator=torch.Generator().manual_seed(3))
+    P = 12  # steps from mini-batch position P (a fresh cache), across the mini-batch end at 16
     logits = {}
     for switch in ("0", "1"):
         monkeypatch.setenv("TTT_DECODE_FUSED_SWIGLU", switch)
@@ -107,9 +108,10 @@ def test_model_step_with_the_fused_swiglu(monkeypatch):
         state = model.allocate_state(3)
         model.prefill(ids[:, :2], state)
         assert not calls
-        logits[switch] = [model.step(ids[:, t], state) for t in range(2, ids.shape[1])]
+        state.pos.fill_(P)
+        logits[switch] = [model.step(ids[:, t], state) for t in range(P, ids.shape[1] - 2)]
         monkeypatch.setattr(sg, "swiglu_gate_up", real)
-        assert len(calls) == (model.config.num_layers * (ids.shape[1] - 2) if switch == "1" else 0)
+        assert len(calls) == (model.config.num_layers * (ids.shape[1] - 2 - P) if switch == "1" else 0)
     for t, (a, b) in enumerate(zip(logits["0"], logits["1"])):
         assert rel_err(b, a) < 1e-5, t
     plain = build("ttt-tiny", inner_net="mlp_1_dual", dtype="float32", device="cpu")
