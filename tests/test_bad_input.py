@@ -171,9 +171,11 @@ def test_nan_weights_are_reported_not_decoded(tmp_path, capsys, monkeypatch):
 
 
 def _readme_tables():
-    """(header cells, row cells) of every Markdown table in README.md."""
-    with open(os.path.join(ROOT, "README.md")) as fh:
-        lines = fh.read().splitlines()
+    """(header cells, row cells) of every Markdown table in README.md and docs/HISTORY.md (its earlier results)."""
+    lines = []
+    for doc in ("README.md", os.path.join("docs", "HISTORY.md")):
+        with open(os.path.join(ROOT, doc)) as fh:
+            lines += fh.read().splitlines() + [""]
     tables, header = [], None
     for line in lines:
         if not line.startswith("|"):

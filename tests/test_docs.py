@@ -12,7 +12,7 @@ DESIGN = os.path.join(ROOT, "docs", "DESIGN.md")
 THIS_FILE = os.path.relpath(os.path.abspath(__file__), ROOT).replace(os.sep, "/")
 
 # Where pointers into the design reference live (repository-relative prefixes).
-POINTER_PLACES = ("src/", "tests/", "scripts/", "exp/", "README.md")
+POINTER_PLACES = ("src/", "tests/", "scripts/", "exp/", "README.md", "docs/HISTORY.md")
 POINTER_EXTS = (".py", ".md", ".sh")
 # "DESIGN section 4", "DESIGN sections 7, 8 and 13", "DESIGN §4/§5", "docs/DESIGN.md §11.2".
 POINTER = re.compile(r"(?:docs/)?DESIGN(?:\.md)?`?,?\s+(?:sections?\s+|§\s*)"
