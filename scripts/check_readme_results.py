@@ -135,12 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
         print("usage: check_readme_results.py [README.md]", file=sys.stderr)
         return 2
-    readme = argv[0] if argv else os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                               "README.md")
-    code, lines = check(readme)
-    for line in lines:
-        print(line, file=sys.stderr if code == 2 else sys.stdout)
-    return code
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # No argument: the repository's README and docs/HISTORY.md (its earlier results, paths from the root).
+    docs = [(argv[0], None)] if argv else [(os.path.join(root, "README.md"), None),
+                                           (os.path.join(root, "docs", "HISTORY.md"), root)]
+    worst = 0
+    for doc, doc_root in docs:
+        code, lines = check(doc, doc_root)
+        for line in lines:
+            print(line, file=sys.stderr if code == 2 else sys.stdout)
+        worst = max(worst, code)
+    return worst
 
 
 if __name__ == "__main__":
