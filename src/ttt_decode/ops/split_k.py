@@ -44,8 +44,9 @@ MEASURED: dict[tuple[int, int], dict[int, int]] = {(2048, 5504): {256: 4, 512: 2
 def _setting() -> str:
     value = os.environ.get(ENV_SPLIT_K, "auto").strip()
     if value != "auto" and not (value.isdigit() and int(value) >= 0):
-        raise UserError(f"{ENV_SPLIT_K}={value!r} is not auto, 0 or a number of slices (auto: split the MLP's "
-                        f"down projection where that measured faster; 0: never); unset it for auto")
+        raise UserError(f"{ENV_SPLIT_K}={value!r} is not auto, 0 or a number of slices (auto: K-split the "
+                        f"projections into the residual stream where that measured faster; 0: never); unset it "
+                        f"for auto")
     return value
 
 
