@@ -591,10 +591,14 @@ def test_micro_case_runs_and_counts_bytes(kernel):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("split", ["0", "4"], ids=["plain", "split-k"])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.float16])
-def test_gpu_graph_decode_matches_reference(state_dtype):
-    """mamba-130m fp16, fused kernel in a CUDA graph vs the float32 PyTorch reference path."""
+def test_gpu_graph_decode_matches_reference(state_dtype, split, monkeypatch):
+    """mamba-130m fp16, fused kernel in a CUDA graph vs the float32 PyTorch reference path; split-k: out_proj as 4
+    K-split partial sums (TTT_DECODE_SPLIT_K=4), which add_rms_norm's kernel adds."""
     from ttt_decode.decode.check import reference_model
+
+    monkeypatch.setenv("TTT_DECODE_SPLIT_K", split)
 
     model = build("mamba-130m", inner_net="mamba_triton", dtype="float16", device="cuda")
     ref = reference_model(model, "mamba_ref", torch.float32)
