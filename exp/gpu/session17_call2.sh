@@ -7,8 +7,13 @@
 #   both   TTT_DECODE_SPLIT_K=auto  TTT_DECODE_FUSED_SWIGLU=1   (the SwiGLU gate_up kernel too: M1 200 launches)
 #   call 2 (defaults): ttt-1b M1 at B = 512 (all three) and 256 (off, split), then the compiled M1 step's profile at
 #          B = 512 with both (launches, GEMM time against the floor), then `ttt-decode check` at B = 256 with both;
-#   call 3: SPECS="ttt-1b:mlp_2_dual_triton:512:off,split,both mamba-1.4b:mamba_triton:256:off,split" PROFILE=0 CHECK=0 \
-#           TAG=call3 COMMIT=<sha> bash exp/gpu/session17_call2.sh
+#   call 3: DEFER_AB=1 SPECS="ttt-1b:mlp_2_dual_triton:512:off,split,both mamba-1.4b:mamba_triton:256:off,split" \
+#           PROFILE=0 CHECK=0 TAG=call3 COMMIT=<sha> bash exp/gpu/session17_call2.sh
+#   DEFER_AB=1 first times the M2 dual kernel per mini-batch position with TTT_DECODE_M2_DEFER_W1=1 and 0
+#   (exp/gpu/kernel_sweep.py --recipe defaults at B = 512 and 64): session 17 moved the pending row's load up to the
+#   chunk's W1 loads (tiles.load_pending), which put pass A's W2 loads back where the current-state kernel has them
+#   (sm_90 SASS); predicted: the deferred kernel's ordinary positions within 1% of the current one's, its last
+#   position ~12% faster as on the H100 (mean 1-2% faster).
 # Logdirs per variant under $OUT/$TAG (packed into $OUT/$TAG.tgz), table last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +25,13 @@ export TTT_DECODE_COMMIT=$C
 start=$SECONDS
 left() { echo $((570 - (SECONDS - start))); }
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader | tee "$D/gpu.txt"
+if [ "${DEFER_AB:-0}" = 1 ]; then
+  for defer in 1 0; do
+    TTT_DECODE_M2_DEFER_W1=$defer PYTHONPATH=src timeout 110 python3 exp/gpu/kernel_sweep.py --recipe defaults \
+      --kernels mlp_2_dual_triton --scan-batches 64 --out "$D/defer$defer" --commit "$C" > "$D/defer${defer}_log.txt" 2>&1
+    tail -3 "$D/defer${defer}_log.txt"
+  done
+fi
 cells="--genlens 128 --use_compile --repeats 2"
 for spec in ${SPECS:-ttt-1b:mlp_1_dual_triton:512:off,split,both ttt-1b:mlp_1_dual_triton:256:off,split}; do
   IFS=: read -r model inner b variants <<< "$spec"

@@ -20,7 +20,10 @@ load gives Z1 a one-element-a-lane layout, so gelu is no longer computed 8 times
 Measured on an H100 (exp/results/h100/kernel_positions_m2_defer*_h100_9e7fd45.jsonl, both orders): B = 512 mean
 699 against 689 us, last position 1454 against 1646 us (last / ordinary 2.22 against 2.61), but positions 0 / 7
 / 14 580 / 655 / 722 against 549 / 628 / 707 us; B = 64 / 1024 / 2048 1.4% slower; whole step at B = 512
-18.77 against 18.01 ms. So it is off by default.
+18.77 against 18.01 ms. So it is off by default. The SASS of that build shows why (seventeenth session): the pending
+row was loaded where it was used, after the W1 products, and ptxas issued pass A's W2 loads after the products too
+(the current-state kernel issues them among the products), so each chunk waited on W2; the row is now loaded with
+the chunk's W1 tiles (tiles.load_pending), which puts the W2 loads back (not yet timed).
 
 Compulsory bytes per call (s = state/cache item size, a = activation item size), per item:
     state read once  (2 f F + F + f) s;  cache rows of earlier tokens read  i (2 f + 2 F) s;
@@ -199,8 +202,9 @@ def _pass_a_last(p_w1, p_b1, p_w2, p_z1, p_ck, p_cg1, b_b2, b_k, b_q, o_d, m_d, 
         c_w1 = tiles.load_w1(p_w1, o_d, m_d, o_f, m_f, FH, EVICT_W1)
         c_w2 = tiles.load_w2(p_w2, o_d, m_d, o_f, m_f, D, EVICT_W2)
         b_g = tl.load(p_cg1 + o_s[:, None] * FH + o_f[None, :], mask=m_all[:, None] & m_f[None, :], other=0.0)
+        g_c = tiles.load_pending(p_cg1 + (MB - 1) * FH, o_f, m_f)
         z1k, z1q0 = tiles.w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
-        z1k, z1q0 = tiles.less_pending(z1k, z1q0, p_cg1 + (MB - 1) * FH, o_f, m_f, pend_k, pend_q)
+        z1k, z1q0 = tiles.less_pending(z1k, z1q0, g_c, pend_k, pend_q)
         tl.store(p_z1 + o_f, z1k, mask=m_f)
         tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
         z2k += tl.sum(tc.gelu(z1k)[:, None] * c_w2.to(tl.float32), 0)

@@ -23,11 +23,18 @@ def w1_products(b_w1, p_b1, o_f, m_f, b_k, b_q):
 
 
 @triton.jit
-def less_pending(z1k, z1q0, p_row, o_f, m_f, pend_k, pend_q):
+def load_pending(p_row, o_f, m_f):
+    """Columns o_f of the pending g1 row G1_c (ttt_mlp/naive.py, DEFER_W1), float32. Loaded with the chunk's W1 and
+    W2 tiles, before their products: loaded where less_pending uses it, its round trip sat on each chunk's chain and
+    ptxas sank the W2 loads after the W1 products (sm_90 SASS, seventeenth session; 2-6% slower on an H100)."""
+    return tl.load(p_row + o_f, mask=m_f, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def less_pending(z1k, z1q0, g_c, pend_k, pend_q):
     """Z1 of k and q of a chunk less the pending term of W1's update (ttt_mlp/naive.py, DEFER_W1): W1 in memory
     is the inner model's plus c_{b-1} k_c^T G1_c, so x W1 is off by pend_x G1_c, pend_x = c_{b-1} x . k_c.
-    p_row: the pending g1 row (G1_c, columns o_f of it read)."""
-    g_c = tl.load(p_row + o_f, mask=m_f, other=0.0).to(tl.float32)
+    g_c: the chunk's columns of G1_c (load_pending)."""
     return z1k - pend_k * g_c, z1q0 - pend_q * g_c
 
 
@@ -78,9 +85,11 @@ def z2k_chunked(p_w1, p_b1, p_w2, p_z1, b_b2, b_k, b_q, o_d, m_d, o_f0, FH: tl.c
             prefetch_chunk(p_w1, p_w2, o_d, m_d, o_f0, ci + PREFETCH, FH, D, BLOCK_F, NUM_CHUNKS)
         c_w1 = load_w1(p_w1, o_d, m_d, o_f, m_f, FH, EVICT_W1)
         c_w2 = load_w2(p_w2, o_d, m_d, o_f, m_f, D, EVICT_W2)
+        if PENDING:
+            g_c = load_pending(p_pend, o_f, m_f)
         z1k, z1q0 = w1_products(c_w1, p_b1, o_f, m_f, b_k, b_q)
         if PENDING:
-            z1k, z1q0 = less_pending(z1k, z1q0, p_pend, o_f, m_f, pend_k, pend_q)
+            z1k, z1q0 = less_pending(z1k, z1q0, g_c, pend_k, pend_q)
         if Z1_SCRATCH:
             tl.store(p_z1 + o_f, z1k, mask=m_f)
             tl.store(p_z1 + FH + o_f, z1q0, mask=m_f)
