@@ -48,6 +48,7 @@ def test_seed_style_command_writes_a_valid_record(tmp_path):
     assert rec["step_ms"]["n"] == 16 and rec["step_ms"]["p10"] <= rec["step_ms"]["median"] <= rec["step_ms"]["p90"]
     assert rec["ttt_path"] == "torch_dual" and rec["inner_net"] == "mlp_2_dual"
     assert rec["m2_defer_w1"] is ttt_mlp_naive.DEFER_W1  # which convention ran (DESIGN section 9.8)
+    assert rec["step_options"] == {"down_slices": 1, "fused_swiglu": False, "fused_gate_norm": False}
     assert set(rec["step_ms_by_minibatch_position"]) == {str(p) for p in range(1, 9)}
     assert 0 < rec["pct_of_roofline"] and rec["bytes_per_step"] > rec["weight_bytes"]
     assert "decode" in (logdir / "logging.log").read_text()
@@ -84,6 +85,7 @@ def test_mamba_and_transformer_cells(tmp_path):
                      "--device", "cpu", "--repeats", "1", "--dtype", "float32"]) == 0
     recs = read_jsonl(str(tmp_path / "results.jsonl"))
     assert [r["inner_net"] for r in recs] == ["mamba_ref", "attn_ref"]
+    assert recs[0]["step_options"] == {"out_slices": 1} and recs[1]["step_options"] == {}
     assert recs[0]["state_dtype"] == "float32" and "context_for_cost" in recs[1]
 
 

@@ -136,3 +136,18 @@ def test_mamba_step_with_split_out_proj(inner, monkeypatch):
         assert calls == ([s] * model.config.n_layer * ids.shape[1] if s else [])
     for t, (a, b) in enumerate(zip(logits[0], logits[4])):
         assert rel_err(b, a) < 1e-5, t
+
+
+def test_bench_record_names_the_split_that_ran(tmp_path, monkeypatch):
+    """A cell's record says what the step ran with (step_options), not only which switches were set: here the
+    forced slices, for TTT's down projection and Mamba's out_proj."""
+    from ttt_decode.bench.records import read_jsonl
+    from ttt_decode.cli import main
+
+    monkeypatch.setenv(split_k.ENV_SPLIT_K, "2")
+    for name in ("ttt-tiny", "mamba-tiny"):
+        assert main(["bench", "--logdir", str(tmp_path), "--model-name", name, "--batch", "2", "--genlen", "4",
+                     "--device", "cpu", "--repeats", "1", "--dtype", "float32"]) == 0
+    ttt, mamba = read_jsonl(str(tmp_path / "results.jsonl"))
+    assert ttt["step_options"]["down_slices"] == 2 and mamba["step_options"] == {"out_slices": 2}
+    assert ttt["ttt_decode_env"] == {"TTT_DECODE_SPLIT_K": "2"}

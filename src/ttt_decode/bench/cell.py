@@ -311,6 +311,8 @@ def run_cell(args) -> dict:
     record["session_s"] = round(time.perf_counter() - t_cold, 3)
     mem["state"] = _memory(device)
     record["state_allocated_gb"] = round(_state_nbytes(session.state) / 2**30, 3)
+    if hasattr(model, "step_options"):  # our models: the K-split and fused-kernel choices the step runs with
+        record["step_options"] = model.step_options(session.state)
 
     timed_decode = args.mode in ("decode", "prefill_decode")
     # In decode mode the prefill is not timed: with a long prompt, the untimed run's prefill is kept (a

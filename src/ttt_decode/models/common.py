@@ -242,6 +242,11 @@ class DecodeLM(nn.Module):
         caches) read/written as the step must, and the FLOPs of every matmul and the inner loop."""
         raise NotImplementedError
 
+    def step_options(self, state) -> dict:
+        """The decode step's choices that the switches and dispatchers resolved for this state (K-split slices,
+        fused kernels), for the records: what ran, not only what was asked. None for a model without any."""
+        return {}
+
     def weight_bytes(self) -> int:
         """Bytes of parameters one decode step reads (every weight once; the tied embedding once, as LM head)."""
         return sum(p.numel() * p.element_size() for p in self.parameters())

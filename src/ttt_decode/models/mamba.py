@@ -231,6 +231,9 @@ class MambaLM(DecodeLM):
         for taps, block in zip(state.taps, self.layers):
             taps.copy_(block.mixer.conv1d.weight.t())
 
+    def step_options(self, state: MambaInferenceState) -> dict:
+        return {"out_slices": state.out_slices}
+
     def state_bytes_per_seq(self, state_dtype: torch.dtype | None = None) -> int:
         return mamba_state_bytes_per_seq(self.config, self.dtype, state_dtype or self.default_state_dtype())
 

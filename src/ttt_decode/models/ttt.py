@@ -424,6 +424,11 @@ class TTTLM(DecodeLM):
                 if not name.startswith("ttt."):
                     t.zero_()
 
+    def step_options(self, state: TTTInferenceState) -> dict:
+        return {"down_slices": state.layers[0].down_slices if state.layers else 1,
+                "fused_swiglu": any(block.mlp.fused_act for block in self.layers),
+                "fused_gate_norm": any(block.ttt.fuse_gate_norm for block in self.layers)}
+
     def state_bytes_per_seq(self, state_dtype: torch.dtype | None = None) -> int:
         c, f = self.config, self.config.head_dim
         F_ = 4 * f if self.kind == "mlp" else f
