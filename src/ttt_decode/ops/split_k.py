@@ -17,9 +17,10 @@ Measured on an H100, us per call (fp16 partials; float32 partials lost everywher
     mamba-1.4b out_proj (N 2048, K 4096)  B = 256: 12.16 -> 9.90 (s = 4)    B = 512: 15.18 -> 14.47 (s = 2)
 
 An extra partial costs its consumer one more [B, N] read (~0.5 us at B = 512 on the H200), so `slices_for` splits
-down at B = 256 and 512 and Mamba's out_proj at B = 256 (MEASURED), nowhere else: o_proj (10.07 -> 9.12 at
-B = 512) and Mamba's out_proj at B = 512 gain less than that read (exp/NOTES.md, seventeenth session); in_proj
-lost.
+down at B = 256 and 512 and Mamba's out_proj at B = 256 (MEASURED), nowhere else: Mamba's out_proj at B = 512
+gains about what that read costs; o_proj (10.07 -> 9.12 at B = 512, ~0.45 us a layer net) is left out because its
+consumer is inductor's add + RMSNorm only in the compiled step (in the eager one the sum would be kernels of its
+own); in_proj lost (exp/NOTES.md, seventeenth session).
 
 TTT_DECODE_SPLIT_K: "auto" (the default): MEASURED, on CUDA only; "0": never; an integer s >= 1: s slices
 for every projection that takes part, at every batch and on every device (tests, A/B timings). Another value,
