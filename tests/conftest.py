@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,6 +27,15 @@ def poll_until(condition, what: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def run_compiled_offline(code: str, timeout: int = 600) -> list[str]:
+    """Run `code` in a fresh Python without TRITON_INTERPRET (kernels compiled for an NVIDIA target by Triton's
+    bundled ptxas, no GPU needed) and return the words it printed; fails the test on a non-zero exit."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout.split()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

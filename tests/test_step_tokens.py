@@ -5,6 +5,7 @@ advanced with its wrap-around, batches over several of the kernel's row blocks."
 import pytest
 import torch
 
+from conftest import run_compiled_offline
 from ttt_decode.ops import step_tokens
 
 
@@ -43,18 +44,12 @@ def test_record_tokens_refuses_other_dtypes():
 def test_record_tokens_compiles_for_sm90():
     """Compiled for sm_90 (in a process without the interpreter): one barrier, and it comes before the step
     index's store (the last global store), so no warp reads an index another has advanced."""
-    import os
-    import subprocess
-    import sys
-
     code = ("import re; from ttt_decode.ops import step_tokens as s; p = s.compile_offline(2048).asm['ptx']; "
             "lines = p.splitlines(); bar = [i for i, x in enumerate(lines) if 'bar.sync' in x]; "
             "st = [i for i, x in enumerate(lines) if 'st.global' in x]; "
             "print(len(bar), bar[-1] < st[-1], all(i < bar[-1] for i in st[:-1]))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["1", "True", "True"], res.stdout
+    out = run_compiled_offline(code, timeout=300)
+    assert out == ["1", "True", "True"], out
 
 
 @pytest.mark.gpu

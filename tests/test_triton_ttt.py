@@ -13,7 +13,7 @@ import importlib
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import rel_err, run_compiled_offline
 from ttt_decode import registry
 from ttt_decode.errors import UserError
 from ttt_decode.ops.ttt_common import DualCache, PrimalCache, TTTState
@@ -286,22 +286,16 @@ def test_m2_dual_prefetch_reaches_ptx():
     kernels without them) compile for sm_90 with Triton's bundled ptxas; without PREFETCH_B there are none,
     and PREFETCH_A (pass A's) reaches the PTX too. Catches a flag that stops reaching the kernel and an
     inline-asm change of the installed Triton before a GPU run does."""
-    import os
-    import subprocess
-    import sys
-
     code = ("import re, torch; from ttt_decode.ops.ttt_mlp import triton_decode as t\n"
             "for b, pf in ((512, None), (64, None), (512, 0), (512, 'A')):\n"
             "    cfg = t.dual_config(b, 64, torch.float16)\n"
             "    cfg = cfg if pf is None else {**cfg, 'PREFETCH_B': 0, 'PREFETCH_A': int(pf == 'A')}\n"
             "    print(len(re.findall(r'prefetch\\.global\\.L2', t.compile_offline(cfg).asm['ptx'])))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    capped, small, none, pass_a = (int(x) for x in res.stdout.split())
+    out = run_compiled_offline(code)
+    capped, small, none, pass_a = (int(x) for x in out)
     # capped: the first chunk's two cache-row sets, then two loops (SPLIT_B) of rows + W2 rows; small: one loop;
     # PREFETCH_A (a sweep's option, not the dispatcher's): pass A's next chunk and chunk 0 before the prologue
-    assert capped > small > 0 and none == 0 and pass_a > 0, res.stdout
+    assert capped > small > 0 and none == 0 and pass_a > 0, out
 
 
 @pytest.mark.gpu
@@ -393,10 +387,6 @@ def test_m1_gluon_offsets_fit_int32():
 def test_m1_gluon_kernels_compile_for_sm90():
     """The Gluon kernels cannot run on CPU; compiling them for sm_90 (Triton's bundled ptxas, in a process
     without the interpreter) catches a Gluon API change of the installed Triton before a GPU run does."""
-    import os
-    import subprocess
-    import sys
-
     # The fused variant (qk_prep's work in the kernel) is the only one with a sigmoid (ex2) and a store of the
     # conv ring's slot (one more st.global kind than the plain kernel's); with the post-norm folded in (g) the
     # only one with an atomic (the row counts, acq_rel at GPU scope).
@@ -406,10 +396,8 @@ def test_m1_gluon_kernels_compile_for_sm90():
             "g = d.compile_offline(90, fused_qk=True, gate_norm=True).asm['ptx']; "
             "print('cp.async' in a, 'mma.sync' in a, 'cp.async' in b, 'ex2' in a, 'ex2' in f, "
             "f.count('st.global') > a.count('st.global'), 'atom' in f, 'atom.global.gpu.acq_rel' in g)")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["True", "True", "True", "False", "True", "True", "False", "True"], res.stdout
+    out = run_compiled_offline(code)
+    assert out == ["True", "True", "True", "False", "True", "True", "False", "True"], out
 
 
 @pytest.mark.gpu
