@@ -244,7 +244,7 @@ class DecodeLM(nn.Module):
 
     def step_options(self, state) -> dict:
         """The decode step's choices that the switches and dispatchers resolved for this state (K-split slices,
-        fused kernels), for the records: what ran, not only what was asked. None for a model without any."""
+        fused kernels), for the records: what ran, not only what was asked. {} for a model without any."""
         return {}
 
     def weight_bytes(self) -> int:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 from ttt_decode.errors import UserError
 
@@ -82,6 +84,16 @@ def linear_parts(x: torch.Tensor, weight: torch.Tensor, slices: int) -> torch.Te
     N = weight.shape[0]
     k = K // slices
     return torch.bmm(x.view(B, slices, k).transpose(0, 1), weight.view(N, slices, k).permute(1, 2, 0))
+
+
+@triton.jit
+def load_sum_parts(p, stride_part, mask, PARTS: tl.constexpr, DT: tl.constexpr):
+    """In a kernel: the PARTS partial sums at pointers p + i stride_part (i < PARTS), each cast to DT and added left
+    to right, as sum_parts does (PARTS 1: the one tensor, cast)."""
+    acc = tl.load(p, mask=mask, other=0.0).to(DT)
+    for i in tl.static_range(1, PARTS):
+        acc = acc + tl.load(p + i * stride_part, mask=mask, other=0.0).to(DT)
+    return acc
 
 
 def sum_parts(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from ttt_decode.ops import ttt_triton_common as tc
 from ttt_decode.ops.kernel_op import check_interpreter, kernel_op
+from ttt_decode.ops.split_k import load_sum_parts
 
 
 @triton.jit
@@ -52,10 +53,7 @@ def _pre_conv_kernel(h_ptr, delta_ptr, nc_ptr, ring_ptr, cpos_ptr, cw_ptr, cb_pt
     b_h = tl.load(h_ptr + row * stride_h + o, mask=m, other=0.0)
     if HAS_DELTA:
         # PARTS > 1: delta is the down projection's K-split partial sums (ops.split_k), added left to right.
-        acc = tl.load(delta_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
-        for i in tl.static_range(1, PARTS):
-            acc = acc + tl.load(delta_ptr + i * stride_part + row * stride_d + o, mask=m, other=0.0).to(RES)
-        b_h = b_h + acc
+        b_h = b_h + load_sum_parts(delta_ptr + row * stride_d + o, stride_part, m, PARTS, RES)
     b_h = b_h.to(COMPUTE)
     pos = tl.load(cpos_ptr)
     ring_base = row * WIDTH * dim

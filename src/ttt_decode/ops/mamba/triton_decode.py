@@ -52,6 +52,7 @@ from ttt_decode.ops.kernel_op import kernel_op
 from ttt_decode.ops.mamba.triton_math import compute_dtype as _compute
 from ttt_decode.ops.mamba.triton_math import sigmoid as _sigmoid
 from ttt_decode.ops.mamba.triton_math import softplus as _softplus
+from ttt_decode.ops.split_k import load_sum_parts
 
 
 @triton.jit
@@ -146,10 +147,7 @@ def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, hout_ptr, x_ptr, dim, stride_h, st
     RES: tl.constexpr = hout_ptr.dtype.element_ty
     # delta is rounded to the residual dtype first, as `h + delta.to(h.dtype)` does; PARTS > 1: out_proj's K-split
     # partial sums (ops.split_k), added left to right in the residual dtype.
-    b_d = tl.load(d_ptr + row * stride_d + o, mask=m, other=0.0).to(RES)
-    for i in tl.static_range(1, PARTS):
-        b_d = b_d + tl.load(d_ptr + i * stride_part + row * stride_d + o, mask=m, other=0.0).to(RES)
-    b_h = (b_h + b_d).to(COMPUTE)
+    b_h = (b_h + load_sum_parts(d_ptr + row * stride_d + o, stride_part, m, PARTS, RES)).to(COMPUTE)
     tl.store(hout_ptr + row * dim + o, b_h.to(hout_ptr.dtype.element_ty), mask=m)
     ms = tl.sum(b_h * b_h, axis=0) / dim
     b_y = (b_h * (1.0 / tl.sqrt(ms + eps))).to(hout_ptr.dtype.element_ty).to(x_ptr.dtype.element_ty)
